@@ -1,0 +1,268 @@
+"""Shared in-environment harness: load (timed), warm up, timed repetitions, memory, one JSON result.
+
+Every engine script (run_<engine>.py) defines an Engine class with
+``load()``, ``tokenize(text)``, ``generate(prompt_ids, new_tokens)`` and
+``versions()``; this module does the rest the same way for all of them:
+
+* clocks are read only after the engine synchronises its device;
+* warm-up runs are timed and reported apart from the measured repetitions;
+* Avg Tok/s is new tokens over generation time, median of the repetitions, with
+  min/max/stdev; time to first token (prefill) and the decode rate are apart;
+* memory: NVML device-level used memory (what nvidia-smi shows) sampled on every
+  GPU of the cell from before load to the end, plus the engine allocator's own
+  peak where it has one; on CPU the process's peak RSS, labelled as such;
+* the result is schema-versioned and written atomically (temp file, rename).
+
+This file runs inside the engine's environment (a container or a venv) and
+imports nothing from the host-side runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import sys
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULT_SCHEMA_VERSION = 1
+PROMPT_FILE = Path(__file__).with_name("prompt.txt")
+
+
+class CellUnsupported(Exception):
+    """This setting cannot run here; the message becomes the row's Notes."""
+
+
+@dataclass
+class Timing:
+    """One generate() call: wall time from start to last token, and to the first token if known."""
+
+    total_s: float
+    first_token_s: float | None
+    new_tokens: int
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    os.replace(scratch, path)
+
+
+def summarise(values: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(values),
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "max": max(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+class MemorySampler:
+    """Peak device memory via NVML on the cell's GPUs, sampled in a thread; RSS on CPU."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.devices: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self._handles: list[Any] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nvml: Any = None
+
+    def start(self) -> None:
+        if os.environ.get("CUDA_VISIBLE_DEVICES", "") in ("", "-1"):
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handles = [_nvml_handle(pynvml, entry) for entry in _visible_devices()]
+        except Exception as exc:  # no NVML: report why, keep measuring speed
+            self.error = f"NVML unavailable: {exc}"
+            return
+        for index, handle in zip(_visible_devices(), self._handles):
+            used = self._used(handle)
+            name = self._nvml.nvmlDeviceGetName(handle)
+            total = self._nvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20
+            self.devices.append(
+                {"device": index, "name": name, "total_mib": total, "used_before_mib": used, "peak_used_mib": used}
+            )
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _used(self, handle: Any) -> float:
+        return self._nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval_s)
+
+    def sample(self) -> None:
+        for device, handle in zip(self.devices, self._handles):
+            device["peak_used_mib"] = max(device["peak_used_mib"], self._used(handle))
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+            self.sample()
+        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.devices:
+            return {
+                "kind": "nvml-device-used",
+                "peak_mib": sum(d["peak_used_mib"] for d in self.devices),
+                "devices": self.devices,
+                "host_peak_rss_mib": rss_mib,
+            }
+        return {"kind": "process-peak-rss", "peak_mib": rss_mib, "nvml_error": self.error}
+
+
+def _visible_devices() -> list[str]:
+    return [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+
+
+def _nvml_handle(pynvml: Any, entry: str) -> Any:
+    if entry.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+    return pynvml.nvmlDeviceGetHandleByUUID(entry)
+
+
+def driver_info() -> dict[str, Any]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return {"driver": pynvml.nvmlSystemGetDriverVersion(), "nvml_cuda": pynvml.nvmlSystemGetCudaDriverVersion()}
+    except Exception:
+        return {}
+
+
+def prompt_ids(engine: Any, prompt_tokens: int, batch_size: int) -> list[list[int]]:
+    """Exactly prompt_tokens ids of real text (BOS included), the same for every engine."""
+    text = PROMPT_FILE.read_text()
+    ids = engine.tokenize(text)
+    while len(ids) < prompt_tokens:
+        ids = ids + engine.tokenize(text)[1:]
+    return [ids[:prompt_tokens] for _ in range(batch_size)]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return "outofmemory" in text.replace(" ", "") or "out of memory" in text
+
+
+def _one_line(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()
+    first = message[0] if message else ""
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def _measure(engine: Any, spec: dict[str, Any], result: dict[str, Any]) -> None:
+    engine.check()
+    workload = spec["workload"]
+    new_tokens = workload["new_tokens"]
+    t0 = time.perf_counter()
+    engine.load()
+    engine.synchronize()
+    result["metrics"]["load_s"] = time.perf_counter() - t0
+    prompts = prompt_ids(engine, workload["prompt_tokens"], workload["batch_size"])
+    warmups = [engine.generate(prompts, new_tokens) for _ in range(workload["warmup"])]
+    result["metrics"]["warmup_s"] = [w.total_s for w in warmups]
+    runs = [engine.generate(prompts, new_tokens) for _ in range(workload["repetitions"])]
+    for run in runs:
+        if run.new_tokens != new_tokens:
+            raise RuntimeError(f"engine produced {run.new_tokens} new tokens, expected exactly {new_tokens}")
+    result["metrics"].update(_rates(runs, new_tokens, workload["batch_size"]))
+    result["metrics"]["allocator"] = engine.allocator_peak()
+
+
+def _rates(runs: list[Timing], new_tokens: int, batch: int) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "generation_s": summarise([r.total_s for r in runs]),
+        "tokens_per_s": summarise([new_tokens / r.total_s for r in runs]),
+        "total_tokens_per_s": summarise([batch * new_tokens / r.total_s for r in runs]),
+    }
+    if all(r.first_token_s is not None for r in runs):
+        metrics["ttft_s"] = summarise([r.first_token_s for r in runs])
+        metrics["decode_tokens_per_s"] = summarise(
+            [(new_tokens - 1) / (r.total_s - r.first_token_s) for r in runs]
+        )
+    return metrics
+
+
+def run(engine_class: type, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one benchmark cell and write its JSON result.")
+    parser.add_argument("--spec", required=True, type=Path, help="cell spec JSON written by the runner")
+    parser.add_argument("--output", required=True, type=Path, help="where to write the result JSON")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.spec.read_text())
+    result: dict[str, Any] = {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "cell": spec["cell"],
+        "model": spec["model"],
+        "workload": spec["workload"],
+        "status": "ok",
+        "reason": None,
+        "metrics": {},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    sampler = MemorySampler()
+    sampler.start()
+    engine = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            engine = engine_class(spec)
+            _measure(engine, spec, result)
+        except Exception as exc:
+            result["status"] = "oom" if _is_oom(exc) else "failed"
+            result["reason"] = str(exc) if isinstance(exc, CellUnsupported) else _one_line(exc)
+            result["traceback"] = traceback.format_exc()[-4000:]
+    result["memory"] = sampler.stop()
+    result["warnings"] = sorted({f"{w.category.__name__}: {w.message}"[:300] for w in caught})
+    result["environment"] = _environment(engine)
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json_atomic(args.output, result)
+    print(f"[{spec['cell']['id']}] {result['status']}: {result['reason'] or _headline(result)}", flush=True)
+    return 0 if result["status"] == "ok" else 1
+
+
+def _headline(result: dict[str, Any]) -> str:
+    tps = result["metrics"]["tokens_per_s"]["median"]
+    return f"{tps:.2f} tok/s, peak {result['memory']['peak_mib']:.0f} MiB ({result['memory']['kind']})"
+
+
+def _environment(engine: Any) -> dict[str, Any]:
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        **driver_info(),
+    }
+    try:
+        env.update(engine.versions() if engine is not None else {})
+    except Exception as exc:  # versions are best effort; never lose a measurement over them
+        env["versions_error"] = _one_line(exc)
+    return env
+
+
+def main(engine_class: type) -> None:
+    sys.exit(run(engine_class))

@@ -1,0 +1,14 @@
+"""Registry of engine descriptions: the settings each engine takes and how a cell is labelled.
+
+A description never imports its engine; only the entrypoint that runs inside the
+engine's own environment does (entrypoints/run_<engine>.py).
+"""
+
+from __future__ import annotations
+
+from runner.engines.base import Engine, Setting
+from runner.engines.transformers import TRANSFORMERS
+
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS,)}
+
+__all__ = ["ENGINES", "Engine", "Setting"]

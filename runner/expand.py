@@ -1,0 +1,104 @@
+"""Turn a parsed matrix into cells: a pure function, tested against literal lists.
+
+For each engine: the cartesian product of its axes, minus cells matching an
+exclude pattern, plus the include cells; each setting not given takes the
+engine's default, the engine's cross-setting check runs, and duplicates collapse.
+A cell's id hashes everything that defines its measurement (engine, settings,
+GPUs, model, workload), so a result file is reused only for the same cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from runner.engines import ENGINES
+from runner.errors import UserError
+from runner.matrix import Matrix
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    engine: str
+    settings: dict[str, Any]
+    gpus: tuple[int, ...]
+    timeout_s: int
+
+    @property
+    def label(self) -> list[str]:
+        return ENGINES[self.engine].label(self.settings)
+
+    @property
+    def software(self) -> str:
+        return ENGINES[self.engine].software
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "engine": self.engine,
+            "software": self.software,
+            "settings": self.settings,
+            "label": self.label,
+            "gpus": list(self.gpus),
+            "timeout_s": self.timeout_s,
+        }
+
+
+def cell_id(engine: str, settings: dict[str, Any], gpus: tuple[int, ...], matrix: Matrix) -> str:
+    identity = {
+        "engine": engine,
+        "settings": settings,
+        "gpus": list(gpus),
+        "model": matrix.model.identity(),
+        "workload": matrix.workload.__dict__,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"{engine}-{digest[:12]}"
+
+
+def _matches(settings: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    return all(settings.get(key) == value for key, value in pattern.items())
+
+
+def _product(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    if not axes:
+        return []
+    names = list(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def expand(matrix: Matrix) -> list[Cell]:
+    cells: dict[str, Cell] = {}
+    for name, block in matrix.engines.items():
+        engine = ENGINES[name]
+        chosen = [c for c in _product(block.axes) if not any(_matches(c, p) for p in block.exclude)]
+        for entry in chosen + block.include:
+            overrides = {k: v for k, v in entry.items() if k in engine.settings}
+            settings = engine.resolve(overrides)
+            problem = engine.check(settings)
+            if problem:
+                raise UserError(f"{matrix.path}: engines.{name}: cell {overrides}: {problem}")
+            gpus = tuple(entry.get("gpus", block.placement.gpus))
+            timeout = entry.get("timeout_s", block.placement.timeout_s)
+            cid = cell_id(name, settings, gpus, matrix)
+            cells.setdefault(cid, Cell(cid, name, settings, gpus, timeout))
+    return list(cells.values())
+
+
+def find_baseline(matrix: Matrix, cells: list[Cell]) -> Cell:
+    """The cell the table compares against: the matrix's baseline, or the first cell."""
+    if matrix.baseline is None:
+        return cells[0]
+    wanted = matrix.baseline
+    found = [c for c in cells if c.engine == wanted.engine and _matches(c.settings, wanted.settings)]
+    if len(found) != 1:
+        count = "no cell" if not found else f"{len(found)} cells"
+        raise UserError(
+            f"{matrix.path}: baseline: {count} of engine {wanted.engine!r} match {wanted.settings}; "
+            "give settings that pick exactly one cell"
+        )
+    return found[0]

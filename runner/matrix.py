@@ -1,0 +1,258 @@
+"""Parse and validate matrix.yaml in one place; every mistake is one line naming file, key and fix.
+
+Schema (version 1):
+
+    version: 1
+    name: my-run                      # optional: names the default output folder
+    model: {synthetic: shisa-7b-v1}   # or {id: org/name, revision: main} or {path: /ckpt}
+    workload: {prompt_tokens: 64, new_tokens: 256, batch_size: 1, warmup: 1, repetitions: 3}
+    defaults: {gpus: [0], timeout_s: 1800}
+    baseline: {engine: transformers, settings: {dtype: fp32}}
+    engines:
+      transformers:
+        gpus: [0]                     # optional, overrides defaults
+        axes: {dtype: [fp32, bf16]}   # cartesian product of settings
+        exclude: [{dtype: fp32}]      # drop product cells matching every key
+        include: [{dtype: fp16, gpus: [1]}]   # extra cells, added after exclude
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner.engines import ENGINES, Engine
+from runner.errors import UserError
+from runner.models.architectures import ARCHITECTURES
+
+SCHEMA_VERSION = 1
+CELL_KEYS = ("gpus", "timeout_s")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    synthetic: str | None = None
+    id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompt_tokens: int = 64
+    new_tokens: int = 256
+    batch_size: int = 1
+    warmup: int = 1
+    repetitions: int = 3
+
+
+@dataclass(frozen=True)
+class Placement:
+    gpus: tuple[int, ...] = (0,)
+    timeout_s: int = 1800
+
+
+@dataclass(frozen=True)
+class EngineBlock:
+    axes: dict[str, list[Any]]
+    include: list[dict[str, Any]]
+    exclude: list[dict[str, Any]]
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class Baseline:
+    engine: str
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Matrix:
+    path: Path
+    name: str
+    model: ModelSpec
+    workload: Workload
+    engines: dict[str, EngineBlock]
+    baseline: Baseline | None = None
+    defaults: Placement = field(default_factory=Placement)
+
+
+class _Where:
+    """Builds error messages for one file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> UserError:
+        return UserError(f"{self.path}: {key}: {problem}")
+
+    def mapping(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__} {value!r}")
+        return value
+
+    def known(self, table: dict[str, Any], key: str, allowed: list[str] | tuple[str, ...]) -> None:
+        for name in table:
+            if name not in allowed:
+                hint = difflib.get_close_matches(str(name), list(allowed), n=1)
+                suggestion = f"did you mean '{hint[0]}'?" if hint else f"valid keys: {', '.join(sorted(allowed))}"
+                raise self.fail(f"{key}.{name}" if key else str(name), f"unknown key; {suggestion}")
+
+    def integer(self, table: dict[str, Any], key: str, name: str, default: int, minimum: int) -> int:
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(f"{key}.{name}", f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; pass the path of a matrix YAML file (see matrix.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise UserError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_matrix(raw, path)
+
+
+def parse_matrix(raw: Any, path: Path) -> Matrix:
+    w = _Where(path)
+    top = w.mapping(raw if raw is not None else {}, "(top level)")
+    w.known(top, "", ("version", "name", "model", "workload", "defaults", "baseline", "engines"))
+    if "version" not in top:
+        raise w.fail("version", f"missing; add 'version: {SCHEMA_VERSION}' at the top")
+    if top["version"] != SCHEMA_VERSION:
+        raise w.fail("version", f"unsupported version {top['version']!r}; this runner reads version {SCHEMA_VERSION}")
+    for required in ("model", "engines"):
+        if required not in top:
+            raise w.fail(required, "missing; see matrix.yaml for an example")
+    defaults = _placement(w, w.mapping(top.get("defaults", {}), "defaults"), "defaults", Placement())
+    engines = _engines(w, w.mapping(top["engines"], "engines"), defaults)
+    matrix = Matrix(
+        path=path,
+        name=str(top.get("name") or path.stem),
+        model=_model(w, w.mapping(top["model"], "model")),
+        workload=_workload(w, w.mapping(top.get("workload", {}), "workload")),
+        engines=engines,
+        baseline=_baseline(w, top.get("baseline"), engines),
+        defaults=defaults,
+    )
+    return matrix
+
+
+def _model(w: _Where, table: dict[str, Any]) -> ModelSpec:
+    w.known(table, "model", ("synthetic", "id", "revision", "path"))
+    sources = [k for k in ("synthetic", "id", "path") if k in table]
+    if len(sources) != 1:
+        raise w.fail("model", "give exactly one of 'synthetic: <architecture>', 'id: <hub id>' or 'path: <folder>'")
+    for key, value in table.items():
+        if not isinstance(value, str) or not value:
+            raise w.fail(f"model.{key}", f"expected a non-empty string, got {value!r}")
+    if "revision" in table and "id" not in table:
+        raise w.fail("model.revision", "only applies to 'id:' (a hub model)")
+    if "synthetic" in table and table["synthetic"] not in ARCHITECTURES:
+        name = table["synthetic"]
+        hint = difflib.get_close_matches(name, list(ARCHITECTURES), n=1)
+        extra = f"did you mean '{hint[0]}'? " if hint else ""
+        raise w.fail("model.synthetic", f"unknown architecture {name!r}; {extra}known: {', '.join(sorted(ARCHITECTURES))}")
+    return ModelSpec(**table)
+
+
+def _workload(w: _Where, table: dict[str, Any]) -> Workload:
+    w.known(table, "workload", tuple(Workload.__dataclass_fields__))
+    d = Workload()
+    return Workload(
+        prompt_tokens=w.integer(table, "workload", "prompt_tokens", d.prompt_tokens, 1),
+        new_tokens=w.integer(table, "workload", "new_tokens", d.new_tokens, 2),
+        batch_size=w.integer(table, "workload", "batch_size", d.batch_size, 1),
+        warmup=w.integer(table, "workload", "warmup", d.warmup, 0),
+        repetitions=w.integer(table, "workload", "repetitions", d.repetitions, 1),
+    )
+
+
+def _gpus(w: _Where, value: Any, key: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in value):
+        raise w.fail(key, f"expected a list of GPU indices like [0] or [0, 1] ([] for CPU), got {value!r}")
+    if len(set(value)) != len(value):
+        raise w.fail(key, f"GPU listed twice in {value!r}")
+    return tuple(value)
+
+
+def _placement(w: _Where, table: dict[str, Any], key: str, base: Placement) -> Placement:
+    gpus = _gpus(w, table["gpus"], f"{key}.gpus") if "gpus" in table else base.gpus
+    timeout = w.integer(table, key, "timeout_s", base.timeout_s, 1)
+    return Placement(gpus=gpus, timeout_s=timeout)
+
+
+def _engines(w: _Where, table: dict[str, Any], defaults: Placement) -> dict[str, EngineBlock]:
+    if not table:
+        raise w.fail("engines", "empty; name at least one engine, e.g. 'transformers:'")
+    w.known(table, "engines", tuple(ENGINES))
+    return {name: _engine_block(w, name, body, defaults) for name, body in table.items()}
+
+
+def _engine_block(w: _Where, name: str, body: Any, defaults: Placement) -> EngineBlock:
+    key = f"engines.{name}"
+    body = w.mapping(body if body is not None else {}, key)
+    w.known(body, key, ("axes", "include", "exclude", *CELL_KEYS))
+    engine = ENGINES[name]
+    axes = w.mapping(body.get("axes", {}), f"{key}.axes")
+    _check_settings(w, engine, axes, f"{key}.axes", lists=True)
+    include = _cell_list(w, engine, body.get("include", []), f"{key}.include", placement=True)
+    exclude = _cell_list(w, engine, body.get("exclude", []), f"{key}.exclude", placement=False)
+    if not axes and not include:
+        raise w.fail(key, "no cells; give 'axes:' (settings to combine) or 'include:' (a list of cells)")
+    return EngineBlock(axes=axes, include=include, exclude=exclude, placement=_placement(w, body, key, defaults))
+
+
+def _cell_list(w: _Where, engine: Engine, value: Any, key: str, placement: bool) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise w.fail(key, f"expected a list of settings mappings, got {value!r}")
+    cells = []
+    for i, item in enumerate(value):
+        item = dict(w.mapping(item if item is not None else {}, f"{key}[{i}]"))
+        extra = {k: item.pop(k) for k in CELL_KEYS if k in item} if placement else {}
+        _check_settings(w, engine, item, f"{key}[{i}]", lists=False)
+        if "gpus" in extra:
+            extra["gpus"] = _gpus(w, extra["gpus"], f"{key}[{i}].gpus")
+        if "timeout_s" in extra:
+            w.integer(extra, f"{key}[{i}]", "timeout_s", 1, 1)
+        cells.append({**item, **extra})
+    return cells
+
+
+def _check_settings(w: _Where, engine: Engine, table: dict[str, Any], key: str, lists: bool) -> None:
+    w.known(table, key, list(engine.settings))
+    for name, value in table.items():
+        values = value if lists else [value]
+        if lists and (not isinstance(value, list) or not value):
+            raise w.fail(f"{key}.{name}", f"expected a non-empty list of values, got {value!r}")
+        for v in values:
+            problem = engine.settings[name].problem(v)
+            if problem:
+                raise w.fail(f"{key}.{name}", problem)
+
+
+def _baseline(w: _Where, value: Any, engines: dict[str, EngineBlock]) -> Baseline | None:
+    if value is None:
+        return None
+    table = w.mapping(value, "baseline")
+    w.known(table, "baseline", ("engine", "settings"))
+    engine = table.get("engine")
+    if engine not in engines:
+        raise w.fail("baseline.engine", f"{engine!r} is not one of this matrix's engines ({', '.join(engines)})")
+    settings = w.mapping(table.get("settings", {}), "baseline.settings")
+    _check_settings(w, ENGINES[engine], settings, "baseline.settings", lists=False)
+    return Baseline(engine=engine, settings=settings)

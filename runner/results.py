@@ -1,0 +1,77 @@
+"""Result documents: one schema-versioned JSON per cell, written atomically, never overwritten by worse news.
+
+A result has a status (ok, failed, timeout, oom, skipped) and a reason. The
+child's JSON is trusted only together with its exit code: a non-zero exit is
+never an ok result, and a child that wrote nothing or garbage is its own kind
+of failure with the log's tail kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "timeout", "oom", "skipped")
+TAIL_CHARS = 4000
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(scratch, path)
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The result at path, or None if absent or unreadable."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
+        return None
+    return document
+
+
+def failure(cell: dict[str, Any], model: dict[str, Any], workload: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+    assert status in STATUSES
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "cell": cell,
+        "model": model,
+        "workload": workload,
+        "status": status,
+        "reason": reason,
+        "metrics": {},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def tail(text: str, limit: int = TAIL_CHARS) -> str:
+    return text[-limit:]
+
+
+def reconcile(child: dict[str, Any] | None, exit_code: int, log_tail: str, fallback: dict[str, Any]) -> dict[str, Any]:
+    """Combine the child's own report with its exit code; the exit code wins."""
+    if child is None:
+        reason = f"exit code {exit_code}, no result written" if exit_code else "exited 0 but wrote no result"
+        result = {**fallback, "status": "failed", "reason": _with_last_line(reason, log_tail)}
+    elif exit_code != 0 and child.get("status") == "ok":
+        result = {**child, "status": "failed", "reason": f"reported ok but exited with code {exit_code}"}
+    elif exit_code == 0 and child.get("status") != "ok":
+        result = {**child, "status": child.get("status", "failed")}
+    else:
+        result = child
+    result["exit_code"] = exit_code
+    if result["status"] != "ok":
+        result["log_tail"] = log_tail
+    return result
+
+
+def _with_last_line(reason: str, log_tail: str) -> str:
+    lines = [line for line in log_tail.strip().splitlines() if line.strip()]
+    return f"{reason}: {lines[-1].strip()[:300]}" if lines else reason

@@ -1,0 +1,74 @@
+"""One run of a matrix: prepare the model, run each cell (or reuse its earlier ok result), write results.
+
+Per cell the folder gets spec/<id>.json (what the child reads), cells/<id>.json
+(the result, written atomically) and logs/<id>.log. An ok result already in
+the folder for the same cell id is kept and not re-measured unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.engines import ENGINES
+from runner.expand import Cell
+from runner.matrix import Matrix
+from runner.results import read_result, write_json_atomic
+from runner.scheduler import run_scheduled
+
+
+def cell_paths(folder: Path, cell: Cell) -> dict[str, Path]:
+    return {
+        "spec_path": folder / "spec" / f"{cell.id}.json",
+        "result_path": folder / "cells" / f"{cell.id}.json",
+        "log_path": folder / "logs" / f"{cell.id}.log",
+    }
+
+
+def _job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any]) -> dict[str, Any]:
+    paths = cell_paths(folder, cell)
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    spec = {"cell": cell.to_json(), "model": model, "workload": matrix.workload.__dict__}
+    paths["spec_path"].write_text(json.dumps(spec, indent=2) + "\n")
+    # the child writes to a scratch path; the runner publishes the reconciled result
+    scratch = folder / "cells" / f".{cell.id}.child.json"
+    return {**paths, "result_path": scratch, "final_path": paths["result_path"], "spec": spec,
+            "entrypoint": ENGINES[cell.engine].entrypoint, "timeout_s": cell.timeout_s}
+
+
+def run_cells(
+    matrix: Matrix,
+    cells: list[Cell],
+    model: dict[str, Any],
+    folder: Path,
+    executor: Any,
+    max_parallel: int = 1,
+    force: bool = False,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Run every cell not already measured; return all results in cell order."""
+
+    def run_one(cell: Cell) -> dict[str, Any]:
+        previous = read_result(cell_paths(folder, cell)["result_path"])
+        if previous and previous.get("status") == "ok" and not force:
+            log(f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)})")
+            return previous
+        job = _job(folder, cell, matrix, model)
+        log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell)}")
+        started = time.time()
+        result = executor.run(job)
+        result["wall_s"] = time.time() - started
+        result["executor"] = executor.name
+        write_json_atomic(job["final_path"], result)
+        job["result_path"].unlink(missing_ok=True)
+        log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
+        return result
+
+    return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel)
+
+
+def _where(cell: Cell) -> str:
+    return f"GPU {','.join(map(str, cell.gpus))}" if cell.gpus else "CPU"

@@ -1,0 +1,154 @@
+"""The comparison table: the seed's columns, relative to the baseline cell, failed rows kept.
+
+Software | Settings | Avg Tok/s | Max Mem (MiB) | Speed X | Max mem % | Notes,
+plus a details table (spread, time to first token, decode rate, load time,
+allocator peak). Written as markdown, CSV and JSON into the run's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = ["Software", "Settings", "Avg Tok/s", "Max Mem (MiB)", "Speed X", "Max mem %", "Notes"]
+
+
+def _stat(result: dict[str, Any], name: str, field: str = "median") -> float | None:
+    value = result.get("metrics", {}).get(name)
+    return value.get(field) if isinstance(value, dict) else None
+
+
+def _memory(result: dict[str, Any]) -> float | None:
+    memory = result.get("memory") or {}
+    return memory.get("peak_mib") if result.get("status") == "ok" else None
+
+
+def _notes(result: dict[str, Any]) -> str:
+    if result.get("status") != "ok":
+        return f"{result.get('status', 'failed')}: {result.get('reason') or 'no reason recorded'}"
+    notes = []
+    memory = result.get("memory") or {}
+    if memory.get("kind") == "process-peak-rss":
+        notes.append("CPU: memory is process peak RSS")
+    notes.extend(w for w in result.get("warnings", []) if "UserWarning" in w)
+    return "; ".join(notes)[:400]
+
+
+def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
+    """One row per result with numeric columns; Speed X and Max mem % against the baseline."""
+    base = next((r for r in results if r["cell"]["id"] == baseline_id), None)
+    base_tps = _stat(base, "tokens_per_s") if base and base.get("status") == "ok" else None
+    base_mem = _memory(base) if base else None
+    records = []
+    for r in results:
+        tps, mem = _stat(r, "tokens_per_s"), _memory(r)
+        records.append(
+            {
+                "Software": r["cell"]["software"],
+                "Settings": r["cell"]["label"],
+                "Avg Tok/s": tps,
+                "Tok/s min": _stat(r, "tokens_per_s", "min"),
+                "Tok/s max": _stat(r, "tokens_per_s", "max"),
+                "Max Mem (MiB)": mem,
+                "Speed X": tps / base_tps if tps and base_tps else None,
+                "Max mem %": 100 * mem / base_mem if mem and base_mem else None,
+                "TTFT (ms)": 1000 * _stat(r, "ttft_s") if _stat(r, "ttft_s") else None,
+                "Decode tok/s": _stat(r, "decode_tokens_per_s"),
+                "Load (s)": r.get("metrics", {}).get("load_s"),
+                "Allocator peak (MiB)": ((r.get("metrics", {}).get("allocator") or {}).get("max_reserved_mib")),
+                "Status": r.get("status"),
+                "Notes": _notes(r),
+                "Cell": r["cell"]["id"],
+                "Baseline": r["cell"]["id"] == baseline_id,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def display_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
+    """The seed's columns as text: spread beside Avg Tok/s, settings joined for the medium."""
+    shown = pd.DataFrame()
+    shown["Software"] = frame["Software"]
+    shown["Settings"] = [settings_joiner.join(s) + (" (baseline)" if b else "") for s, b in zip(frame["Settings"], frame["Baseline"])]
+    shown["Avg Tok/s"] = [
+        f"{_fmt(t, 2)} ({_fmt(lo, 2)}–{_fmt(hi, 2)})" if t is not None and not pd.isna(t) else ""
+        for t, lo, hi in zip(frame["Avg Tok/s"], frame["Tok/s min"], frame["Tok/s max"])
+    ]
+    shown["Max Mem (MiB)"] = [_fmt(v, 0) for v in frame["Max Mem (MiB)"]]
+    shown["Speed X"] = [_fmt(v, 2) for v in frame["Speed X"]]
+    shown["Max mem %"] = [_fmt(v, 0) for v in frame["Max mem %"]]
+    shown["Notes"] = frame["Notes"]
+    return shown
+
+
+def details_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
+    shown = pd.DataFrame()
+    shown["Software"] = frame["Software"]
+    shown["Settings"] = [settings_joiner.join(s) for s in frame["Settings"]]
+    shown["TTFT (ms)"] = [_fmt(v, 1) for v in frame["TTFT (ms)"]]
+    shown["Decode tok/s"] = [_fmt(v, 2) for v in frame["Decode tok/s"]]
+    shown["Load (s)"] = [_fmt(v, 1) for v in frame["Load (s)"]]
+    shown["Allocator peak (MiB)"] = [_fmt(v, 0) for v in frame["Allocator peak (MiB)"]]
+    shown["Status"] = frame["Status"]
+    shown["Cell"] = frame["Cell"]
+    return shown
+
+
+def caption(results: list[dict[str, Any]]) -> list[str]:
+    """What the numbers were measured on, said once above the table."""
+    first = next((r for r in results if r.get("status") == "ok"), results[0] if results else None)
+    if first is None:
+        return []
+    model, workload = first.get("model", {}), first.get("workload", {})
+    weights = "SYNTHETIC random weights, real architecture and tokenizer" if model.get("synthetic") else "real weights"
+    lines = [
+        f"Model: {model.get('name')} (from {model.get('source')}; {weights})",
+        (
+            f"Workload: {workload.get('prompt_tokens')} prompt tokens, exactly {workload.get('new_tokens')} new tokens "
+            f"(greedy, EOS ignored), batch {workload.get('batch_size')}, {workload.get('warmup')} warm-up, "
+            f"{workload.get('repetitions')} timed repetitions"
+        ),
+    ]
+    env = first.get("environment", {})
+    devices = (first.get("memory") or {}).get("devices") or []
+    hardware = ", ".join(sorted({d["name"] for d in devices})) or f"CPU ({env.get('cpu_count')} cores)"
+    versions = ", ".join(f"{k} {env[k]}" for k in ("driver", "torch", "transformers") if env.get(k))
+    lines.append(f"Hardware: {hardware}; {versions}")
+    lines.append(
+        "Avg Tok/s: new tokens / generation time, median of repetitions (min–max). "
+        "Max Mem: peak device memory in use (NVML, as nvidia-smi shows it), summed over the cell's GPUs; "
+        "on CPU, the process's peak RSS."
+    )
+    return lines
+
+
+def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str:
+    """Write table.md, table.csv and table.json into folder; return the text to print."""
+    from tabulate import tabulate
+
+    frame = rows(results, baseline_id)
+    head = caption(results)
+    markdown = "\n".join(
+        [
+            *(f"{line}  " for line in head),
+            "",
+            tabulate(display_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False),
+            "",
+            "Details:",
+            "",
+            tabulate(details_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False),
+            "",
+        ]
+    )
+    (folder / "table.md").write_text(markdown)
+    csv_frame = frame.assign(Settings=[" / ".join(s) for s in frame["Settings"]])
+    csv_frame.to_csv(folder / "table.csv", index=False)
+    csv_frame.to_json(folder / "table.json", orient="records", indent=2)
+    printed = tabulate(display_frame(frame, "; "), headers="keys", tablefmt="github", showindex=False)
+    return "\n".join([*head, "", printed])
