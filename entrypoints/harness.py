@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -161,6 +162,23 @@ def prompt_ids(engine: Any, prompt_tokens: int, batch_size: int) -> list[list[in
     return [ids[:prompt_tokens] for _ in range(batch_size)]
 
 
+class RepeatedLogFilter(logging.Handler):
+    """Root-logger handler: print each distinct warning once, count repeats (bitsandbytes logs one per matmul)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().strip().splitlines()[0][:300] if record.getMessage().strip() else ""
+        self.counts[message] = self.counts.get(message, 0) + 1
+        if self.counts[message] == 1:
+            print(f"{record.levelname} {record.name}: {message}", file=sys.stderr, flush=True)
+
+    def summary(self) -> list[str]:
+        return [f"log: {m}" + (f" (x{n})" if n > 1 else "") for m, n in self.counts.items()]
+
+
 def _is_oom(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
     return "outofmemory" in text.replace(" ", "") or "out of memory" in text
@@ -221,6 +239,8 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
         "metrics": {},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    logged = RepeatedLogFilter()
+    logging.getLogger().addHandler(logged)
     sampler = MemorySampler()
     sampler.start()
     engine = None
@@ -234,7 +254,7 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
             result["reason"] = str(exc) if isinstance(exc, CellUnsupported) else _one_line(exc)
             result["traceback"] = traceback.format_exc()[-4000:]
     result["memory"] = sampler.stop()
-    result["warnings"] = sorted({f"{w.category.__name__}: {w.message}"[:300] for w in caught})
+    result["warnings"] = sorted({f"{w.category.__name__}: {w.message}"[:300] for w in caught}) + logged.summary()
     result["environment"] = _environment(engine)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(args.output, result)

@@ -58,6 +58,11 @@ class Engine:
                 raise harness.CellUnsupported(
                     f"BetterTransformer unavailable: {exc} (removed in optimum 2.0; transformers' native SDPA replaces it)"
                 ) from None
+        if self.settings["bnb_compute_dtype"] and self.settings["quantization"] != "bnb-4bit":
+            raise harness.CellUnsupported(
+                "bitsandbytes has no compute dtype for this setting: BitsAndBytesConfig takes "
+                "bnb_4bit_compute_dtype for 4-bit only; 8-bit matmuls compute in the model dtype"
+            )
         if self.settings["quantization"] != "none" and not self.cuda:
             raise harness.CellUnsupported("bitsandbytes quantization needs a CUDA GPU in this tool")
 

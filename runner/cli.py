@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="re-measure cells that already have an ok result")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default {DEFAULT_STORE})")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    parser.add_argument("--table-only", action="store_true",
+                        help="render the table from the results already in the run folder; run nothing")
     parser.add_argument("--strict", action="store_true", help="exit 3 if any cell did not succeed")
     return parser.parse_args(argv)
 
@@ -57,11 +60,19 @@ def _list(cells: list[Cell], baseline: Cell) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are kept in the run folder; rerun to measure the rest", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -76,7 +87,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--only {' '.join(args.only)}: no cell matches; see --list")
     if args.parallel < 1:
         raise UserError("--parallel: give a number >= 1")
-    folder = args.output or Path("runs") / matrix.name
+    folder = (args.output or Path("runs") / matrix.name).resolve()
+    if args.table_only:
+        return _table(folder, cells, {}, baseline)
     folder.mkdir(parents=True, exist_ok=True)
     executor = EXECUTORS[args.executor](python=args.python)
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
@@ -84,13 +97,20 @@ def _run(args: argparse.Namespace) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force)
     _manifest(folder, args, matrix.path, chosen, baseline, started)
-    # the table covers every cell of the matrix that has a result, not only this invocation's
-    shown = _all_results(folder, cells, {r["cell"]["id"]: r for r in results})
-    print(render(shown, baseline.id, folder))
-    print(f"\ntable: {folder / 'table.md'}")
+    _table(folder, cells, {r["cell"]["id"]: r for r in results}, baseline)
     failed = [r for r in results if r["status"] != "ok"]
-    print(f"{len(results) - len(failed)} ok, {len(failed)} not ok")
+    print(f"this run: {len(results) - len(failed)} ok, {len(failed)} not ok")
     return 3 if failed and args.strict else 0
+
+
+def _table(folder: Path, cells: list[Cell], fresh: dict[str, dict], baseline: Cell) -> int:
+    """Render the table over every cell of the matrix that has a result, not only this invocation's."""
+    shown = _all_results(folder, cells, fresh)
+    if not shown:
+        raise UserError(f"{folder}: no results for this matrix's cells yet; run without --table-only first")
+    print(render(shown, baseline.id, folder))
+    print(f"\ntable: {folder / 'table.md'} ({len(shown)} of {len(cells)} cells have results)")
+    return 0
 
 
 def _all_results(folder: Path, cells: list[Cell], fresh: dict[str, dict]) -> list[dict]:
@@ -106,8 +126,8 @@ def _all_results(folder: Path, cells: list[Cell], fresh: dict[str, dict]) -> lis
 
 
 def _manifest(folder: Path, args: argparse.Namespace, matrix_path: Path, cells: list[Cell], baseline: Cell, started: str) -> None:
-    write_json_atomic(
-        folder / "run.json",
+    manifest = read_manifest(folder / "run.json")
+    manifest["invocations"].append(
         {
             "command": "python -m runner " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "matrix": str(matrix_path),
@@ -117,5 +137,15 @@ def _manifest(folder: Path, args: argparse.Namespace, matrix_path: Path, cells: 
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "cells": [c.id for c in cells],
             "baseline": baseline.id,
-        },
+        }
     )
+    write_json_atomic(folder / "run.json", manifest)
+
+
+def read_manifest(path: Path) -> dict:
+    """run.json: every invocation that wrote into this run folder, oldest first."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"invocations": []}
+    return manifest if isinstance(manifest.get("invocations"), list) else {"invocations": []}

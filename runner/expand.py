@@ -75,8 +75,10 @@ def expand(matrix: Matrix) -> list[Cell]:
     cells: dict[str, Cell] = {}
     for name, block in matrix.engines.items():
         engine = ENGINES[name]
-        chosen = [c for c in _product(block.axes) if not any(_matches(c, p) for p in block.exclude)]
-        for entry in chosen + block.include:
+        product = [c for c in _product(block.axes) if not any(_matches(engine.resolve(c), p) for p in block.exclude)]
+        if not product and not block.include:
+            raise UserError(f"{matrix.path}: engines.{name}: every cell was excluded; loosen 'exclude' or add 'include'")
+        for entry in product + block.include:
             overrides = {k: v for k, v in entry.items() if k in engine.settings}
             settings = engine.resolve(overrides)
             problem = engine.check(settings)

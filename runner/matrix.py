@@ -117,12 +117,34 @@ def load_matrix(path: str | Path) -> Matrix:
     if not path.is_file():
         raise UserError(f"{path}: no such file; pass the path of a matrix YAML file (see matrix.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: byte {exc.start}: not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise UserError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"line {mark.line + 1}" if mark else f"position {getattr(exc, 'position', '?')}"
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise UserError(f"{path}: {where}: not valid YAML ({problem})") from None
     return parse_matrix(raw, path)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (YAML would keep the last silently)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice; merge the two entries", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
 def parse_matrix(raw: Any, path: Path) -> Matrix:
@@ -131,12 +153,14 @@ def parse_matrix(raw: Any, path: Path) -> Matrix:
     w.known(top, "", ("version", "name", "model", "workload", "defaults", "baseline", "engines"))
     if "version" not in top:
         raise w.fail("version", f"missing; add 'version: {SCHEMA_VERSION}' at the top")
-    if top["version"] != SCHEMA_VERSION:
+    if isinstance(top["version"], bool) or top["version"] != SCHEMA_VERSION:
         raise w.fail("version", f"unsupported version {top['version']!r}; this runner reads version {SCHEMA_VERSION}")
     for required in ("model", "engines"):
         if required not in top:
             raise w.fail(required, "missing; see matrix.yaml for an example")
-    defaults = _placement(w, w.mapping(top.get("defaults", {}), "defaults"), "defaults", Placement())
+    defaults_table = w.mapping(top.get("defaults", {}), "defaults")
+    w.known(defaults_table, "defaults", CELL_KEYS)
+    defaults = _placement(w, defaults_table, "defaults", Placement())
     engines = _engines(w, w.mapping(top["engines"], "engines"), defaults)
     matrix = Matrix(
         path=path,
@@ -234,6 +258,9 @@ def _cell_list(w: _Where, engine: Engine, value: Any, key: str, placement: bool)
 
 
 def _check_settings(w: _Where, engine: Engine, table: dict[str, Any], key: str, lists: bool) -> None:
+    placed = [k for k in CELL_KEYS if k in table]
+    if ".exclude[" in key and placed:
+        raise w.fail(f"{key}.{placed[0]}", "exclude patterns match settings only; put it on an include entry or the engine")
     w.known(table, key, list(engine.settings))
     for name, value in table.items():
         values = value if lists else [value]

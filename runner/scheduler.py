@@ -26,8 +26,13 @@ def run_scheduled(
     gpus_of: Callable[[T], Sequence[int]],
     run_one: Callable[[T], Any],
     max_parallel: int = 1,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> list[Any]:
-    """Run run_one over items; return their outcomes in item order."""
+    """Run run_one over items; return their outcomes in item order.
+
+    On KeyboardInterrupt no new item starts, on_interrupt() is called (to stop
+    the running ones), the running items finish, and the interrupt propagates.
+    """
     outcomes: list[Any] = [None] * len(items)
     pending = list(range(len(items)))
     busy: set[Any] = set()
@@ -47,22 +52,29 @@ def run_scheduled(
                 running -= 1
                 lock.notify_all()
 
-    threads = []
-    with lock:
-        while pending and not failures:
-            ready = next((i for i in pending if not resources(gpus_of(items[i])) & busy), None)
-            if ready is None or running >= max_parallel:
-                lock.wait()
-                continue
-            pending.remove(ready)
-            held = resources(gpus_of(items[ready]))
-            busy.update(held)
-            running += 1
-            thread = threading.Thread(target=worker, args=(ready, held), daemon=True)
-            threads.append(thread)
-            thread.start()
-    for thread in threads:
-        thread.join()
+    threads: list[threading.Thread] = []
+    try:
+        with lock:
+            while pending and not failures:
+                ready = next((i for i in pending if not resources(gpus_of(items[i])) & busy), None)
+                if ready is None or running >= max_parallel:
+                    lock.wait()
+                    continue
+                pending.remove(ready)
+                held = resources(gpus_of(items[ready]))
+                busy.update(held)
+                running += 1
+                thread = threading.Thread(target=worker, args=(ready, held), daemon=True)
+                threads.append(thread)
+                thread.start()
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        if on_interrupt:
+            on_interrupt()
+        for thread in threads:
+            thread.join()
+        raise
     if failures:
         raise failures[0]
     return outcomes

@@ -53,7 +53,8 @@ def run_cells(
 
     def run_one(cell: Cell) -> dict[str, Any]:
         previous = read_result(cell_paths(folder, cell)["result_path"])
-        if previous and previous.get("status") == "ok" and not force:
+        same_model = previous and previous.get("model", {}).get("path") == model["path"]
+        if previous and previous.get("status") == "ok" and same_model and not force:
             log(f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)})")
             return previous
         job = _job(folder, cell, matrix, model)
@@ -67,7 +68,8 @@ def run_cells(
         log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
         return result
 
-    return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel)
+    stop = getattr(executor, "stop_all", None)
+    return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel, on_interrupt=stop)
 
 
 def _where(cell: Cell) -> str:

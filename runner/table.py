@@ -26,13 +26,15 @@ def _memory(result: dict[str, Any]) -> float | None:
 
 
 def _notes(result: dict[str, Any]) -> str:
-    if result.get("status") != "ok":
-        return f"{result.get('status', 'failed')}: {result.get('reason') or 'no reason recorded'}"
+    status = result.get("status", "failed")
+    if status != "ok":
+        reason = result.get("reason") or "no reason recorded"
+        return reason if reason.startswith(f"{status}:") else f"{status}: {reason}"
     notes = []
     memory = result.get("memory") or {}
     if memory.get("kind") == "process-peak-rss":
         notes.append("CPU: memory is process peak RSS")
-    notes.extend(w for w in result.get("warnings", []) if "UserWarning" in w)
+    notes.extend(w for w in result.get("warnings", []) if w.startswith(("UserWarning", "log: ")))
     return "; ".join(notes)[:400]
 
 
@@ -43,14 +45,15 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
     base_mem = _memory(base) if base else None
     records = []
     for r in results:
-        tps, mem = _stat(r, "tokens_per_s"), _memory(r)
+        ok = r.get("status") == "ok"
+        tps, mem = (_stat(r, "tokens_per_s"), _memory(r)) if ok else (None, None)
         records.append(
             {
                 "Software": r["cell"]["software"],
                 "Settings": r["cell"]["label"],
                 "Avg Tok/s": tps,
-                "Tok/s min": _stat(r, "tokens_per_s", "min"),
-                "Tok/s max": _stat(r, "tokens_per_s", "max"),
+                "Tok/s min": _stat(r, "tokens_per_s", "min") if ok else None,
+                "Tok/s max": _stat(r, "tokens_per_s", "max") if ok else None,
                 "Max Mem (MiB)": mem,
                 "Speed X": tps / base_tps if tps and base_tps else None,
                 "Max mem %": 100 * mem / base_mem if mem and base_mem else None,
@@ -138,11 +141,11 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
         [
             *(f"{line}  " for line in head),
             "",
-            tabulate(display_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False),
+            tabulate(display_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True),
             "",
             "Details:",
             "",
-            tabulate(details_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False),
+            tabulate(details_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True),
             "",
         ]
     )
@@ -150,5 +153,5 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
     csv_frame = frame.assign(Settings=[" / ".join(s) for s in frame["Settings"]])
     csv_frame.to_csv(folder / "table.csv", index=False)
     csv_frame.to_json(folder / "table.json", orient="records", indent=2)
-    printed = tabulate(display_frame(frame, "; "), headers="keys", tablefmt="github", showindex=False)
+    printed = tabulate(display_frame(frame, "; "), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
     return "\n".join([*head, "", printed])

@@ -32,7 +32,8 @@ def label(s: dict[str, Any]) -> list[str]:
     if s["quantization"] != "none":
         lines.append(f"load_in_{s['quantization'][4]}bit=True")
     if s["bnb_compute_dtype"]:
-        lines.append(f"bnb_4bit_compute_dtype={TORCH_DTYPE[s['bnb_compute_dtype']]}")
+        bits = s["quantization"][4] if s["quantization"] != "none" else "4"
+        lines.append(f"bnb_{bits}bit_compute_dtype={TORCH_DTYPE[s['bnb_compute_dtype']]}")
     if s["compile"]:
         lines.append("torch.compile()")
     if s["grad_mode"] != "default":
@@ -45,17 +46,10 @@ def label(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def check(s: dict[str, Any]) -> str | None:
-    if s["bnb_compute_dtype"] and s["quantization"] != "bnb-4bit":
-        return "bnb_compute_dtype applies to quantization: bnb-4bit only (8-bit matmuls compute in dtype)"
-    return None
-
-
 TRANSFORMERS = Engine(
     name="transformers",
     software="HF Transformers",
     entrypoint="run_transformers.py",
     settings=SETTINGS,
     label=label,
-    check=check,
 )

@@ -71,6 +71,17 @@ class LocalExecutor:
 
     def __init__(self, python: str | None = None):
         self.python = python or sys.executable
+        self.interrupted = False
+        self._running: set[subprocess.Popen] = set()
+
+    def stop_all(self) -> None:
+        """Stop every running cell (the run was interrupted); their results say so."""
+        self.interrupted = True
+        for process in list(self._running):
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run the job (cell, spec path, result path, log path, timeout) and return its result."""
@@ -90,15 +101,20 @@ class LocalExecutor:
                 start_new_session=True,
                 cwd=ENTRYPOINTS,
             )
+            self._running.add(process)
             timed_out = False
             try:
-                code = process.wait(timeout=job["timeout_s"])
+                process.wait(timeout=job["timeout_s"])
             except subprocess.TimeoutExpired:
                 timed_out = True
             _kill_group(process)
+            self._running.discard(process)
             code = process.returncode
         log_tail = tail(Path(job["log_path"]).read_text(errors="replace"))
         fallback = failure(cell, job["spec"]["model"], job["spec"]["workload"], "failed", "")
+        if self.interrupted:
+            reason = "interrupted: the run was stopped while this cell ran; process group killed"
+            return {**fallback, "reason": reason, "exit_code": code, "log_tail": log_tail}
         if timed_out:
             reason = f"timeout: no result after {job['timeout_s']} s; process group killed"
             return {**fallback, "status": "timeout", "reason": reason, "exit_code": code, "log_tail": log_tail}

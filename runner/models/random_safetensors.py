@@ -4,13 +4,14 @@ The safetensors format is an 8-byte little-endian header length, a JSON header
 naming each tensor's dtype, shape and byte range, then the raw bytes. numpy has
 no bfloat16, so bf16 words are made directly from random bits: sign and
 mantissa random, exponent drawn from 2^-9..2^-6, giving weights of magnitude
-0.002 to 0.016 (the scale of a trained model's). Norm weights are 1.0, as a
+0.002 to 0.03 (the scale of a trained model's). Norm weights are 1.0, as a
 freshly initialised model has them. Generation is spread over threads with one
 seeded generator per chunk, so the bytes are the same on every machine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ def _random_bf16(seed: list[int], count: int) -> bytes:
 
 def _tensor_chunks(name: str, shape: tuple[int, ...], seed: int) -> Iterator[tuple[list[int], int]]:
     """(seed, element count) for each chunk of one tensor; deterministic per name."""
-    name_key = int.from_bytes(name.encode()[-16:].rjust(16, b"\0"), "little")
+    name_key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:16], "little")
     total = _numel(shape)
     for index, start in enumerate(range(0, total, CHUNK_ELEMENTS)):
         yield [seed, name_key, index], min(CHUNK_ELEMENTS, total - start)

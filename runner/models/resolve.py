@@ -34,7 +34,8 @@ def resolve_model(spec: ModelSpec, store: Path, matrix_path: Path, log=print) ->
             "parameters": parameter_count(ARCHITECTURES[spec.synthetic]),
         }
     if spec.path:
-        folder = (matrix_path.parent / spec.path).expanduser() if not Path(spec.path).is_absolute() else Path(spec.path)
+        given = Path(spec.path).expanduser()
+        folder = given if given.is_absolute() else matrix_path.parent / given
         if not (folder / "config.json").is_file():
             raise UserError(f"{matrix_path}: model.path: {folder} has no config.json; point it at a checkpoint folder")
         return {"source": "local", "name": folder.name, "path": str(folder.resolve()), "synthetic": _is_synthetic(folder)}

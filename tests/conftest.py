@@ -1,0 +1,64 @@
+"""Shared fixtures: the repository root, the matrix fixtures, a session-wide model store
+holding the synthetic tiny-mistral checkpoint (built once per test session), and a
+helper that runs ``python -m runner`` as a subprocess the way a user does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.models import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MATRICES = FIXTURES / "matrices"
+
+
+def run_runner(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m runner ARGS`` from the repository root; text output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ if env is None else env),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def matrices() -> Path:
+    """tests/fixtures/matrices: one small matrix file per case."""
+    return MATRICES
+
+
+@pytest.fixture(scope="session")
+def runner_cli():
+    """The run_runner helper, as a fixture so test modules need not import conftest."""
+    return run_runner
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store shared by the whole session, with tiny-mistral already built in it."""
+    store = tmp_path_factory.mktemp("model-store")
+    synthetic.materialise("tiny-mistral", store, log=lambda message: None)
+    return store
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_store: Path) -> Path:
+    """The folder of the synthetic tiny-mistral checkpoint in the session store."""
+    folder = synthetic.materialise("tiny-mistral", model_store, log=lambda message: None)
+    assert (folder / synthetic.MARKER).is_file()
+    return folder

@@ -1,0 +1,119 @@
+"""runner.models.resolve.resolve_model: synthetic, local path and hub sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from runner.errors import UserError
+from runner.matrix import ModelSpec
+from runner.models.resolve import resolve_model
+
+
+def test_synthetic_resolves_to_the_store(tiny_model, model_store, tmp_path):
+    messages: list[str] = []
+    model = resolve_model(ModelSpec(synthetic="tiny-mistral"), model_store, tmp_path / "m.yaml", log=messages.append)
+    assert model == {
+        "source": "synthetic",
+        "name": "tiny-mistral",
+        "path": str(tiny_model.resolve()),
+        "synthetic": True,
+        "parameters": 598_336,
+    }
+    assert messages == []  # already built
+
+
+def test_local_path_to_synthetic_folder(tiny_model, tmp_path):
+    model = resolve_model(ModelSpec(path=str(tiny_model)), tmp_path / "store", tmp_path / "m.yaml")
+    assert model == {"source": "local", "name": tiny_model.name, "path": str(tiny_model.resolve()), "synthetic": True}
+
+
+def test_relative_path_is_relative_to_the_matrix_file(tiny_model, tmp_path):
+    (tmp_path / "ckpt").symlink_to(tiny_model, target_is_directory=True)
+    matrix_dir = tmp_path / "matrices"
+    matrix_dir.mkdir()
+    model = resolve_model(ModelSpec(path="../ckpt"), tmp_path / "store", matrix_dir / "m.yaml")
+    assert model["source"] == "local"
+    assert model["path"] == str(tiny_model.resolve())
+    assert model["synthetic"] is True
+
+
+def test_local_checkpoint_that_is_not_synthetic(tiny_model, tmp_path):
+    folder = tmp_path / "real"
+    folder.mkdir()
+    (folder / "config.json").write_text((tiny_model / "config.json").read_text())
+    model = resolve_model(ModelSpec(path=str(folder)), tmp_path / "store", tmp_path / "m.yaml")
+    assert model == {"source": "local", "name": "real", "path": str(folder.resolve()), "synthetic": False}
+    (folder / "synthetic.json").write_text(json.dumps({"synthetic": False}))
+    assert resolve_model(ModelSpec(path=str(folder)), tmp_path / "store", tmp_path / "m.yaml")["synthetic"] is False
+
+
+def test_path_without_config_is_a_user_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    matrix = tmp_path / "m.yaml"
+    with pytest.raises(UserError) as caught:
+        resolve_model(ModelSpec(path=str(empty)), tmp_path / "store", matrix)
+    message = str(caught.value)
+    assert message == f"{matrix}: model.path: {empty} has no config.json; point it at a checkpoint folder"
+    assert "\n" not in message
+
+
+def test_missing_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"model\.path: .*nowhere has no config\.json"):
+        resolve_model(ModelSpec(path="nowhere"), tmp_path / "store", tmp_path / "m.yaml")
+
+
+def test_home_relative_path(tiny_model, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "tiny").symlink_to(tiny_model, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(home))
+    model = resolve_model(ModelSpec(path="~/tiny"), tmp_path / "store", tmp_path / "matrices" / "m.yaml")
+    assert model["path"] == str(tiny_model.resolve())
+
+
+# huggingface_hub reads HF_HUB_OFFLINE and HF_HOME when it is imported, so the hub case runs in
+# a fresh interpreter that inherits the environment set here
+HUB_PROBE = """
+import sys
+from pathlib import Path
+from runner.errors import UserError
+from runner.matrix import ModelSpec
+from runner.models.resolve import resolve_model
+try:
+    resolve_model(ModelSpec(id=sys.argv[1], revision="main"), Path(sys.argv[2]), Path("matrix.yaml"), log=lambda m: None)
+except UserError as exc:
+    print(exc)
+    sys.exit(7)
+print("resolved?!")
+"""
+
+
+def test_hub_id_offline_is_a_user_error(tmp_path, monkeypatch, repo):
+    hf_home = tmp_path / "hf-home"
+    hf_home.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    hub_id = "no-such-org/no-such-model-for-tests"
+    done = subprocess.run(
+        [sys.executable, "-c", HUB_PROBE, hub_id, str(tmp_path / "store")],
+        cwd=repo,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 7, done.stdout + done.stderr
+    message = done.stdout.strip()
+    assert "\n" not in message
+    assert message.startswith(f"matrix.yaml: model.id: could not fetch {hub_id!r}")
+    assert "HF_TOKEN" in message
+    assert "model.path" in message
+    assert list(hf_home.rglob("*.safetensors")) == []

@@ -1,0 +1,108 @@
+"""runner.session.run_cells with the real LocalExecutor and a tiny real entrypoint script:
+results published atomically, earlier ok results kept, failures re-run, --force re-measures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.executors import LocalExecutor, local
+from runner.expand import expand
+from runner.matrix import parse_matrix
+from runner.results import read_result
+from runner.session import cell_paths, run_cells
+
+MODEL = {"source": "synthetic", "name": "tiny-mistral", "path": "/nowhere", "synthetic": True}
+
+# ok for every cell except bf16, which fails once per "fail budget" line; every call is counted
+SCRIPT = '''\
+import argparse, json, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--spec", required=True)
+parser.add_argument("--output", required=True)
+args = parser.parse_args()
+spec = json.load(open(args.spec))
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "calls.txt"), "a") as calls:
+    calls.write(spec["cell"]["id"] + "\\n")
+ok = spec["cell"]["settings"]["dtype"] != "bf16" or os.path.exists(os.path.join(here, "bf16-works"))
+doc = {
+    "schema_version": 1, "cell": spec["cell"], "model": spec["model"], "workload": spec["workload"],
+    "status": "ok" if ok else "failed", "reason": None if ok else "RuntimeError: bf16 unsupported here",
+    "metrics": {"tokens_per_s": {"median": 5.0, "min": 5.0, "max": 5.0, "values": [5.0]}} if ok else {},
+    "memory": {"kind": "process-peak-rss", "peak_mib": 1.0},
+}
+json.dump(doc, open(args.output, "w"))
+sys.exit(0 if ok else 1)
+'''
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    folder = tmp_path / "entrypoints"
+    folder.mkdir()
+    (folder / "run_transformers.py").write_text(SCRIPT)
+    monkeypatch.setattr(local, "ENTRYPOINTS", folder)
+    raw = {
+        "version": 1,
+        "model": {"synthetic": "tiny-mistral"},
+        "workload": {"prompt_tokens": 8, "new_tokens": 8, "warmup": 0, "repetitions": 1},
+        "defaults": {"gpus": [], "timeout_s": 60},
+        "engines": {"transformers": {"axes": {"dtype": ["fp32", "bf16", "fp16"]}}},
+    }
+    matrix = parse_matrix(raw, tmp_path / "m.yaml")
+    cells = expand(matrix)
+    return matrix, cells, tmp_path / "run", folder
+
+
+def calls(folder: Path) -> list[str]:
+    path = folder / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_run_cells_keeps_ok_reruns_failed_and_forces(setup):
+    matrix, cells, run, folder = setup
+    fp32, bf16, fp16 = cells
+    messages: list[str] = []
+
+    first = run_cells(matrix, cells, MODEL, run, LocalExecutor(), log=messages.append)
+    assert [r["cell"]["id"] for r in first] == [c.id for c in cells]
+    assert [r["status"] for r in first] == ["ok", "failed", "ok"]
+    assert first[1]["reason"] == "RuntimeError: bf16 unsupported here"
+    assert calls(folder) == [c.id for c in cells]
+    for result in first:
+        assert result["executor"] == "local"
+        assert result["wall_s"] > 0
+    for cell, result in zip(cells, first):
+        paths = cell_paths(run, cell)
+        assert read_result(paths["result_path"]) == json.loads(json.dumps(result))
+        assert paths["spec_path"].is_file() and paths["log_path"].is_file()
+    # the child's scratch files are gone, only the published results remain
+    assert sorted(p.name for p in (run / "cells").iterdir()) == sorted(f"{c.id}.json" for c in cells)
+    assert f"[{fp32.id}] running HF Transformers: FP32; attn_implementation=sdpa on CPU" in messages
+    assert f"[{bf16.id}] failed: RuntimeError: bf16 unsupported here" in messages
+
+    # second run: ok cells are kept, the failed one is measured again (and now works)
+    (folder / "bf16-works").write_text("")
+    messages.clear()
+    second = run_cells(matrix, cells, MODEL, run, LocalExecutor(), log=messages.append)
+    assert calls(folder) == [c.id for c in cells] + [bf16.id]
+    assert [r["status"] for r in second] == ["ok", "ok", "ok"]
+    assert second[0] == read_result(cell_paths(run, fp32)["result_path"])
+    assert f"[{fp32.id}] kept earlier ok result (FP32; attn_implementation=sdpa)" in messages
+    assert f"[{fp16.id}] kept earlier ok result (FP16; attn_implementation=sdpa)" in messages
+
+    # force: everything is measured again
+    forced = run_cells(matrix, cells, MODEL, run, LocalExecutor(), force=True, log=messages.append)
+    assert [r["status"] for r in forced] == ["ok", "ok", "ok"]
+    assert calls(folder) == [c.id for c in cells] + [bf16.id] + [c.id for c in cells]
+
+
+def test_run_cells_subset_and_parallel(setup):
+    matrix, cells, run, folder = setup
+    results = run_cells(matrix, [cells[2], cells[0]], MODEL, run, LocalExecutor(), max_parallel=2, log=lambda m: None)
+    assert [r["cell"]["id"] for r in results] == [cells[2].id, cells[0].id]
+    assert sorted(calls(folder)) == sorted([cells[0].id, cells[2].id])
+    assert read_result(cell_paths(run, cells[1])["result_path"]) is None
