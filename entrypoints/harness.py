@@ -95,7 +95,7 @@ class MemorySampler:
         except Exception as exc:  # no NVML: report why, keep measuring speed
             self.error = f"NVML unavailable: {exc}"
             return
-        for index, handle in zip(_visible_devices(), self._handles):
+        for index, handle in zip(_visible_devices(), self._handles, strict=False):
             used = self._used(handle)
             name = self._nvml.nvmlDeviceGetName(handle)
             total = self._nvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20
@@ -114,7 +114,7 @@ class MemorySampler:
             time.sleep(self.interval_s)
 
     def sample(self) -> None:
-        for device, handle in zip(self.devices, self._handles):
+        for device, handle in zip(self.devices, self._handles, strict=False):
             device["peak_used_mib"] = max(device["peak_used_mib"], self._used(handle))
 
     def stop(self) -> dict[str, Any]:
@@ -217,9 +217,7 @@ def _rates(runs: list[Timing], new_tokens: int, batch: int) -> dict[str, Any]:
     }
     if all(r.first_token_s is not None for r in runs):
         metrics["ttft_s"] = summarise([r.first_token_s for r in runs])
-        metrics["decode_tokens_per_s"] = summarise(
-            [(new_tokens - 1) / (r.total_s - r.first_token_s) for r in runs]
-        )
+        metrics["decode_tokens_per_s"] = summarise([(new_tokens - 1) / (r.total_s - r.first_token_s) for r in runs])
     return metrics
 
 

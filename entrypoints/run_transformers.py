@@ -56,7 +56,8 @@ class Engine:
                 from optimum.bettertransformer import BetterTransformer  # noqa: F401
             except ImportError as exc:
                 raise harness.CellUnsupported(
-                    f"BetterTransformer unavailable: {exc} (removed in optimum 2.0; transformers' native SDPA replaces it)"
+                    f"BetterTransformer unavailable: {exc} "
+                    "(removed in optimum 2.0; transformers' native SDPA replaces it)"
                 ) from None
         if self.settings["bnb_compute_dtype"] and self.settings["quantization"] != "bnb-4bit":
             raise harness.CellUnsupported(
@@ -123,9 +124,7 @@ class Engine:
         self.synchronize()
         start = time.perf_counter()
         with self._grad_context():
-            output = self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options
-            )
+            output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
         self.synchronize()
         total = time.perf_counter() - start
         first = clock.first_token_at - start if clock.first_token_at else None

@@ -31,15 +31,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<matrix name>)")
     parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local", help="where cells run")
     parser.add_argument("--python", help="interpreter with the engines installed (local executor; default: this one)")
-    parser.add_argument("--parallel", type=int, default=1, metavar="N",
-                        help="run up to N cells at once on disjoint GPUs (default 1)")
-    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
-                        help="run only cells whose id or settings label contains TEXT (repeatable)")
+    parser.add_argument(
+        "--parallel", type=int, default=1, metavar="N", help="run up to N cells at once on disjoint GPUs (default 1)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="run only cells whose id or settings label contains TEXT (repeatable)",
+    )
     parser.add_argument("--force", action="store_true", help="re-measure cells that already have an ok result")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default {DEFAULT_STORE})")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
-    parser.add_argument("--table-only", action="store_true",
-                        help="render the table from the results already in the run folder; run nothing")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="render the table from the results already in the run folder; run nothing",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 3 if any cell did not succeed")
     return parser.parse_args(argv)
 
@@ -125,7 +134,9 @@ def _all_results(folder: Path, cells: list[Cell], fresh: dict[str, dict]) -> lis
     return found
 
 
-def _manifest(folder: Path, args: argparse.Namespace, matrix_path: Path, cells: list[Cell], baseline: Cell, started: str) -> None:
+def _manifest(
+    folder: Path, args: argparse.Namespace, matrix_path: Path, cells: list[Cell], baseline: Cell, started: str
+) -> None:
     manifest = read_manifest(folder / "run.json")
     manifest["invocations"].append(
         {

@@ -68,7 +68,7 @@ def _product(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
     if not axes:
         return []
     names = list(axes)
-    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+    return [dict(zip(names, values, strict=False)) for values in itertools.product(*(axes[n] for n in names))]
 
 
 def expand(matrix: Matrix) -> list[Cell]:
@@ -77,7 +77,9 @@ def expand(matrix: Matrix) -> list[Cell]:
         engine = ENGINES[name]
         product = [c for c in _product(block.axes) if not any(_matches(engine.resolve(c), p) for p in block.exclude)]
         if not product and not block.include:
-            raise UserError(f"{matrix.path}: engines.{name}: every cell was excluded; loosen 'exclude' or add 'include'")
+            raise UserError(
+                f"{matrix.path}: engines.{name}: every cell was excluded; loosen 'exclude' or add 'include'"
+            )
         for entry in product + block.include:
             overrides = {k: v for k, v in entry.items() if k in engine.settings}
             settings = engine.resolve(overrides)

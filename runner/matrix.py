@@ -188,7 +188,9 @@ def _model(w: _Where, table: dict[str, Any]) -> ModelSpec:
         name = table["synthetic"]
         hint = difflib.get_close_matches(name, list(ARCHITECTURES), n=1)
         extra = f"did you mean '{hint[0]}'? " if hint else ""
-        raise w.fail("model.synthetic", f"unknown architecture {name!r}; {extra}known: {', '.join(sorted(ARCHITECTURES))}")
+        raise w.fail(
+            "model.synthetic", f"unknown architecture {name!r}; {extra}known: {', '.join(sorted(ARCHITECTURES))}"
+        )
     return ModelSpec(**table)
 
 
@@ -260,7 +262,9 @@ def _cell_list(w: _Where, engine: Engine, value: Any, key: str, placement: bool)
 def _check_settings(w: _Where, engine: Engine, table: dict[str, Any], key: str, lists: bool) -> None:
     placed = [k for k in CELL_KEYS if k in table]
     if ".exclude[" in key and placed:
-        raise w.fail(f"{key}.{placed[0]}", "exclude patterns match settings only; put it on an include entry or the engine")
+        raise w.fail(
+            f"{key}.{placed[0]}", "exclude patterns match settings only; put it on an include entry or the engine"
+        )
     w.known(table, key, list(engine.settings))
     for name, value in table.items():
         values = value if lists else [value]

@@ -37,7 +37,9 @@ def read_result(path: Path) -> dict[str, Any] | None:
     return document
 
 
-def failure(cell: dict[str, Any], model: dict[str, Any], workload: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+def failure(
+    cell: dict[str, Any], model: dict[str, Any], workload: dict[str, Any], status: str, reason: str
+) -> dict[str, Any]:
     assert status in STATUSES
     return {
         "schema_version": SCHEMA_VERSION,

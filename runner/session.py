@@ -35,8 +35,14 @@ def _job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any]) -> dic
     paths["spec_path"].write_text(json.dumps(spec, indent=2) + "\n")
     # the child writes to a scratch path; the runner publishes the reconciled result
     scratch = folder / "cells" / f".{cell.id}.child.json"
-    return {**paths, "result_path": scratch, "final_path": paths["result_path"], "spec": spec,
-            "entrypoint": ENGINES[cell.engine].entrypoint, "timeout_s": cell.timeout_s}
+    return {
+        **paths,
+        "result_path": scratch,
+        "final_path": paths["result_path"],
+        "spec": spec,
+        "entrypoint": ENGINES[cell.engine].entrypoint,
+        "timeout_s": cell.timeout_s,
+    }
 
 
 def run_cells(

@@ -78,10 +78,13 @@ def display_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
     """The seed's columns as text: spread beside Avg Tok/s, settings joined for the medium."""
     shown = pd.DataFrame()
     shown["Software"] = frame["Software"]
-    shown["Settings"] = [settings_joiner.join(s) + (" (baseline)" if b else "") for s, b in zip(frame["Settings"], frame["Baseline"])]
+    shown["Settings"] = [
+        settings_joiner.join(s) + (" (baseline)" if b else "")
+        for s, b in zip(frame["Settings"], frame["Baseline"], strict=False)
+    ]
     shown["Avg Tok/s"] = [
         f"{_fmt(t, 2)} ({_fmt(lo, 2)}–{_fmt(hi, 2)})" if t is not None and not pd.isna(t) else ""
-        for t, lo, hi in zip(frame["Avg Tok/s"], frame["Tok/s min"], frame["Tok/s max"])
+        for t, lo, hi in zip(frame["Avg Tok/s"], frame["Tok/s min"], frame["Tok/s max"], strict=False)
     ]
     shown["Max Mem (MiB)"] = [_fmt(v, 0) for v in frame["Max Mem (MiB)"]]
     shown["Speed X"] = [_fmt(v, 2) for v in frame["Speed X"]]
@@ -141,11 +144,15 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
         [
             *(f"{line}  " for line in head),
             "",
-            tabulate(display_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True),
+            tabulate(
+                display_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True
+            ),
             "",
             "Details:",
             "",
-            tabulate(details_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True),
+            tabulate(
+                details_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True
+            ),
             "",
         ]
     )
@@ -153,5 +160,7 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
     csv_frame = frame.assign(Settings=[" / ".join(s) for s in frame["Settings"]])
     csv_frame.to_csv(folder / "table.csv", index=False)
     csv_frame.to_json(folder / "table.json", orient="records", indent=2)
-    printed = tabulate(display_frame(frame, "; "), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    printed = tabulate(
+        display_frame(frame, "; "), headers="keys", tablefmt="github", showindex=False, disable_numparse=True
+    )
     return "\n".join([*head, "", printed])

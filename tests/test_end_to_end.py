@@ -172,7 +172,9 @@ def test_rerun_keeps_earlier_ok_results(runner_cli, model_store, tmp_path):
     assert [row["Cell"] for row in read_csv(folder)] == ids
 
     # --force with --only re-measures just that cell; the table still shows both
-    forced = runner_cli(matrix, "-o", str(folder), "--store", str(model_store), "--force", "--only", ids[1], timeout=600)
+    forced = runner_cli(
+        matrix, "-o", str(folder), "--store", str(model_store), "--force", "--only", ids[1], timeout=600
+    )
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout.startswith(f"1 cell(s) from {matrix}")
     assert f"[{ids[1]}] running HF Transformers" in forced.stdout

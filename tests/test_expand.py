@@ -52,7 +52,9 @@ def test_resolve_fills_every_default_literally():
 
 
 def test_axes_product_in_order():
-    cells = expand(matrix_of({"axes": {"dtype": ["fp32", "bf16"], "attention": ["eager", "sdpa"], "compile": [False, True]}}))
+    cells = expand(
+        matrix_of({"axes": {"dtype": ["fp32", "bf16"], "attention": ["eager", "sdpa"], "compile": [False, True]}})
+    )
     assert [(c.settings["dtype"], c.settings["attention"], c.settings["compile"]) for c in cells] == [
         ("fp32", "eager", False),
         ("fp32", "eager", True),
@@ -197,7 +199,9 @@ def test_cell_ids_change_with_what_defines_the_measurement(change):
 
 def test_cell_id_ignores_timeout_and_matrix_name():
     before = [c.id for c in expand(matrix_of(copy.deepcopy(BLOCK)))]
-    after = [c.id for c in expand(matrix_of(copy.deepcopy(BLOCK), defaults={"gpus": [0], "timeout_s": 5}, name="other"))]
+    after = [
+        c.id for c in expand(matrix_of(copy.deepcopy(BLOCK), defaults={"gpus": [0], "timeout_s": 5}, name="other"))
+    ]
     assert before == after
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.executors import EXECUTORS, LocalExecutor
-from runner.executors import local
+from runner.executors import EXECUTORS, LocalExecutor, local
 from runner.expand import expand
 from runner.matrix import parse_matrix
 from runner.session import _job, cell_paths
@@ -27,7 +26,7 @@ from runner.table import rows
 
 MODEL = {"source": "synthetic", "name": "tiny-mistral", "path": "/nowhere/tiny", "synthetic": True}
 
-PRELUDE = '''\
+PRELUDE = """\
 import argparse, json, os, signal, subprocess, sys, time
 parser = argparse.ArgumentParser()
 parser.add_argument("--spec", required=True)
@@ -56,7 +55,7 @@ def spawn_sleeper(pid_file):
     os.replace(pid_file + ".tmp", pid_file)
     return sleeper
 
-'''
+"""
 
 
 def _state(pid: int) -> str | None:
@@ -126,7 +125,13 @@ def test_job_shape(tmp_path):
     assert job["timeout_s"] == 7
     assert json.loads(job["spec_path"].read_text()) == job["spec"]
     assert job["spec"]["model"] == MODEL
-    assert job["spec"]["workload"] == {"prompt_tokens": 8, "new_tokens": 8, "batch_size": 1, "warmup": 0, "repetitions": 1}
+    assert job["spec"]["workload"] == {
+        "prompt_tokens": 8,
+        "new_tokens": 8,
+        "batch_size": 1,
+        "warmup": 0,
+        "repetitions": 1,
+    }
     assert job["spec"]["cell"]["gpus"] == [1]
     assert EXECUTORS["local"] is LocalExecutor
 

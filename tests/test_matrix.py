@@ -45,14 +45,26 @@ MISTAKES = [
         "model.synthetic",
         ["unknown architecture 'tiny-mistrel'", "did you mean 'tiny-mistral'?", "known: shisa-7b-v1, tiny-mistral"],
     ),
-    ("err_bad_gpus.yaml", "defaults.gpus", ["expected a list of GPU indices like [0] or [0, 1] ([] for CPU)", "[0, -1]"]),
+    (
+        "err_bad_gpus.yaml",
+        "defaults.gpus",
+        ["expected a list of GPU indices like [0] or [0, 1] ([] for CPU)", "[0, -1]"],
+    ),
     ("err_gpu_twice.yaml", "engines.transformers.include[0].gpus", ["GPU listed twice in [0, 0]"]),
     ("err_bad_include_timeout.yaml", "engines.transformers.include[1].timeout_s", ["expected an integer >= 1, got 0"]),
     # gpus cannot narrow an exclude pattern: the fix lists the keys an exclude may use
-    ("err_exclude_gpus.yaml", "engines.transformers.exclude[0].gpus", ["exclude patterns match settings only", "include entry"]),
+    (
+        "err_exclude_gpus.yaml",
+        "engines.transformers.exclude[0].gpus",
+        ["exclude patterns match settings only", "include entry"],
+    ),
     ("err_empty_engines.yaml", "engines", ["empty", "name at least one engine, e.g. 'transformers:'"]),
     ("err_engine_no_cells.yaml", "engines.transformers", ["no cells", "give 'axes:'", "'include:'"]),
-    ("err_baseline_unknown_engine.yaml", "baseline.engine", ["'vllm' is not one of this matrix's engines (transformers)"]),
+    (
+        "err_baseline_unknown_engine.yaml",
+        "baseline.engine",
+        ["'vllm' is not one of this matrix's engines (transformers)"],
+    ),
     (
         "err_baseline_no_cell.yaml",
         "baseline",
@@ -189,7 +201,11 @@ def test_load_matrix_equals_parse_matrix(matrices):
 
 
 def _minimal(**extra):
-    raw = {"version": 1, "model": {"synthetic": "tiny-mistral"}, "engines": {"transformers": {"axes": {"dtype": ["fp32"]}}}}
+    raw = {
+        "version": 1,
+        "model": {"synthetic": "tiny-mistral"},
+        "engines": {"transformers": {"axes": {"dtype": ["fp32"]}}},
+    }
     raw.update(extra)
     return raw
 
@@ -229,8 +245,10 @@ def test_parse_engine_level_gpus_override_defaults():
         (_minimal(workload={"warmup": -1}), "m.yaml: workload.warmup: expected an integer >= 0, got -1"),
         (_minimal(workload={"new_tokens": 1}), "m.yaml: workload.new_tokens: expected an integer >= 2, got 1"),
         (_minimal(defaults={"gpus": [True]}), "m.yaml: defaults.gpus: expected a list of GPU indices"),
-        (_minimal(baseline={"engine": "transformers", "settings": {"dtyp": "fp32"}}),
-         "m.yaml: baseline.settings.dtyp: unknown key; did you mean 'dtype'?"),
+        (
+            _minimal(baseline={"engine": "transformers", "settings": {"dtyp": "fp32"}}),
+            "m.yaml: baseline.settings.dtyp: unknown key; did you mean 'dtype'?",
+        ),
         (None, "m.yaml: version: missing; add 'version: 1' at the top"),
     ],
 )

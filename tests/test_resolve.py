@@ -86,7 +86,8 @@ from runner.errors import UserError
 from runner.matrix import ModelSpec
 from runner.models.resolve import resolve_model
 try:
-    resolve_model(ModelSpec(id=sys.argv[1], revision="main"), Path(sys.argv[2]), Path("matrix.yaml"), log=lambda m: None)
+    spec = ModelSpec(id=sys.argv[1], revision="main")
+    resolve_model(spec, Path(sys.argv[2]), Path("matrix.yaml"), log=lambda m: None)
 except UserError as exc:
     print(exc)
     sys.exit(7)

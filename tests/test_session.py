@@ -17,7 +17,7 @@ from runner.session import cell_paths, run_cells
 MODEL = {"source": "synthetic", "name": "tiny-mistral", "path": "/nowhere", "synthetic": True}
 
 # ok for every cell except bf16, which fails once per "fail budget" line; every call is counted
-SCRIPT = '''\
+SCRIPT = """\
 import argparse, json, os, sys
 parser = argparse.ArgumentParser()
 parser.add_argument("--spec", required=True)
@@ -36,7 +36,7 @@ doc = {
 }
 json.dump(doc, open(args.output, "w"))
 sys.exit(0 if ok else 1)
-'''
+"""
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_run_cells_keeps_ok_reruns_failed_and_forces(setup):
     for result in first:
         assert result["executor"] == "local"
         assert result["wall_s"] > 0
-    for cell, result in zip(cells, first):
+    for cell, result in zip(cells, first, strict=False):
         paths = cell_paths(run, cell)
         assert read_result(paths["result_path"]) == json.loads(json.dumps(result))
         assert paths["spec_path"].is_file() and paths["log_path"].is_file()

@@ -25,8 +25,15 @@ def tiny_loaded(tiny_model):
 def test_files_exist(tiny_model, model_store):
     assert tiny_model.parent == model_store / "synthetic"
     assert tiny_model.name == f"tiny-mistral-{synthetic.store_key('tiny-mistral')}"
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "model.safetensors", "synthetic.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "model.safetensors",
+        "synthetic.json",
+    ):
         assert (tiny_model / name).is_file(), name
     assert json.loads((tiny_model / "config.json").read_text()) == TINY
     marker = json.loads((tiny_model / "synthetic.json").read_text())
@@ -89,9 +96,21 @@ def test_tokenizer_round_trip(tiny_model):
 def test_model_loads_with_the_architecture(tiny_model, tiny_loaded):
     config = tiny_loaded.config
     assert type(tiny_loaded).__name__ == "MistralForCausalLM"
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
-                "sliding_window", "rms_norm_eps", "bos_token_id", "eos_token_id", "tie_word_embeddings"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "max_position_embeddings",
+        "sliding_window",
+        "rms_norm_eps",
+        "bos_token_id",
+        "eos_token_id",
+        "tie_word_embeddings",
+    ):
         assert getattr(config, key) == TINY[key], key
     assert config.model_type == "mistral"
     assert tiny_loaded.num_parameters() == parameter_count(TINY)
@@ -152,8 +171,13 @@ def test_sharded_checkpoint_loads(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setattr(random_safetensors, "SHARD_BYTES", 200_000)
     folder = tmp_path / "sharded"
     folder.mkdir()
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
         shutil.copy(tiny_model / name, folder / name)
     shapes = parameter_shapes(TINY)
     files = random_safetensors.write_random_checkpoint(folder, shapes, seed=synthetic.SEED)

@@ -85,8 +85,13 @@ def failed(cid: str, label: list[str], reason: str, status: str = "failed") -> d
 
 
 BASE = ok("base", ["FP32", "attn_implementation=eager"], [100.0, 80.0, 120.0], 400.0)
-FAST = ok("fast", ["BF16", "attn_implementation=eager"], [250.0, 240.0, 260.0], 300.0,
-          warnings=["UserWarning: something odd", "FutureWarning: ignored in notes"])
+FAST = ok(
+    "fast",
+    ["BF16", "attn_implementation=eager"],
+    [250.0, 240.0, 260.0],
+    300.0,
+    warnings=["UserWarning: something odd", "FutureWarning: ignored in notes"],
+)
 SLOW = ok("slow", ["BF16", "torch.no_grad()"], [50.0, 40.0, 60.0], 500.0)
 BROKEN = failed("broken", ["BF16", "attn_implementation=flash_attention_2"], "ImportError: FlashAttention2 missing")
 LATE = failed("late", ["FP16"], "timeout: no result after 1 s; process group killed", status="timeout")
@@ -180,7 +185,10 @@ def test_render_writes_md_csv_json_with_every_row(tmp_path):
     assert [r["Cell"] for r in records] == ids
     assert [r["Cell"] for r in as_json] == ids
     assert [r["Status"] for r in records] == ["ok", "ok", "ok", "failed", "timeout"]
-    assert [r["Settings"] for r in records][:2] == ["FP32 / attn_implementation=eager", "BF16 / attn_implementation=eager"]
+    assert [r["Settings"] for r in records][:2] == [
+        "FP32 / attn_implementation=eager",
+        "BF16 / attn_implementation=eager",
+    ]
     assert float(records[1]["Speed X"]) == pytest.approx(2.5)
     assert records[3]["Avg Tok/s"] == "" and records[3]["Speed X"] == ""
     assert as_json[1]["Speed X"] == pytest.approx(2.5)

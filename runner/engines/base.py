@@ -21,7 +21,9 @@ class Setting:
         if self.choices is not None and value not in self.choices:
             shown = ", ".join(repr(c) for c in self.choices)
             return f"{value!r} is not one of {shown}"
-        if self.type is not None and (not isinstance(value, self.type) or isinstance(value, bool) and self.type is int):
+        if self.type is not None and (
+            not isinstance(value, self.type) or (isinstance(value, bool) and self.type is int)
+        ):
             return f"{value!r} is a {type(value).__name__}, expected {_type_name(self.type)}"
         return None
 

@@ -9,6 +9,7 @@ the cell ends or times out, so no engine worker outlives its cell.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,10 +52,8 @@ def _kill_group(process: subprocess.Popen) -> None:
             continue
         if sig == signal.SIGTERM:
             # the leader exited; sweep any children left in its group
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             return
 
 
@@ -78,10 +77,8 @@ class LocalExecutor:
         """Stop every running cell (the run was interrupted); their results say so."""
         self.interrupted = True
         for process in list(self._running):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run the job (cell, spec path, result path, log path, timeout) and return its result."""

@@ -66,9 +66,7 @@ def parameter_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     q_out = config["num_attention_heads"] * head_dim
     kv_out = config["num_key_value_heads"] * head_dim
     inter = config["intermediate_size"]
-    shapes: dict[str, tuple[int, ...]] = {
-        "model.embed_tokens.weight": (config["vocab_size"], hidden)
-    }
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config["vocab_size"], hidden)}
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         shapes[p + "input_layernorm.weight"] = (hidden,)

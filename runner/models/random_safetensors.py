@@ -97,7 +97,7 @@ def write_random_checkpoint(folder: Path, shapes: dict[str, tuple[int, ...]], se
     )
     weight_map: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for file_name, names in zip(files, shards):
+        for file_name, names in zip(files, shards, strict=False):
             with open(folder / file_name, "wb") as handle:
                 handle.write(_header(names, shapes))
                 for name in names:

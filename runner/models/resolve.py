@@ -38,7 +38,12 @@ def resolve_model(spec: ModelSpec, store: Path, matrix_path: Path, log=print) ->
         folder = given if given.is_absolute() else matrix_path.parent / given
         if not (folder / "config.json").is_file():
             raise UserError(f"{matrix_path}: model.path: {folder} has no config.json; point it at a checkpoint folder")
-        return {"source": "local", "name": folder.name, "path": str(folder.resolve()), "synthetic": _is_synthetic(folder)}
+        return {
+            "source": "local",
+            "name": folder.name,
+            "path": str(folder.resolve()),
+            "synthetic": _is_synthetic(folder),
+        }
     return _hub(spec, matrix_path, log)
 
 

@@ -24,9 +24,7 @@ BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 def _learn_bpe(vocab_size: int, corpus: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     scratch = Tokenizer(models.BPE(unk_token="<unk>"))
     scratch.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False, min_frequency=2
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False, min_frequency=2)
     scratch.train([str(corpus)], trainer)
     learned = json.loads(scratch.to_str())["model"]
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in learned["merges"]]

@@ -1,0 +1,40 @@
+# The interface people and CI share. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch for the Transformers engine run locally. On a machine without a GPU, a CPU build is enough,
+# e.g. make setup TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+MATRIX ?= $(if $(HAS_GPU),matrix.yaml,matrix-cpu.yaml)
+
+.PHONY: help setup run test lint format clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+setup: $(BIN)/python  ## create .venv with the runner, the Transformers engine and the test tools
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[transformers,test]'
+
+run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
+	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi
+	$(BIN)/python -m runner $(MATRIX) $(ARGS)
+
+test: setup lint  ## lint, then unit, CPU end-to-end and executor tests
+	$(BIN)/python -m pytest -q tests
+
+lint: $(BIN)/python  ## ruff lint and format check
+	$(BIN)/ruff check runner entrypoints tests
+	$(BIN)/ruff format --check runner entrypoints tests
+
+format: $(BIN)/python  ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix runner entrypoints tests
+	$(BIN)/ruff format runner entrypoints tests
+
+clean:  ## remove the venv and run folders (not the model store)
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
