@@ -55,7 +55,7 @@ def test_cpu_matrix_exit_and_files(cpu_run):
     for name in ("table.md", "table.csv", "table.json", "run.json"):
         assert (folder / name).is_file(), name
     assert "materialising" not in done.stdout  # the session store already holds the model
-    assert done.stdout.rstrip().endswith("6 ok, 3 not ok")
+    assert done.stdout.rstrip().endswith("this run: 6 ok, 3 not ok")
     assert f"table: {folder.resolve() / 'table.md'}" in done.stdout
 
 
@@ -104,7 +104,9 @@ def test_cpu_matrix_rows(cpu_run, runner_cli):
 
 def test_cpu_matrix_cell_documents(cpu_run, runner_cli, repo):
     _, folder = cpu_run
-    run = json.loads((folder / "run.json").read_text())
+    invocations = json.loads((folder / "run.json").read_text())["invocations"]
+    assert len(invocations) == 1
+    run = invocations[0]
     cells = listed(runner_cli, "matrix-cpu.yaml")
     assert run["cells"] == [c[0] for c in cells]
     assert run["baseline"] == next(c[0] for c in cells if c[2])
@@ -155,7 +157,7 @@ def test_rerun_keeps_earlier_ok_results(runner_cli, model_store, tmp_path):
 
     first = runner_cli(matrix, "-o", str(folder), "--store", str(model_store), timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert first.stdout.rstrip().endswith("2 ok, 0 not ok")
+    assert first.stdout.rstrip().endswith("this run: 2 ok, 0 not ok")
     for cell_id in ids:
         assert f"[{cell_id}] running HF Transformers" in first.stdout
     stamps = {i: (folder / "cells" / f"{i}.json").stat().st_mtime_ns for i in ids}
@@ -184,7 +186,8 @@ def test_rerun_keeps_earlier_ok_results(runner_cli, model_store, tmp_path):
     table = read_csv(folder)
     assert [row["Cell"] for row in table] == ids
     assert all(row["Status"] == "ok" for row in table)
-    assert json.loads((folder / "run.json").read_text())["cells"] == [ids[1]]
+    invocations = json.loads((folder / "run.json").read_text())["invocations"]
+    assert [run["cells"] for run in invocations] == [ids, ids, [ids[1]]]
 
 
 def test_timeout_cell_does_not_stop_the_matrix(runner_cli, model_store, tmp_path):
@@ -193,7 +196,7 @@ def test_timeout_cell_does_not_stop_the_matrix(runner_cli, model_store, tmp_path
     cells = listed(runner_cli, matrix)
     done = runner_cli(matrix, "-o", str(folder), "--store", str(model_store), "--strict", timeout=600)
     assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]  # --strict: a cell did not succeed
-    assert done.stdout.rstrip().endswith("1 ok, 1 not ok")
+    assert done.stdout.rstrip().endswith("this run: 1 ok, 1 not ok")
     table = read_csv(folder)
     assert [row["Cell"] for row in table] == [c[0] for c in cells]
     late, fine = table
