@@ -8,6 +8,7 @@ User mistakes print one line and exit 1; bugs print a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import signal
@@ -104,7 +105,13 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
     model = resolve_model(matrix.model, args.store, matrix.path)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force)
+    try:
+        results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force)
+    except KeyboardInterrupt:
+        _manifest(folder, args, matrix.path, chosen, baseline, started)
+        with contextlib.suppress(UserError):
+            _table(folder, cells, {}, baseline)
+        raise
     _manifest(folder, args, matrix.path, chosen, baseline, started)
     _table(folder, cells, {r["cell"]["id"]: r for r in results}, baseline)
     failed = [r for r in results if r["status"] != "ok"]
