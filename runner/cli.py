@@ -1,8 +1,13 @@
-"""Command line: python -m runner MATRIX [options].
+"""Command line.
 
-The flow is a short pipeline: load the matrix, expand cells, pick the ones asked
-for, prepare the model, run the cells, render the table, choose the exit code.
-User mistakes print one line and exit 1; bugs print a traceback.
+    python -m runner MATRIX [options]          run a matrix (default command)
+    python -m runner build [ENGINE ...]        build engine images
+    python -m runner images --render|--check   regenerate / verify images/*/Dockerfile*
+
+The run is a short pipeline: load the matrix, expand cells, pick the ones asked
+for, choose the executor, prepare images and the model, run the cells, render
+the table, choose the exit code. User mistakes print one line and exit 1; bugs
+print a traceback.
 """
 
 from __future__ import annotations
@@ -10,28 +15,101 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
+from runner.build import BuildOptions, ensure_images, flavour_of
 from runner.errors import UserError
-from runner.executors import EXECUTORS
+from runner.executors import LocalExecutor
+from runner.executors.docker import DockerExecutor, daemon_problem, image_exists, require_daemon
 from runner.expand import Cell, expand, find_baseline
+from runner.images import FLAVOURS, load_specs, stale_dockerfiles, write_dockerfiles
 from runner.matrix import load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
-from runner.results import write_json_atomic
-from runner.session import run_cells
+from runner.results import read_result, write_json_atomic
+from runner.session import cell_paths, run_cells
 from runner.table import render
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def _build_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("image builds (docker executor and the build command)")
+    group.add_argument(
+        "--base-image",
+        action="append",
+        default=[],
+        metavar="[FLAVOUR=]IMAGE",
+        help="base image instead of the pinned default, e.g. cpu=my/debian:bookworm "
+        "(env BENCH_BASE_IMAGE_CPU / BENCH_BASE_IMAGE_GPU)",
+    )
+    group.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=os.environ.get("BENCH_CA_BUNDLE") or None,
+        help="extra CA certificates (PEM) for HTTPS inside builds, e.g. behind a TLS-inspecting proxy "
+        "(env BENCH_CA_BUNDLE); used by the builder stage only, never left in the image",
+    )
+    group.add_argument(
+        "--wheels",
+        type=Path,
+        default=os.environ.get("BENCH_WHEELS") or None,
+        help="folder of local wheels builds may install from, e.g. a CPU torch (env BENCH_WHEELS)",
+    )
+    group.add_argument(
+        "--build-arg", action="append", default=[], metavar="NAME=VALUE", help="extra docker build argument"
+    )
+    group.add_argument("--build-network", help="docker build --network (e.g. host, to reach a proxy on localhost)")
+    group.add_argument(
+        "--no-proxy-from-env",
+        action="store_true",
+        help="do not pass HTTP(S)_PROXY / NO_PROXY from the environment to builds",
+    )
+
+
+def build_options(args: argparse.Namespace) -> dict[str, BuildOptions]:
+    """BuildOptions per flavour from the command line and environment."""
+    bases = {f: os.environ.get(f"BENCH_BASE_IMAGE_{f.upper()}") or None for f in FLAVOURS}
+    for item in args.base_image:
+        flavour, _, image = item.rpartition("=")
+        if flavour and flavour not in FLAVOURS:
+            raise UserError(f"--base-image {item}: unknown flavour {flavour!r}; use cpu=IMAGE or gpu=IMAGE")
+        for f in [flavour] if flavour else FLAVOURS:
+            bases[f] = image
+    extra = {}
+    for item in args.build_arg:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--build-arg {item}: give NAME=VALUE")
+        extra[name] = value
+    return {
+        f: BuildOptions(
+            base_image=bases[f],
+            ca_bundle=args.ca_bundle,
+            wheels=args.wheels,
+            network=args.build_network,
+            build_args=extra,
+            proxies_from_env=not args.no_proxy_from_env,
+        )
+        for f in FLAVOURS
+    }
+
+
+def parse_run_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m runner", description="Run an inference benchmark matrix.")
     parser.add_argument("matrix", type=Path, help="matrix YAML file (see matrix.yaml)")
     parser.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<matrix name>)")
-    parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local", help="where cells run")
-    parser.add_argument("--python", help="interpreter with the engines installed (local executor; default: this one)")
+    parser.add_argument(
+        "--executor",
+        choices=("auto", "docker", "local"),
+        default="auto",
+        help="where cells run: docker (one container per cell), local (a subprocess with this machine's "
+        "engines), auto (docker if a daemon answers, else local; the default)",
+    )
+    parser.add_argument("--python", help="local executor: interpreter that has the engines (default: this one)")
+    parser.add_argument("--no-build", action="store_true", help="docker: refuse to run if an image is missing")
     parser.add_argument(
         "--parallel", type=int, default=1, metavar="N", help="run up to N cells at once on disjoint GPUs (default 1)"
     )
@@ -46,12 +124,99 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default {DEFAULT_STORE})")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
     parser.add_argument(
-        "--table-only",
-        action="store_true",
-        help="render the table from the results already in the run folder; run nothing",
+        "--table-only", action="store_true", help="render the table from the results already in the run folder"
     )
     parser.add_argument("--strict", action="store_true", help="exit 3 if any cell did not succeed")
+    _build_arguments(parser)
     return parser.parse_args(argv)
+
+
+def parse_build_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runner build", description="Build engine images.")
+    parser.add_argument("engines", nargs="*", help="engines to build (default: every engine under images/)")
+    parser.add_argument(
+        "--flavour",
+        choices=("auto", "all", *FLAVOURS),
+        default="auto",
+        help="gpu, cpu, all, or auto: gpu on a host with an NVIDIA GPU, else cpu (the default)",
+    )
+    parser.add_argument("--print-tag", action="store_true", help="print the tags and build nothing")
+    _build_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if argv[:1] == ["build"]:
+            return _build(parse_build_args(argv[1:]))
+        if argv[:1] == ["images"]:
+            return _images(argv[1:])
+        return _run(parse_run_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are kept in the run folder; rerun to measure the rest", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _images(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner images", description="Render or check the Dockerfiles.")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--render", action="store_true", help="rewrite images/*/Dockerfile* from the template")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a committed Dockerfile is out of date")
+    args = parser.parse_args(argv)
+    specs = load_specs()
+    if args.render:
+        for path in write_dockerfiles(specs):
+            print(f"wrote {path}")
+        return 0
+    stale = stale_dockerfiles(specs)
+    if stale:
+        names = ", ".join(str(p) for p in stale)
+        raise UserError(f"out of date: {names}; run python -m runner images --render")
+    print(f"{len(specs)} Dockerfiles up to date")
+    return 0
+
+
+def _host_has_gpu() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True, stdin=subprocess.DEVNULL).returncode == 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    specs = load_specs()
+    engines = args.engines or sorted({engine for engine, _ in specs})
+    unknown = [e for e in engines if not any(k[0] == e for k in specs)]
+    if unknown:
+        known = ", ".join(sorted({e for e, _ in specs}))
+        raise UserError(f"build: unknown engine {unknown[0]!r}; images exist for {known}")
+    flavours = {"all": FLAVOURS, "auto": ("gpu" if _host_has_gpu() else "cpu",)}.get(args.flavour, (args.flavour,))
+    wanted = {(e, f) for e in engines for f in flavours if (e, f) in specs}
+    if not wanted:
+        raise UserError(f"build: {', '.join(engines)} has no {'/'.join(flavours)} flavour; try --flavour gpu")
+    options = build_options(args)
+    if args.print_tag:
+        from runner.images import image_tag
+
+        for key in sorted(wanted):
+            print(image_tag(specs[key], options[key[1]].base_image))
+        return 0
+    require_daemon()
+    tags = ensure_images(wanted, specs, options, build_missing=True, exists=image_exists)
+    for key in sorted(tags):
+        print(f"{key[0]} ({key[1]}): {tags[key]}")
+    return 0
 
 
 def select(cells: list[Cell], only: list[str]) -> list[Cell]:
@@ -68,21 +233,20 @@ def _list(cells: list[Cell], baseline: Cell) -> None:
         print(f"{cell.id}  [{where}]  {cell.software}: {'; '.join(cell.label)}{mark}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return _run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished cells are kept in the run folder; rerun to measure the rest", file=sys.stderr)
-        return 130
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path):
+    """The executor this run uses, with a line saying which and why."""
+    kind = args.executor
+    if kind == "auto":
+        problem = daemon_problem()
+        kind = "local" if problem else "docker"
+        why = f"no Docker daemon answered: {problem}" if problem else "a Docker daemon answered"
+        print(f"executor: {kind} ({why}; choose with --executor)", flush=True)
+    if kind == "local":
+        return LocalExecutor(python=args.python)
+    require_daemon()
+    needed = {(c.engine, flavour_of(c.gpus)) for c in chosen}
+    tags = ensure_images(needed, load_specs(), build_options(args), not args.no_build, exists=image_exists)
+    return DockerExecutor(tags, folder)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -101,18 +265,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.table_only:
         return _table(folder, cells, {}, baseline)
     folder.mkdir(parents=True, exist_ok=True)
-    executor = EXECUTORS[args.executor](python=args.python)
+    executor = _executor(args, chosen, folder)
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
     model = resolve_model(matrix.model, args.store, matrix.path)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force)
     except KeyboardInterrupt:
-        _manifest(folder, args, matrix.path, chosen, baseline, started)
+        _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
         with contextlib.suppress(UserError):
             _table(folder, cells, {}, baseline)
         raise
-    _manifest(folder, args, matrix.path, chosen, baseline, started)
+    _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
     _table(folder, cells, {r["cell"]["id"]: r for r in results}, baseline)
     failed = [r for r in results if r["status"] != "ok"]
     print(f"this run: {len(results) - len(failed)} ok, {len(failed)} not ok")
@@ -121,7 +285,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _table(folder: Path, cells: list[Cell], fresh: dict[str, dict], baseline: Cell) -> int:
     """Render the table over every cell of the matrix that has a result, not only this invocation's."""
-    shown = _all_results(folder, cells, fresh)
+    shown = [r for r in (fresh.get(c.id) or read_result(cell_paths(folder, c)["result_path"]) for c in cells) if r]
     if not shown:
         raise UserError(f"{folder}: no results for this matrix's cells yet; run without --table-only first")
     print(render(shown, baseline.id, folder))
@@ -129,20 +293,14 @@ def _table(folder: Path, cells: list[Cell], fresh: dict[str, dict], baseline: Ce
     return 0
 
 
-def _all_results(folder: Path, cells: list[Cell], fresh: dict[str, dict]) -> list[dict]:
-    from runner.results import read_result
-    from runner.session import cell_paths
-
-    found = []
-    for cell in cells:
-        result = fresh.get(cell.id) or read_result(cell_paths(folder, cell)["result_path"])
-        if result:
-            found.append(result)
-    return found
-
-
 def _manifest(
-    folder: Path, args: argparse.Namespace, matrix_path: Path, cells: list[Cell], baseline: Cell, started: str
+    folder: Path,
+    args: argparse.Namespace,
+    executor: str,
+    matrix_path: Path,
+    cells: list[Cell],
+    baseline: Cell,
+    started: str,
 ) -> None:
     manifest = read_manifest(folder / "run.json")
     manifest["invocations"].append(
@@ -150,7 +308,7 @@ def _manifest(
             "command": "python -m runner " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "matrix": str(matrix_path),
             "matrix_text": matrix_path.read_text(),
-            "executor": args.executor,
+            "executor": executor,
             "started_at": started,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "cells": [c.id for c in cells],

@@ -77,6 +77,10 @@ MISTAKES = [
     ),
     ("err_invalid_yaml.yaml", "line 3", ["not valid YAML", "expected ',' or '}'"]),
     ("err_top_level_list.yaml", "(top level)", ["expected a mapping, got list"]),
+    # a key given twice: YAML would silently keep the last one; the line is the second occurrence
+    ("err_duplicate_engine.yaml", "line 8", ["not valid YAML", "key 'transformers' given twice", "merge"]),
+    ("err_duplicate_workload_key.yaml", "line 8", ["not valid YAML", "key 'new_tokens' given twice", "merge"]),
+    ("err_duplicate_flow_key.yaml", "line 8", ["not valid YAML", "key 'dtype' given twice", "merge"]),
 ]
 
 BUGS = [

@@ -1,9 +1,8 @@
-"""Executors run one prepared cell and return its reconciled result; chosen by name."""
+"""Executors run one prepared cell and return its reconciled result: local subprocess or Docker container."""
 
 from __future__ import annotations
 
+from runner.executors.docker import DockerExecutor
 from runner.executors.local import LocalExecutor
 
-EXECUTORS = {"local": LocalExecutor}
-
-__all__ = ["EXECUTORS", "LocalExecutor"]
+__all__ = ["DockerExecutor", "LocalExecutor"]

@@ -107,15 +107,21 @@ class LocalExecutor:
             _kill_group(process)
             self._running.discard(process)
             code = process.returncode
-        log_tail = tail(Path(job["log_path"]).read_text(errors="replace"))
-        fallback = failure(cell, job["spec"]["model"], job["spec"]["workload"], "failed", "")
-        if self.interrupted:
-            reason = "interrupted: the run was stopped while this cell ran; process group killed"
-            return {**fallback, "reason": reason, "exit_code": code, "log_tail": log_tail}
-        if timed_out:
-            reason = f"timeout: no result after {job['timeout_s']} s; process group killed"
-            return {**fallback, "status": "timeout", "reason": reason, "exit_code": code, "log_tail": log_tail}
-        result = reconcile(read_result(job["result_path"]), code, log_tail, fallback)
-        if result["status"] != "ok" and code and "exit code" in (result.get("reason") or ""):
-            result["reason"] = result["reason"].replace(f"exit code {code}", describe_exit(code), 1)
-        return result
+        return outcome(job, code, timed_out=timed_out, interrupted=self.interrupted)
+
+
+def outcome(job: dict[str, Any], code: int, timed_out: bool, interrupted: bool) -> dict[str, Any]:
+    """The cell's result from its exit code, its own report and its log (shared by every executor)."""
+    cell = job["spec"]["cell"]
+    log_tail = tail(Path(job["log_path"]).read_text(errors="replace"))
+    fallback = failure(cell, job["spec"]["model"], job["spec"]["workload"], "failed", "")
+    if interrupted:
+        reason = "interrupted: the run was stopped while this cell ran; the cell was killed"
+        return {**fallback, "reason": reason, "exit_code": code, "log_tail": log_tail}
+    if timed_out:
+        reason = f"timeout: no result after {job['timeout_s']} s; the cell was killed"
+        return {**fallback, "status": "timeout", "reason": reason, "exit_code": code, "log_tail": log_tail}
+    result = reconcile(read_result(job["result_path"]), code, log_tail, fallback)
+    if result["status"] != "ok" and code and "exit code" in (result.get("reason") or ""):
+        result["reason"] = result["reason"].replace(f"exit code {code}", describe_exit(code), 1)
+    return result

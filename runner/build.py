@@ -1,0 +1,128 @@
+"""Build engine images with the docker CLI: a clean build context, proxies and an extra CA for the build only.
+
+The context holds the rendered Dockerfile, requirements.txt, the engine's
+entrypoint files and build-context/ (the extra CA bundle as ca.pem, possibly
+empty, and local wheels). Only the Dockerfile's builder stage sees
+build-context/ and the proxy variables; the final stage copies just the built
+virtual environment, so neither the CA nor a proxy URL with credentials ends up
+in the image or its history. HTTP(S)_PROXY / NO_PROXY are Docker's predefined
+build arguments, which `docker history` does not show.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.errors import UserError
+from runner.images import ImageSpec, entrypoint_files, image_tag, render, requirements_text
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
+@dataclass
+class BuildOptions:
+    base_image: str | None = None  # default: the image.yaml's pinned base
+    ca_bundle: Path | None = None  # extra CA certificates for pip/HTTPS inside the build
+    wheels: Path | None = None  # folder of local wheels pip may take (e.g. a CPU torch)
+    network: str | None = None  # docker build --network (host: reach a proxy on localhost)
+    build_args: dict[str, str] = field(default_factory=dict)
+    proxies_from_env: bool = True
+
+
+def _context(spec: ImageSpec, options: BuildOptions, folder: Path) -> None:
+    (folder / "Dockerfile").write_text(render(spec))
+    (folder / "requirements.txt").write_text(requirements_text(spec))
+    entry = folder / "entrypoints"
+    entry.mkdir()
+    for path in entrypoint_files(spec.engine):
+        shutil.copy2(path, entry / path.name)
+    extras = folder / "build-context"
+    (extras / "wheels").mkdir(parents=True)
+    (extras / "ca.pem").write_bytes(options.ca_bundle.read_bytes() if options.ca_bundle else b"")
+    if options.wheels:
+        for wheel in sorted(options.wheels.glob("*.whl")):
+            target = extras / "wheels" / wheel.name
+            try:
+                os.link(wheel, target)
+            except OSError:
+                shutil.copy2(wheel, target)
+
+
+def build_command(spec: ImageSpec, options: BuildOptions, tag: str, context: Path) -> list[str]:
+    command = ["docker", "build", "--tag", tag, "--file", str(context / "Dockerfile")]
+    args = dict(options.build_args)
+    if options.base_image:
+        args["BASE_IMAGE"] = options.base_image
+    if options.proxies_from_env:
+        args.update({name: os.environ[name] for name in PROXY_VARIABLES if os.environ.get(name)})
+    for name, value in args.items():
+        command += ["--build-arg", f"{name}={value}"]
+    if options.network:
+        command += ["--network", options.network]
+    return [*command, str(context)]
+
+
+def validate(options: BuildOptions) -> None:
+    if options.ca_bundle and not options.ca_bundle.is_file():
+        raise UserError(
+            f"--ca-bundle: {options.ca_bundle} is not a file; "
+            "give a PEM bundle such as /etc/ssl/certs/ca-certificates.crt"
+        )
+    if options.wheels and not options.wheels.is_dir():
+        raise UserError(f"--wheels: {options.wheels} is not a folder of .whl files")
+    if shutil.which("docker") is None:
+        raise UserError("docker CLI not found; install Docker (apt-get install docker.io) to build images")
+
+
+def build_image(spec: ImageSpec, options: BuildOptions, log=print) -> str:
+    """Build the image (its tag says what went in) and return the tag; raises UserError if the build fails."""
+    validate(options)
+    tag = image_tag(spec, options.base_image)
+    with tempfile.TemporaryDirectory(prefix=f"image-{spec.engine}-") as scratch:
+        context = Path(scratch)
+        _context(spec, options, context)
+        command = build_command(spec, options, tag, context)
+        shown = [
+            a if not any(a.startswith(f"{p}=") for p in PROXY_VARIABLES) else a.split("=", 1)[0] + "=…" for a in command
+        ]
+        log(f"building {tag}: {' '.join(shown)}")
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr)
+    if done.returncode != 0:
+        raise UserError(
+            f"images/{spec.engine}: docker build of {tag} failed (exit {done.returncode}); see the build output above"
+        )
+    log(f"built {tag}")
+    return tag
+
+
+def flavour_of(gpus: tuple[int, ...] | list[int]) -> str:
+    return "gpu" if gpus else "cpu"
+
+
+def ensure_images(
+    needed: set[tuple[str, str]],
+    specs: dict[tuple[str, str], ImageSpec],
+    options_for: dict[str, BuildOptions],
+    build_missing: bool,
+    exists,
+    log=print,
+) -> dict[tuple[str, str], str]:
+    """Tag of every (engine, flavour) needed; build the missing ones, or refuse and name them."""
+    for key in sorted(needed):
+        if key not in specs:
+            engine, flavour = key
+            raise UserError(f"images/{engine}: no {flavour} flavour; {engine} cells need GPUs (set gpus: [0]) here")
+    tags = {key: image_tag(specs[key], options_for[key[1]].base_image) for key in needed}
+    missing = sorted(key for key, tag in tags.items() if not exists(tag))
+    if missing and not build_missing:
+        names = ", ".join(f"{tags[k]} (make image-{k[0]} FLAVOUR={k[1]})" for k in missing)
+        raise UserError(f"missing images: {names}; build them or drop --no-build")
+    for key in missing:
+        build_image(specs[key], options_for[key[1]], log=log)
+    return tags

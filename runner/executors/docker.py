@@ -1,0 +1,140 @@
+"""Docker executor: one container per cell, named after it, on exactly the cell's GPUs.
+
+`docker run` gets the engine's image (built beforehand, see runner/build.py),
+`--gpus '"device=0,1"'` with the cell's devices (none for CPU cells), the IPC /
+shared-memory settings multi-GPU engines need, the model mounted read-only and
+the run folder read-write at the same paths as on the host (so the cell's spec
+needs no rewriting), the invoking user's uid:gid (result files stay yours) and
+no network. The container's stdout and stderr go to the cell's log. A timeout or
+an interrupt kills and removes the container; it is removed in every case.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UserError
+from runner.executors.local import SAFE_MULTI_GPU_ENV, outcome
+
+CONTAINER_ENTRYPOINTS = "/bench/entrypoints"
+SHM_SIZE = "16g"
+
+
+def daemon_problem() -> str | None:
+    """None if a Docker daemon answers, else why not (one line)."""
+    try:
+        done = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        return "the docker CLI is not installed"
+    except subprocess.TimeoutExpired:
+        return "the Docker daemon did not answer within 20 s"
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else f"docker version exited {done.returncode}"
+    return None
+
+
+def require_daemon() -> None:
+    problem = daemon_problem()
+    if problem:
+        raise UserError(
+            f"Docker daemon not reachable ({problem}); start it (sudo systemctl start docker, or dockerd &) "
+            "or run with --executor local"
+        )
+
+
+def image_exists(tag: str) -> bool:
+    done = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, stdin=subprocess.DEVNULL)
+    return done.returncode == 0
+
+
+def gpus_argument(gpus: list[int]) -> str:
+    """The --gpus value Docker wants for a device list: the quotes are part of the value."""
+    return f'"device={",".join(str(g) for g in gpus)}"'
+
+
+def container_name(cell_id: str) -> str:
+    return f"inference-matrix-{cell_id}"
+
+
+def model_mount(model: dict[str, Any]) -> Path:
+    """The folder to mount for the model: the checkpoint, or a hub cache repo (snapshots link to blobs)."""
+    path = Path(model["path"])
+    if model.get("source") == "hub" and path.parent.name == "snapshots":
+        return path.parent.parent
+    return path
+
+
+def run_command(job: dict[str, Any], image: str, run_folder: Path) -> list[str]:
+    cell, model = job["spec"]["cell"], job["spec"]["model"]
+    gpus = cell["gpus"]
+    command = ["docker", "run", "--name", container_name(cell["id"]), "--network", "none"]
+    command += ["--user", f"{os.getuid()}:{os.getgid()}"]
+    if gpus:
+        command += ["--gpus", gpus_argument(gpus)]
+    command += ["--ipc", "host"] if len(gpus) > 1 else ["--shm-size", SHM_SIZE]
+    environment = {
+        **SAFE_MULTI_GPU_ENV,
+        # inside the container the cell's GPUs are numbered from 0
+        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(gpus))),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name, value in environment.items():
+        command += ["--env", f"{name}={value}"]
+    mount = model_mount(model)
+    command += ["--volume", f"{mount}:{mount}:ro", "--volume", f"{run_folder}:{run_folder}:rw"]
+    script = f"{CONTAINER_ENTRYPOINTS}/{job['entrypoint']}"
+    return [*command, image, "python3", script, "--spec", str(job["spec_path"]), "--output", str(job["result_path"])]
+
+
+def _remove(name: str) -> None:
+    subprocess.run(["docker", "rm", "--force", name], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+class DockerExecutor:
+    name = "docker"
+
+    def __init__(self, images: dict[tuple[str, str], str], run_folder: Path):
+        self.images = images  # (engine, flavour) -> tag
+        self.run_folder = run_folder
+        self.interrupted = False
+        self._names: set[str] = set()
+
+    def stop_all(self) -> None:
+        self.interrupted = True
+        for name in list(self._names):
+            subprocess.run(["docker", "kill", name], capture_output=True, stdin=subprocess.DEVNULL)
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        cell = job["spec"]["cell"]
+        image = self.images[(cell["engine"], "gpu" if cell["gpus"] else "cpu")]
+        name = container_name(cell["id"])
+        _remove(name)  # a container left by an earlier, killed run
+        command = run_command(job, image, self.run_folder)
+        job["result_path"].unlink(missing_ok=True)
+        self._names.add(name)
+        timed_out = False
+        with open(job["log_path"], "w") as log:
+            log.write("$ " + " ".join(shlex.quote(a) for a in command) + "\n")
+            log.flush()
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                process.wait(timeout=job["timeout_s"])
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                subprocess.run(["docker", "kill", name], capture_output=True, stdin=subprocess.DEVNULL)
+                process.wait()
+        _remove(name)
+        self._names.discard(name)
+        return outcome(job, process.returncode, timed_out=timed_out, interrupted=self.interrupted)

@@ -1,0 +1,130 @@
+"""Engine images: one pinned Dockerfile per engine and flavour, rendered from a shared template.
+
+images/<engine>/image.yaml says what an engine's image pins (base image, pip
+requirements, build steps) for each flavour (gpu, and cpu where the engine has
+a CPU build); images/templates/Dockerfile.j2 is the structure they share. The
+rendered images/<engine>/Dockerfile[.cpu] files are committed so users can read
+and build them by hand; `python -m runner images --check` (and a test) keeps
+them equal to what the template renders.
+
+An image's tag is a hash of everything that goes into it: the Dockerfile, the
+requirements, the entrypoint files copied in and the base image. An unchanged
+image is never rebuilt; a changed one always gets a new tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from runner.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES_DIR = REPO / "images"
+ENTRYPOINTS_DIR = REPO / "entrypoints"
+SHARED_ENTRYPOINT_FILES = ("harness.py", "prompt.txt")
+FLAVOURS = ("gpu", "cpu")
+IMAGE_REPOSITORY = "inference-matrix"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    engine: str
+    flavour: str
+    description: str
+    base_image: str
+    requirements: tuple[str, ...]
+    smoke_test: str
+    apt_runtime: tuple[str, ...] = ()
+    apt_build: tuple[str, ...] = ()
+    pip_env: str = ""
+    extra_index_url: str = ""
+    venv_args: str = ""
+    build_args: dict[str, str] = field(default_factory=dict)
+    post_install: tuple[str, ...] = ()
+    unverified_pins: str | None = None
+
+    @property
+    def dockerfile(self) -> Path:
+        suffix = "" if self.flavour == "gpu" else f".{self.flavour}"
+        return IMAGES_DIR / self.engine / f"Dockerfile{suffix}"
+
+
+def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec]:
+    """Every (engine, flavour) image described under images/."""
+    specs: dict[tuple[str, str], ImageSpec] = {}
+    for path in sorted(images_dir.glob("*/image.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        engine = path.parent.name
+        for flavour, body in raw["flavours"].items():
+            if flavour not in FLAVOURS:
+                raise UserError(f"{path}: flavours.{flavour}: unknown flavour; use one of {', '.join(FLAVOURS)}")
+            specs[(engine, flavour)] = ImageSpec(
+                engine=engine,
+                flavour=flavour,
+                description=raw["description"],
+                smoke_test=raw["smoke_test"],
+                unverified_pins=raw.get("unverified_pins"),
+                base_image=body["base_image"],
+                requirements=tuple(body["requirements"]),
+                apt_runtime=tuple(body.get("apt_runtime", ())),
+                apt_build=tuple(body.get("apt_build", ())),
+                pip_env=body.get("pip_env", ""),
+                extra_index_url=body.get("extra_index_url", ""),
+                venv_args=f" {body['venv_args']}" if body.get("venv_args") else "",
+                build_args={k: str(v) for k, v in body.get("build_args", {}).items()},
+                post_install=tuple(body.get("post_install", ())),
+            )
+    return specs
+
+
+def render(spec: ImageSpec) -> str:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(IMAGES_DIR / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    values: dict[str, Any] = dict(spec.__dict__)
+    values["pip_env"] = f"{spec.pip_env} " if spec.pip_env else ""
+    return environment.get_template("Dockerfile.j2").render(**values)
+
+
+def requirements_text(spec: ImageSpec) -> str:
+    return "".join(f"{line}\n" for line in spec.requirements)
+
+
+def entrypoint_files(engine: str) -> list[Path]:
+    """What of entrypoints/ goes into an engine's image: the shared harness and its own script(s)."""
+    own = sorted(ENTRYPOINTS_DIR.glob(f"run_{engine}*.py"))
+    return [ENTRYPOINTS_DIR / name for name in SHARED_ENTRYPOINT_FILES] + own
+
+
+def image_tag(spec: ImageSpec, base_image: str | None = None) -> str:
+    digest = hashlib.sha256()
+    digest.update(render(spec).encode())
+    digest.update(requirements_text(spec).encode())
+    digest.update((base_image or spec.base_image).encode())
+    for path in entrypoint_files(spec.engine):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return f"{IMAGE_REPOSITORY}/{spec.engine}:{spec.flavour}-{digest.hexdigest()[:12]}"
+
+
+def stale_dockerfiles(specs: dict[tuple[str, str], ImageSpec]) -> list[Path]:
+    """Committed Dockerfiles that differ from what the template renders."""
+    return [s.dockerfile for s in specs.values() if not s.dockerfile.exists() or s.dockerfile.read_text() != render(s)]
+
+
+def write_dockerfiles(specs: dict[tuple[str, str], ImageSpec]) -> list[Path]:
+    written = []
+    for spec in specs.values():
+        text = render(spec)
+        if not spec.dockerfile.exists() or spec.dockerfile.read_text() != text:
+            spec.dockerfile.write_text(text)
+            written.append(spec.dockerfile)
+    return written

@@ -1,0 +1,152 @@
+"""Ctrl-C / SIGTERM on ``python -m runner`` while a CPU cell runs: the real runner, the real
+entrypoint, the real tiny model, real signals.
+
+README: "Ctrl-C (or SIGTERM) stops the running cells, keeps every finished result and renders
+the table." The runner is signalled by its pid only; the cell's engine runs in its own process
+group, so the runner itself must stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+MATRIX = "tests/fixtures/matrices/e2e_interrupt.yaml"
+INTERRUPTED_LINE = "interrupted: finished cells are kept in the run folder; rerun to measure the rest"
+# guards against a hung test only; nothing is asserted about how long anything takes
+DEADLINE_S = 300
+
+
+def cell_ids(runner_cli) -> list[str]:
+    done = runner_cli(MATRIX, "--list", timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [line.split("  ", 1)[0] for line in done.stdout.splitlines()]
+
+
+def processes_with_argument(argument: str) -> list[int]:
+    """Pids of live processes whose command line has exactly this argument (zombies have none)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argument.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_for(condition, runner: subprocess.Popen, what: str, output: Path):
+    """Poll condition() until it returns something truthy; fail if the runner exits first."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if runner.poll() is not None:
+            pytest.fail(f"runner exited ({runner.returncode}) before {what}:\n{output.read_text()[-3000:]}")
+        time.sleep(0.02)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_keeps_finished_stops_running_skips_rest(runner_cli, repo, model_store, tmp_path, signum):
+    first, second, third = cell_ids(runner_cli)
+    folder = tmp_path / "run"
+    stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    engine_pid = None
+    with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "runner", MATRIX, "-o", str(folder), "--store", str(model_store)],
+            cwd=repo,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: (folder / "cells" / f"{first}.json").is_file(), runner, "the first result", stdout_path)
+        wait_for(lambda: (folder / "logs" / f"{second}.log").is_file(), runner, "the second log", stdout_path)
+        second_spec = str(folder / "spec" / f"{second}.json")
+        # the second cell's engine process (its command line names its spec file)
+        pids = wait_for(lambda: processes_with_argument(second_spec), runner, "the second engine", stdout_path)
+        assert len(pids) == 1, pids
+        engine_pid = pids[0]
+        assert os.getpgid(engine_pid) == engine_pid  # its own process group, apart from the runner's
+        assert os.getpgid(engine_pid) != os.getpgid(runner.pid)
+
+        os.kill(runner.pid, signum)  # the runner only, as a supervisor (or kill PID) would
+        code = runner.wait(timeout=DEADLINE_S)
+    finally:
+        for pgid in (runner.pid, engine_pid):
+            if pgid is not None and group_exists(pgid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            runner.wait(timeout=30)
+    stdout, stderr = stdout_path.read_text(), stderr_path.read_text()
+
+    assert code == 130, stdout[-3000:] + stderr[-3000:]
+    assert stderr.splitlines()[-1] == INTERRUPTED_LINE, stderr
+
+    # no engine process outlives the run: neither the cell's process nor anything in its group
+    assert processes_with_argument(second_spec) == []
+    assert not group_exists(engine_pid)
+
+    # the first cell finished before the signal: its result is kept, ok
+    done = json.loads((folder / "cells" / f"{first}.json").read_text())
+    assert done["status"] == "ok"
+    assert done["exit_code"] == 0
+    assert len(done["metrics"]["tokens_per_s"]["values"]) == 2
+    assert f"[{first}] ok" in stdout
+
+    # the second was running: failed, reason says it was interrupted, its process was stopped
+    stopped = json.loads((folder / "cells" / f"{second}.json").read_text())
+    assert stopped["status"] == "failed"
+    assert stopped["reason"].startswith("interrupted"), stopped["reason"]
+    assert stopped["exit_code"] == -signal.SIGTERM  # the runner's stop, not a crash of its own
+    assert stopped["cell"]["id"] == second
+    assert stopped["metrics"] == {}
+    assert f"[{second}] failed: interrupted" in stdout
+
+    # the third never started: no spec, no log, no result
+    assert not (folder / "cells" / f"{third}.json").exists()
+    assert not (folder / "logs" / f"{third}.log").exists()
+    assert not (folder / "spec" / f"{third}.json").exists()
+    assert f"[{third}]" not in stdout
+    # and no scratch file is left behind in cells/
+    assert sorted(p.name for p in (folder / "cells").iterdir()) == sorted([f"{first}.json", f"{second}.json"])
+
+    # the table is rendered over what is there
+    assert (folder / "table.md").is_file()
+    assert f"table: {folder.resolve() / 'table.md'} (2 of 3 cells have results)" in stdout
+    with open(folder / "table.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["Cell"] for row in table] == [first, second]
+    assert [row["Status"] for row in table] == ["ok", "failed"]
+    assert float(table[0]["Avg Tok/s"]) > 0
+    assert table[1]["Notes"].startswith("failed: interrupted"), table[1]["Notes"]
+    assert table[1]["Avg Tok/s"] == ""
+
+    # the invocation is recorded
+    invocations = json.loads((folder / "run.json").read_text())["invocations"]
+    assert [run["cells"] for run in invocations] == [[first, second, third]]
