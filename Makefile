@@ -8,7 +8,11 @@ TORCH ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 MATRIX ?= $(if $(HAS_GPU),matrix.yaml,matrix-cpu.yaml)
 
-.PHONY: help setup run test lint format clean
+# Local base image for CPU image builds where no registry is reachable (Debian bookworm, debootstrap).
+BASE_IMAGE_LOCAL ?= inference-matrix/bookworm-base:local
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+
+.PHONY: help setup run test lint format clean base-image images-check
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -35,6 +39,18 @@ lint: $(BIN)/python  ## ruff lint and format check
 format: $(BIN)/python  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix runner entrypoints tests
 	$(BIN)/ruff format runner entrypoints tests
+
+image-%: $(BIN)/python  ## build an engine's image, e.g. make image-vllm (FLAVOUR=gpu|cpu|all, default: this host's)
+	$(BIN)/python -m runner build $* $(if $(FLAVOUR),--flavour $(FLAVOUR)) $(BUILD_ARGS)
+
+images-check: $(BIN)/python  ## check that images/*/Dockerfile* match their template
+	$(BIN)/python -m runner images --check
+
+base-image:  ## make $(BASE_IMAGE_LOCAL) with debootstrap (root; for hosts that cannot pull images)
+	@if docker image inspect $(BASE_IMAGE_LOCAL) >/dev/null 2>&1; then echo "$(BASE_IMAGE_LOCAL) exists"; else \
+	  dir=$$(mktemp -d) && debootstrap --variant=minbase bookworm $$dir/root $(DEBIAN_MIRROR) >$$dir/debootstrap.log 2>&1 \
+	  || { tail -20 $$dir/debootstrap.log; exit 1; }; \
+	  tar -C $$dir/root -c . | docker import - $(BASE_IMAGE_LOCAL) && rm -rf $$dir; fi
 
 clean:  ## remove the venv and run folders (not the model store)
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -59,7 +59,11 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of local wheels builds may install from, e.g. a CPU torch (env BENCH_WHEELS)",
     )
     group.add_argument(
-        "--build-arg", action="append", default=[], metavar="NAME=VALUE", help="extra docker build argument"
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra docker build argument (env BENCH_BUILD_ARGS: several, space-separated)",
     )
     group.add_argument("--build-network", help="docker build --network (e.g. host, to reach a proxy on localhost)")
     group.add_argument(
@@ -79,7 +83,7 @@ def build_options(args: argparse.Namespace) -> dict[str, BuildOptions]:
         for f in [flavour] if flavour else FLAVOURS:
             bases[f] = image
     extra = {}
-    for item in args.build_arg:
+    for item in os.environ.get("BENCH_BUILD_ARGS", "").split() + args.build_arg:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise UserError(f"--build-arg {item}: give NAME=VALUE")
@@ -104,9 +108,9 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--executor",
         choices=("auto", "docker", "local"),
-        default="auto",
+        default=os.environ.get("BENCH_EXECUTOR", "auto"),
         help="where cells run: docker (one container per cell), local (a subprocess with this machine's "
-        "engines), auto (docker if a daemon answers, else local; the default)",
+        "engines), auto (docker if a daemon answers, else local; the default; env BENCH_EXECUTOR)",
     )
     parser.add_argument("--python", help="local executor: interpreter that has the engines (default: this one)")
     parser.add_argument("--no-build", action="store_true", help="docker: refuse to run if an image is missing")

