@@ -91,6 +91,7 @@ def render(spec: ImageSpec) -> str:
     )
     values: dict[str, Any] = dict(spec.__dict__)
     values["pip_env"] = f"{spec.pip_env} " if spec.pip_env else ""
+    values["pins"] = dict(line.split("==", 1) for line in spec.requirements)
     return environment.get_template("Dockerfile.j2").render(**values)
 
 

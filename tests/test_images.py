@@ -196,3 +196,12 @@ def test_hub_models_mount_their_cache_repo():
     snapshot = "/hf/hub/models--org--name/snapshots/abc123"
     assert model_mount({"source": "hub", "path": snapshot}) == Path("/hf/hub/models--org--name")
     assert model_mount({"source": "local", "path": "/ckpt"}) == Path("/ckpt")
+
+
+def test_smoke_tests_import_on_cpu_and_check_pins_on_gpu():
+    cpu = render(SPECS[("transformers", "cpu")])
+    assert f'RUN python3 -c "{SPECS[("transformers", "cpu")].smoke_test}"' in cpu
+    gpu = render(SPECS[("llamacpp", "gpu")])
+    # a build host has no GPU driver: GPU images check their pins instead of importing CUDA extensions
+    assert "'llama-cpp-python': '0.3.36'" in gpu and "print('pins ok')" in gpu
+    assert "import llama_cpp" not in gpu
