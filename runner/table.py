@@ -123,9 +123,10 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
     ]
     env = first.get("environment", {})
     devices = (first.get("memory") or {}).get("devices") or []
-    hardware = ", ".join(sorted({d["name"] for d in devices})) or f"CPU ({env.get('cpu_count')} cores)"
-    versions = ", ".join(f"{k} {env[k]}" for k in ("driver", "torch", "transformers") if env.get(k))
-    lines.append(f"Hardware: {hardware}; {versions}")
+    if env:
+        hardware = ", ".join(sorted({d["name"] for d in devices})) or f"CPU ({env.get('cpu_count')} cores)"
+        versions = ", ".join(f"{k} {env[k]}" for k in ("driver", "torch", "transformers") if env.get(k))
+        lines.append(f"Hardware: {hardware}; {versions}")
     lines.append(
         "Avg Tok/s: new tokens / generation time, median of repetitions (min–max). "
         "Max Mem: peak device memory in use (NVML, as nvidia-smi shows it), summed over the cell's GPUs; "

@@ -36,7 +36,11 @@ def cpu_image(runner_cli) -> str:
     if base and docker("image", "inspect", base).returncode != 0:
         pytest.fail(f"base image {base} is missing: run `make base-image`")
     done = runner_cli("build", "transformers", "--flavour", "cpu", timeout=2400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    hint = (
+        "the CPU image did not build; where no registry is reachable, build on a local base "
+        "(make base-image; BENCH_BASE_IMAGE_CPU, BENCH_CA_BUNDLE, BENCH_WHEELS, BENCH_BUILD_ARGS: see .ci/run)\n"
+    )
+    assert done.returncode == 0, hint + done.stdout[-3000:] + done.stderr[-3000:]
     tag = image_tag(load_specs()[("transformers", "cpu")], base)
     assert tag in done.stdout
     assert docker("image", "inspect", tag).returncode == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import signal
@@ -55,15 +56,16 @@ def group_exists(pgid: int) -> bool:
     return True
 
 
-def wait_for(condition, runner: subprocess.Popen, what: str, output: Path):
+def wait_for(condition, runner: subprocess.Popen, what: str, output: Path | None = None):
     """Poll condition() until it returns something truthy; fail if the runner exits first."""
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
         value = condition()
-        if value:
+        if value is not None and value is not False and value != []:
             return value
         if runner.poll() is not None:
-            pytest.fail(f"runner exited ({runner.returncode}) before {what}:\n{output.read_text()[-3000:]}")
+            said = output.read_text() if output else "".join(runner.communicate())
+            pytest.fail(f"runner exited ({runner.returncode}) before {what}:\n{said[-3000:]}")
         time.sleep(0.02)
     pytest.fail(f"gave up waiting for {what}")
 
@@ -150,3 +152,62 @@ def test_interrupt_keeps_finished_stops_running_skips_rest(runner_cli, repo, mod
     # the invocation is recorded
     invocations = json.loads((folder / "run.json").read_text())["invocations"]
     assert [run["cells"] for run in invocations] == [[first, second, third]]
+
+
+def test_interrupt_just_as_a_cell_starts_does_not_let_it_run(runner_cli, repo, model_store, tmp_path):
+    """Deterministic version of Ctrl-C landing while the runner is starting a cell.
+
+    The first cell's result path is a named pipe, so the runner's worker blocks at a known point
+    (reading any earlier result, before it writes the spec and starts the engine) while the runner
+    is signalled; then the pipe is released and the worker goes on as it would have.
+    """
+    matrix = "tests/fixtures/matrices/e2e_rerun.yaml"
+    listed = runner_cli(matrix, "--list", timeout=60)
+    first, second = (line.split("  ", 1)[0] for line in listed.stdout.splitlines())
+    folder = tmp_path / "run"
+    (folder / "cells").mkdir(parents=True)
+    gate = folder / "cells" / f"{first}.json"
+    os.mkfifo(gate)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "runner", matrix, "-o", str(folder), "--store", str(model_store)],
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # opening the write end without blocking succeeds only once the worker has the read end open
+        writer = wait_for(lambda: _open_writer(gate), runner, "the first cell's worker")
+        os.kill(runner.pid, signal.SIGINT)
+        time.sleep(1)  # let the runner handle the signal (stop_all) while the worker is still held
+        gate.unlink()
+        os.close(writer)  # the worker reads an empty earlier result and carries on
+        stdout, stderr = runner.communicate(timeout=DEADLINE_S)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait(timeout=30)
+    assert runner.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    assert stderr.splitlines()[-1] == INTERRUPTED_LINE
+    assert not (folder / "logs" / f"{second}.log").exists()
+    # after the interrupt the first cell's engine must not run to the end of its measurement
+    log = folder / "logs" / f"{first}.log"
+    if log.exists():
+        assert f"[{first}] ok:" not in log.read_text()
+    stopped = folder / "cells" / f"{first}.json"
+    if stopped.exists():
+        result = json.loads(stopped.read_text())
+        assert result["status"] != "ok"
+        # a reason that says the cell was killed must come with a killed exit status
+        assert result["exit_code"] != 0, result["reason"]
+
+
+def _open_writer(fifo: Path) -> int | None:
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+            raise
+        return None

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.executors.local import SAFE_MULTI_GPU_ENV, outcome
+from runner.executors.local import SAFE_MULTI_GPU_ENV, not_started, outcome
 
 CONTAINER_ENTRYPOINTS = "/bench/entrypoints"
 SHM_SIZE = "16g"
@@ -109,11 +110,14 @@ class DockerExecutor:
         self.images = images  # (engine, flavour) -> tag
         self.run_folder = run_folder
         self.interrupted = False
+        self._lock = threading.Lock()
         self._names: set[str] = set()
 
     def stop_all(self) -> None:
-        self.interrupted = True
-        for name in list(self._names):
+        with self._lock:
+            self.interrupted = True
+            names = list(self._names)
+        for name in names:
             subprocess.run(["docker", "kill", name], capture_output=True, stdin=subprocess.DEVNULL)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -123,12 +127,15 @@ class DockerExecutor:
         _remove(name)  # a container left by an earlier, killed run
         command = run_command(job, image, self.run_folder)
         job["result_path"].unlink(missing_ok=True)
-        self._names.add(name)
         timed_out = False
         with open(job["log_path"], "w") as log:
             log.write("$ " + " ".join(shlex.quote(a) for a in command) + "\n")
             log.flush()
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            with self._lock:
+                if self.interrupted:
+                    return not_started(job)
+                self._names.add(name)
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             try:
                 process.wait(timeout=job["timeout_s"])
             except subprocess.TimeoutExpired:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +72,16 @@ class LocalExecutor:
     def __init__(self, python: str | None = None):
         self.python = python or sys.executable
         self.interrupted = False
+        self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
 
     def stop_all(self) -> None:
-        """Stop every running cell (the run was interrupted); their results say so."""
-        self.interrupted = True
-        for process in list(self._running):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+        """Stop every running cell and start no other (the run was interrupted)."""
+        with self._lock:
+            self.interrupted = True
+            for process in list(self._running):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run the job (cell, spec path, result path, log path, timeout) and return its result."""
@@ -89,16 +92,19 @@ class LocalExecutor:
         with open(job["log_path"], "w") as log:
             log.write(f"$ {' '.join(command)}\n# CUDA_VISIBLE_DEVICES={','.join(map(str, cell['gpus']))}\n")
             log.flush()
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=cell_environment(tuple(cell["gpus"])),
-                start_new_session=True,
-                cwd=ENTRYPOINTS,
-            )
-            self._running.add(process)
+            with self._lock:  # an interrupt either finds this process or stops it from starting
+                if self.interrupted:
+                    return not_started(job)
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=cell_environment(tuple(cell["gpus"])),
+                    start_new_session=True,
+                    cwd=ENTRYPOINTS,
+                )
+                self._running.add(process)
             timed_out = False
             try:
                 process.wait(timeout=job["timeout_s"])
@@ -110,18 +116,28 @@ class LocalExecutor:
         return outcome(job, code, timed_out=timed_out, interrupted=self.interrupted)
 
 
+def not_started(job: dict[str, Any]) -> dict[str, Any]:
+    """The result of a cell that an interrupt kept from starting."""
+    spec = job["spec"]
+    reason = "interrupted: the run was stopped before this cell started"
+    return {**failure(spec["cell"], spec["model"], spec["workload"], "failed", reason), "exit_code": None}
+
+
 def outcome(job: dict[str, Any], code: int, timed_out: bool, interrupted: bool) -> dict[str, Any]:
-    """The cell's result from its exit code, its own report and its log (shared by every executor)."""
+    """The cell's result from its exit code, its own report and its log (shared by every executor).
+
+    A cell that finished ok before an interrupt reached it keeps its measurement.
+    """
     cell = job["spec"]["cell"]
     log_tail = tail(Path(job["log_path"]).read_text(errors="replace"))
     fallback = failure(cell, job["spec"]["model"], job["spec"]["workload"], "failed", "")
-    if interrupted:
-        reason = "interrupted: the run was stopped while this cell ran; the cell was killed"
-        return {**fallback, "reason": reason, "exit_code": code, "log_tail": log_tail}
     if timed_out:
         reason = f"timeout: no result after {job['timeout_s']} s; the cell was killed"
         return {**fallback, "status": "timeout", "reason": reason, "exit_code": code, "log_tail": log_tail}
     result = reconcile(read_result(job["result_path"]), code, log_tail, fallback)
+    if interrupted and result["status"] != "ok":
+        reason = "interrupted: the run was stopped while this cell ran; the cell was killed"
+        return {**fallback, "reason": reason, "exit_code": code, "log_tail": log_tail}
     if result["status"] != "ok" and code and "exit code" in (result.get("reason") or ""):
         result["reason"] = result["reason"].replace(f"exit code {code}", describe_exit(code), 1)
     return result
