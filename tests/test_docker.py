@@ -132,3 +132,14 @@ def test_unreachable_daemon(runner_cli, tmp_path, model_store):
     )
     assert auto.returncode == 0, auto.stderr
     assert auto.stdout.startswith("executor: local (no Docker daemon answered:")
+
+
+@pytest.mark.parametrize("engine", ["ctranslate2", "vllm", "llamacpp"])
+def test_other_cpu_flavours_build_and_import(cpu_image, runner_cli, engine):
+    """Each CPU image builds on the local base; its build ends by importing the engine (the image's smoke test)."""
+    done = runner_cli("build", engine, "--flavour", "cpu", timeout=2400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tag = image_tag(load_specs()[(engine, "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU"))
+    assert f"{engine} (cpu): {tag}" in done.stdout
+    check = docker("run", "--rm", "--network", "none", tag, "python3", "-c", "import harness; print('harness ok')")
+    assert check.stdout.strip() == "harness ok", check.stderr
