@@ -15,7 +15,7 @@ DEBIAN_MIRROR ?= http://deb.debian.org/debian
 .PHONY: help setup run test lint format clean base-image images-check
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z%-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,13 @@ format: $(BIN)/python  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix runner entrypoints tests
 	$(BIN)/ruff format runner entrypoints tests
 
-image-%: $(BIN)/python  ## build an engine's image, e.g. make image-vllm (FLAVOUR=gpu|cpu|all, default: this host's)
+$(VENV)/.host: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e . && touch $@
+
+image-%: $(VENV)/.host  ## build an engine's image, e.g. make image-vllm (FLAVOUR=gpu|cpu|all, default: this host's)
 	$(BIN)/python -m runner build $* $(if $(FLAVOUR),--flavour $(FLAVOUR)) $(BUILD_ARGS)
 
-images-check: $(BIN)/python  ## check that images/*/Dockerfile* match their template
+images-check: $(VENV)/.host  ## check that images/*/Dockerfile* match their template
 	$(BIN)/python -m runner images --check
 
 base-image:  ## make $(BASE_IMAGE_LOCAL) with debootstrap (root; for hosts that cannot pull images)
