@@ -32,11 +32,11 @@ run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU
 test: setup lint  ## lint, then unit, CPU end-to-end and executor tests
 	$(BIN)/python -m pytest -q tests
 
-lint: $(BIN)/python  ## ruff lint and format check
+lint: setup  ## ruff lint and format check
 	$(BIN)/ruff check runner entrypoints tests
 	$(BIN)/ruff format --check runner entrypoints tests
 
-format: $(BIN)/python  ## apply ruff's formatting and safe fixes
+format: setup  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix runner entrypoints tests
 	$(BIN)/ruff format runner entrypoints tests
 
