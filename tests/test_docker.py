@@ -143,3 +143,59 @@ def test_other_cpu_flavours_build_and_import(cpu_image, runner_cli, engine):
     assert f"{engine} (cpu): {tag}" in done.stdout
     check = docker("run", "--rm", "--network", "none", tag, "python3", "-c", "import harness; print('harness ok')")
     assert check.stdout.strip() == "harness ok", check.stderr
+
+
+@pytest.fixture(scope="module")
+def gguf_probe(cpu_image, runner_cli, tiny_model, tmp_path_factory) -> dict:
+    """llama.cpp's own converter (f16) and quantiser (q8_0), in the llamacpp image, on the synthetic checkpoint."""
+    done = runner_cli("build", "llamacpp", "--flavour", "cpu", timeout=2400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tag = image_tag(load_specs()[("llamacpp", "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU"))
+    work = tmp_path_factory.mktemp("gguf")
+    text = (Path(__file__).parents[1] / "entrypoints" / "prompt.txt").read_text()
+    (work / "text.txt").write_text(text)
+    (work / "probe.py").write_text((Path(__file__).parent / "fixtures" / "scripts" / "gguf_probe.py").read_text())
+    script = (
+        f"python3 /opt/venv/llama.cpp/convert_hf_to_gguf.py {tiny_model} --outtype f16 --outfile /w/f16.gguf "
+        "> /w/convert.log 2>&1 && python3 /w/probe.py /w/f16.gguf /w/q8_0.gguf q8_0 /w/text.txt"
+    )
+    run = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        f"{os.getuid()}:{os.getgid()}",
+        "--volume",
+        f"{tiny_model}:{tiny_model}:ro",
+        "--volume",
+        f"{work}:/w",
+        "--env",
+        "PYTHONPATH=/opt/venv/llama.cpp/gguf-py",
+        tag,
+        "sh",
+        "-c",
+        script,
+    )
+    assert run.returncode == 0, run.stderr[-2000:] + (work / "convert.log").read_text()[-2000:]
+    return {"work": work, "text": text, **json.loads(run.stdout.strip().splitlines()[-1])}
+
+
+def test_llamacpp_image_converts_and_quantises(gguf_probe, tiny_model):
+    from transformers import AutoTokenizer
+
+    work = gguf_probe["work"]
+    assert (work / "f16.gguf").read_bytes()[:4] == b"GGUF"
+    assert 0 < (work / "q8_0.gguf").stat().st_size < (work / "f16.gguf").stat().st_size
+    assert gguf_probe["n_vocab"] == len(AutoTokenizer.from_pretrained(tiny_model)) == 4096
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap for issue 4: the synthetic tokenizer is BPE (tokenizer.json only); convert_hf_to_gguf "
+    "writes it as a SentencePiece-style 'llama' vocabulary, whose score-driven merging splits text differently",
+)
+def test_llamacpp_tokenises_like_transformers(gguf_probe, tiny_model):
+    from transformers import AutoTokenizer
+
+    assert gguf_probe["ids"] == AutoTokenizer.from_pretrained(tiny_model)(gguf_probe["text"])["input_ids"]
