@@ -91,11 +91,12 @@ class MemorySampler:
 
             pynvml.nvmlInit()
             self._nvml = pynvml
-            self._handles = [_nvml_handle(pynvml, entry) for entry in _visible_devices()]
+            visible = _visible_devices()
+            self._handles = [_nvml_handle(pynvml, entry) for entry in visible]
         except Exception as exc:  # no NVML: report why, keep measuring speed
             self.error = f"NVML unavailable: {exc}"
             return
-        for index, handle in zip(_visible_devices(), self._handles, strict=False):
+        for index, handle in zip(visible, self._handles, strict=True):
             used = self._used(handle)
             name = self._nvml.nvmlDeviceGetName(handle)
             total = self._nvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20

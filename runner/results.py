@@ -3,13 +3,15 @@
 A result has a status (ok, failed, timeout, oom, skipped) and a reason. The
 child's JSON is trusted only together with its exit code: a non-zero exit is
 never an ok result, and a child that wrote nothing or garbage is its own kind
-of failure with the log's tail kept.
+of failure with the log's tail kept. outcome() turns a finished, timed-out or
+interrupted cell into its result the same way for every executor.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -77,3 +79,38 @@ def reconcile(child: dict[str, Any] | None, exit_code: int, log_tail: str, fallb
 def _with_last_line(reason: str, log_tail: str) -> str:
     lines = [line for line in log_tail.strip().splitlines() if line.strip()]
     return f"{reason}: {lines[-1].strip()[:300]}" if lines else reason
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of host memory?)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
+
+
+def not_started(job: dict[str, Any]) -> dict[str, Any]:
+    """The result of a cell that an interrupt kept from starting."""
+    spec = job["spec"]
+    reason = "interrupted: the run was stopped before this cell started"
+    return {**failure(spec["cell"], spec["model"], spec["workload"], "failed", reason), "exit_code": None}
+
+
+def outcome(job: dict[str, Any], code: int, timed_out: bool, interrupted: bool) -> dict[str, Any]:
+    """The cell's result from its exit code, its own report and its log (shared by every executor).
+
+    A cell that finished ok before an interrupt reached it keeps its measurement.
+    """
+    cell = job["spec"]["cell"]
+    log_tail = tail(Path(job["log_path"]).read_text(errors="replace"))
+    fallback = failure(cell, job["spec"]["model"], job["spec"]["workload"], "failed", "")
+    if timed_out:
+        reason = f"timeout: no result after {job['timeout_s']} s; the cell was killed"
+        return {**fallback, "status": "timeout", "reason": reason, "exit_code": code, "log_tail": log_tail}
+    result = reconcile(read_result(job["result_path"]), code, log_tail, fallback)
+    if interrupted and result["status"] != "ok":
+        reason = "interrupted: the run was stopped while this cell ran; the cell was killed"
+        return {**fallback, "reason": reason, "exit_code": code, "log_tail": log_tail}
+    if result["status"] != "ok" and code and "exit code" in (result.get("reason") or ""):
+        result["reason"] = result["reason"].replace(f"exit code {code}", describe_exit(code), 1)
+    return result

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import results
 from runner.executors import LocalExecutor, local
 from runner.expand import expand
 from runner.matrix import parse_matrix
@@ -224,10 +225,10 @@ def test_killed_by_sigkill(tmp_path, entrypoints):
 
 
 def test_describe_exit():
-    assert local.describe_exit(2) == "exit code 2"
-    assert local.describe_exit(-9) == "killed by SIGKILL (out of host memory?)"
-    assert local.describe_exit(-15) == "killed by SIGTERM"
-    assert local.describe_exit(-11) == "killed by SIGSEGV"
+    assert results.describe_exit(2) == "exit code 2"
+    assert results.describe_exit(-9) == "killed by SIGKILL (out of host memory?)"
+    assert results.describe_exit(-15) == "killed by SIGTERM"
+    assert results.describe_exit(-11) == "killed by SIGSEGV"
 
 
 @pytest.fixture

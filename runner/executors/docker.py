@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.executors.local import SAFE_MULTI_GPU_ENV, not_started, outcome
+from runner.executors.local import SAFE_MULTI_GPU_ENV
+from runner.results import not_started, outcome
 
 CONTAINER_ENTRYPOINTS = "/bench/entrypoints"
 SHM_SIZE = "16g"

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runner.results import failure, read_result, reconcile, tail
+from runner.results import not_started, outcome
 
 ENTRYPOINTS = Path(__file__).resolve().parents[2] / "entrypoints"
 KILL_GRACE_S = 10
@@ -56,14 +56,6 @@ def _kill_group(process: subprocess.Popen) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             return
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (out of host memory?)" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {code}"
 
 
 class LocalExecutor:
@@ -114,30 +106,3 @@ class LocalExecutor:
             self._running.discard(process)
             code = process.returncode
         return outcome(job, code, timed_out=timed_out, interrupted=self.interrupted)
-
-
-def not_started(job: dict[str, Any]) -> dict[str, Any]:
-    """The result of a cell that an interrupt kept from starting."""
-    spec = job["spec"]
-    reason = "interrupted: the run was stopped before this cell started"
-    return {**failure(spec["cell"], spec["model"], spec["workload"], "failed", reason), "exit_code": None}
-
-
-def outcome(job: dict[str, Any], code: int, timed_out: bool, interrupted: bool) -> dict[str, Any]:
-    """The cell's result from its exit code, its own report and its log (shared by every executor).
-
-    A cell that finished ok before an interrupt reached it keeps its measurement.
-    """
-    cell = job["spec"]["cell"]
-    log_tail = tail(Path(job["log_path"]).read_text(errors="replace"))
-    fallback = failure(cell, job["spec"]["model"], job["spec"]["workload"], "failed", "")
-    if timed_out:
-        reason = f"timeout: no result after {job['timeout_s']} s; the cell was killed"
-        return {**fallback, "status": "timeout", "reason": reason, "exit_code": code, "log_tail": log_tail}
-    result = reconcile(read_result(job["result_path"]), code, log_tail, fallback)
-    if interrupted and result["status"] != "ok":
-        reason = "interrupted: the run was stopped while this cell ran; the cell was killed"
-        return {**fallback, "reason": reason, "exit_code": code, "log_tail": log_tail}
-    if result["status"] != "ok" and code and "exit code" in (result.get("reason") or ""):
-        result["reason"] = result["reason"].replace(f"exit code {code}", describe_exit(code), 1)
-    return result
