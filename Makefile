@@ -12,7 +12,12 @@ MATRIX ?= $(if $(HAS_GPU),matrix.yaml,matrix-cpu.yaml)
 BASE_IMAGE_LOCAL ?= inference-matrix/bookworm-base:local
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
 
-.PHONY: help setup run test lint format clean base-image images-check
+# llama.cpp for local (no-container) llama.cpp cells: built from the source the pinned
+# llama-cpp-python sdist vendors, into $(VENV)/llama.cpp, CUDA kernels when a GPU is found.
+LLAMA_CPP_PYTHON ?= 0.3.36
+LLAMA_CPP_CMAKE_ARGS ?= $(if $(HAS_GPU),-DGGML_CUDA=on,-DGGML_NATIVE=off)
+
+.PHONY: help setup setup-llamacpp run test lint format clean base-image images-check
 
 help:  ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z%-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,6 +29,19 @@ setup: $(BIN)/python  ## create .venv with the runner, the Transformers engine a
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[transformers,test]'
+
+setup-llamacpp: $(VENV)/llama.cpp/BUILD_INFO  ## build llama.cpp into .venv for local llama.cpp cells
+
+$(VENV)/llama.cpp/BUILD_INFO: images/llamacpp/build-llama-cpp.sh | $(BIN)/python
+	@tmp=$$(mktemp -d) && set -e \
+	 && $(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $$tmp \
+	 && tar -xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $$tmp \
+	 && echo "building llama.cpp $(LLAMA_CPP_PYTHON) into $(VENV)/llama.cpp ($(LLAMA_CPP_CMAKE_ARGS))" \
+	 && rm -rf $(VENV)/llama.cpp \
+	 && bash images/llamacpp/build-llama-cpp.sh $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON) $(VENV)/llama.cpp \
+	      $(LLAMA_CPP_CMAKE_ARGS) >$$tmp/build.log 2>&1 || { tail -30 $$tmp/build.log; exit 1; }; \
+	 CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/pip install -q $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz \
+	 && rm -rf $$tmp
 
 run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
 	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi

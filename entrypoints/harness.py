@@ -1,8 +1,13 @@
 """Shared in-environment harness: load (timed), warm up, timed repetitions, memory, one JSON result.
 
 Every engine script (run_<engine>.py) defines an Engine class with
-``load()``, ``tokenize(text)``, ``generate(prompt_ids, new_tokens)`` and
-``versions()``; this module does the rest the same way for all of them:
+``check()``, ``load()``, ``tokenize(text)``, ``generate(prompt_ids, new_tokens)``,
+``synchronize()``, ``allocator_peak()`` and ``versions()``, and optionally
+``prepare()`` (model conversion, before memory sampling starts; returns what it
+did), ``details()`` (what the engine reports about the loaded model), ``close()``
+(free the model) and ``reference()`` (the engine's own benchmark tool on the same
+model and settings, run after the measurement and memory sampling have ended);
+this module does the rest the same way for all of them:
 
 * clocks are read only after the engine synchronises its device;
 * warm-up runs are timed and reported apart from the measured repetitions;
@@ -191,8 +196,15 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
-def _measure(engine: Any, spec: dict[str, Any], result: dict[str, Any]) -> None:
+def _prepare(engine: Any, result: dict[str, Any]) -> None:
     engine.check()
+    if hasattr(engine, "prepare"):
+        t0 = time.perf_counter()
+        result["prepare"] = engine.prepare()
+        result["metrics"]["prepare_s"] = time.perf_counter() - t0
+
+
+def _measure(engine: Any, spec: dict[str, Any], result: dict[str, Any]) -> None:
     workload = spec["workload"]
     new_tokens = workload["new_tokens"]
     t0 = time.perf_counter()
@@ -208,6 +220,8 @@ def _measure(engine: Any, spec: dict[str, Any], result: dict[str, Any]) -> None:
             raise RuntimeError(f"engine produced {run.new_tokens} new tokens, expected exactly {new_tokens}")
     result["metrics"].update(_rates(runs, new_tokens, workload["batch_size"]))
     result["metrics"]["allocator"] = engine.allocator_peak()
+    if hasattr(engine, "details"):
+        result["engine_details"] = engine.details()
 
 
 def _rates(runs: list[Timing], new_tokens: int, batch: int) -> dict[str, Any]:
@@ -241,24 +255,42 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
     logged = RepeatedLogFilter()
     logging.getLogger().addHandler(logged)
     sampler = MemorySampler()
-    sampler.start()
     engine = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             engine = engine_class(spec)
+            _prepare(engine, result)  # conversions run before memory sampling starts
+            sampler.start()
             _measure(engine, spec, result)
         except Exception as exc:
-            result["status"] = "oom" if _is_oom(exc) else "failed"
-            result["reason"] = str(exc) if isinstance(exc, CellUnsupported) else _one_line(exc)
-            result["traceback"] = traceback.format_exc()[-4000:]
-    result["memory"] = sampler.stop()
+            _record_failure(result, exc)
+        result["memory"] = sampler.stop()
+        if engine is not None and result["status"] == "ok":
+            _reference(engine, result)
     result["warnings"] = sorted({f"{w.category.__name__}: {w.message}"[:300] for w in caught}) + logged.summary()
     result["environment"] = _environment(engine)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(args.output, result)
     print(f"[{spec['cell']['id']}] {result['status']}: {result['reason'] or _headline(result)}", flush=True)
     return 0 if result["status"] == "ok" else 1
+
+
+def _record_failure(result: dict[str, Any], exc: BaseException) -> None:
+    result["status"] = "oom" if _is_oom(exc) else "failed"
+    result["reason"] = str(exc) if isinstance(exc, CellUnsupported) else _one_line(exc)
+    result["traceback"] = traceback.format_exc()[-4000:]
+
+
+def _reference(engine: Any, result: dict[str, Any]) -> None:
+    """Free the model, then run the engine's own benchmark tool, if it has one; never fails the cell."""
+    try:
+        if hasattr(engine, "close"):
+            engine.close()
+        if hasattr(engine, "reference"):
+            result["reference"] = engine.reference(result)
+    except Exception as exc:
+        result["reference"] = {"error": _one_line(exc)}
 
 
 def _headline(result: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.images import ImageSpec, entrypoint_files, image_tag, render, requirements_text
+from runner.images import ImageSpec, build_files, entrypoint_files, image_tag, render, requirements_text
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
@@ -44,6 +44,9 @@ def _context(spec: ImageSpec, options: BuildOptions, folder: Path) -> None:
         shutil.copy2(path, entry / path.name)
     extras = folder / "build-context"
     (extras / "wheels").mkdir(parents=True)
+    (extras / "files").mkdir()
+    for path in build_files(spec):
+        shutil.copy2(path, extras / "files" / path.name)
     (extras / "ca.pem").write_bytes(options.ca_bundle.read_bytes() if options.ca_bundle else b"")
     if options.wheels:
         for wheel in sorted(options.wheels.glob("*.whl")):

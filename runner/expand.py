@@ -83,10 +83,10 @@ def expand(matrix: Matrix) -> list[Cell]:
         for entry in product + block.include:
             overrides = {k: v for k, v in entry.items() if k in engine.settings}
             settings = engine.resolve(overrides)
-            problem = engine.check(settings)
+            gpus = tuple(entry.get("gpus", block.placement.gpus))
+            problem = engine.check(settings, gpus)
             if problem:
                 raise UserError(f"{matrix.path}: engines.{name}: cell {overrides}: {problem}")
-            gpus = tuple(entry.get("gpus", block.placement.gpus))
             timeout = entry.get("timeout_s", block.placement.timeout_s)
             cid = cell_id(name, settings, gpus, matrix)
             cells.setdefault(cid, Cell(cid, name, settings, gpus, timeout))

@@ -47,6 +47,8 @@ class ImageSpec:
     venv_args: str = ""
     build_args: dict[str, str] = field(default_factory=dict)
     post_install: tuple[str, ...] = ()
+    build_files: tuple[str, ...] = ()  # files of images/<engine>/ the build uses, at /build-context/files/
+    env: dict[str, str] = field(default_factory=dict)  # ENV of the final image
     unverified_pins: str | None = None
 
     @property
@@ -79,6 +81,8 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
                 venv_args=f" {body['venv_args']}" if body.get("venv_args") else "",
                 build_args={k: str(v) for k, v in body.get("build_args", {}).items()},
                 post_install=tuple(body.get("post_install", ())),
+                build_files=tuple(raw.get("build_files", ())),
+                env={k: str(v) for k, v in {**raw.get("env", {}), **body.get("env", {})}.items()},
             )
     return specs
 
@@ -101,8 +105,12 @@ def requirements_text(spec: ImageSpec) -> str:
 
 def entrypoint_files(engine: str) -> list[Path]:
     """What of entrypoints/ goes into an engine's image: the shared harness and its own script(s)."""
-    own = sorted(ENTRYPOINTS_DIR.glob(f"run_{engine}*.py"))
+    own = sorted({*ENTRYPOINTS_DIR.glob(f"run_{engine}*.py"), *ENTRYPOINTS_DIR.glob(f"{engine}_*.py")})
     return [ENTRYPOINTS_DIR / name for name in SHARED_ENTRYPOINT_FILES] + own
+
+
+def build_files(spec: ImageSpec) -> list[Path]:
+    return [IMAGES_DIR / spec.engine / name for name in spec.build_files]
 
 
 def image_tag(spec: ImageSpec, base_image: str | None = None) -> str:
@@ -110,6 +118,9 @@ def image_tag(spec: ImageSpec, base_image: str | None = None) -> str:
     digest.update(render(spec).encode())
     digest.update(requirements_text(spec).encode())
     digest.update((base_image or spec.base_image).encode())
+    for path in build_files(spec):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     for path in entrypoint_files(spec.engine):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())

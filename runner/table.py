@@ -34,8 +34,26 @@ def _notes(result: dict[str, Any]) -> str:
     memory = result.get("memory") or {}
     if memory.get("kind") == "process-peak-rss":
         notes.append("CPU: memory is process peak RSS")
+    notes.extend(_engine_notes(result))
     notes.extend(w for w in result.get("warnings", []) if w.startswith(("UserWarning", "log: ")))
     return "; ".join(notes)[:400]
+
+
+def _engine_notes(result: dict[str, Any]) -> list[str]:
+    """What an engine's own tool and checks add: its reference figure, a tokenizer that disagrees."""
+    notes = []
+    reference = result.get("reference") or {}
+    if reference.get("decode_tokens_per_s"):
+        notes.append(
+            f"{reference['tool']} decode {reference['decode_tokens_per_s']:.2f} tok/s "
+            f"(this row's decode = {reference.get('decode_ratio', float('nan')):.2f}x)"
+        )
+    elif reference.get("error"):
+        notes.append(f"{reference.get('tool', 'reference')} failed: {reference['error']}"[:160])
+    check = (result.get("engine_details") or {}).get("tokenizer_check") or {}
+    if check.get("compared") and not check.get("agrees"):
+        notes.append(f"tokenizer differs from transformers' at token {check.get('first_difference')}")
+    return notes
 
 
 def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
@@ -60,6 +78,9 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
                 "TTFT (ms)": 1000 * _stat(r, "ttft_s") if _stat(r, "ttft_s") else None,
                 "Decode tok/s": _stat(r, "decode_tokens_per_s"),
                 "Load (s)": r.get("metrics", {}).get("load_s"),
+                "Prepare (s)": r.get("metrics", {}).get("prepare_s"),
+                "Reference decode tok/s": (r.get("reference") or {}).get("decode_tokens_per_s"),
+                "Engine version": (r.get("environment") or {}).get("engine_version"),
                 "Allocator peak (MiB)": ((r.get("metrics", {}).get("allocator") or {}).get("max_reserved_mib")),
                 "Status": r.get("status"),
                 "Notes": _notes(r),
@@ -100,6 +121,9 @@ def details_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
     shown["TTFT (ms)"] = [_fmt(v, 1) for v in frame["TTFT (ms)"]]
     shown["Decode tok/s"] = [_fmt(v, 2) for v in frame["Decode tok/s"]]
     shown["Load (s)"] = [_fmt(v, 1) for v in frame["Load (s)"]]
+    shown["Prepare (s)"] = [_fmt(v, 1) for v in frame["Prepare (s)"]]
+    shown["Reference decode tok/s"] = [_fmt(v, 2) for v in frame["Reference decode tok/s"]]
+    shown["Engine version"] = [v or "" for v in frame["Engine version"]]
     shown["Allocator peak (MiB)"] = [_fmt(v, 0) for v in frame["Allocator peak (MiB)"]]
     shown["Status"] = frame["Status"]
     shown["Cell"] = frame["Cell"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+import sentencepiece
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from runner.models import random_safetensors, synthetic
+from runner.models import random_safetensors, synthetic, tokenizer_train
 from runner.models.architectures import ARCHITECTURES, parameter_count, parameter_shapes
 
 TINY = ARCHITECTURES["tiny-mistral"]
@@ -28,6 +30,7 @@ def test_files_exist(tiny_model, model_store):
     for name in (
         "config.json",
         "generation_config.json",
+        "tokenizer.model",
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
@@ -65,6 +68,7 @@ def test_materialise_logs_when_it_builds(tmp_path, tiny_model):
     # same key, same bytes: the checkpoint is reproducible
     assert (folder / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
     assert (folder / "tokenizer.json").read_bytes() == (tiny_model / "tokenizer.json").read_bytes()
+    assert (folder / "tokenizer.model").read_bytes() == (tiny_model / "tokenizer.model").read_bytes()
 
 
 def test_store_key_is_stable_and_per_architecture():
@@ -91,6 +95,49 @@ def test_tokenizer_round_trip(tiny_model):
     # bytes outside the corpus fall back to byte tokens and still round-trip
     unusual = "naïve café ✓ 日本語"
     assert tokenizer.decode(tokenizer(unusual)["input_ids"], skip_special_tokens=True) == unusual
+
+
+def agreement_texts() -> list[str]:
+    """Text the two tokenizer files must split alike: the benchmark prompt, corpus and unseen text."""
+    prompt = (Path(__file__).resolve().parents[1] / "entrypoints" / "prompt.txt").read_text()
+    corpus = tokenizer_train.CORPUS.read_text().splitlines()
+    unseen = [
+        "  two leading spaces",
+        "trailing  ",
+        "日本語のテキスト、こんにちは世界",
+        "emoji 🤖 x",
+        "12345 678.9",
+        "a\tb\nc",
+        "",
+    ]
+    return [prompt, *prompt.splitlines(), *corpus[:1500:3], *unseen]
+
+
+def test_sentencepiece_model_and_tokenizer_json_agree(tiny_model):
+    """Engines read one file or the other (llama.cpp's converter the .model, transformers the .json)."""
+    spm = sentencepiece.SentencePieceProcessor(model_file=str(tiny_model / "tokenizer.model"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert spm.get_piece_size() == len(tokenizer) == TINY["vocab_size"]
+    for text in agreement_texts():
+        assert tokenizer(text)["input_ids"] == [1, *spm.encode(text)], text[:80]
+
+
+def test_shisa_vocabulary_is_full_size_and_padding_is_unreachable():
+    proto = tokenizer_train.train_sentencepiece(120128)
+    spm = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    assert spm.get_piece_size() == 120128
+    assert [spm.id_to_piece(i) for i in (0, 1, 2, 3, 258)] == ["<unk>", "<s>", "</s>", "<0x00>", "<0xFF>"]
+    learned = next(i for i in range(spm.get_piece_size()) if spm.id_to_piece(i).startswith("<extra_"))
+    assert 10_000 < learned < 32_000
+    assert spm.id_to_piece(120127) == "<extra_120127>"
+    scores = [spm.get_score(i) for i in range(259, 120128)]
+    assert scores == sorted(scores, reverse=True)  # merge priority falls with the id, padding last
+    hf = tokenizer_train.tokenizer_from_sentencepiece(proto)
+    assert hf.get_vocab_size() == 120128
+    for text in agreement_texts()[:200]:
+        ids = spm.encode(text)
+        assert hf.encode(text, add_special_tokens=False).ids == ids
+        assert all(i < learned for i in ids)
 
 
 def test_model_loads_with_the_architecture(tiny_model, tiny_loaded):
@@ -174,6 +221,7 @@ def test_sharded_checkpoint_loads(tmp_path, monkeypatch, tiny_model):
     for name in (
         "config.json",
         "generation_config.json",
+        "tokenizer.model",
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",

@@ -7,8 +7,9 @@ engine's own environment does (entrypoints/run_<engine>.py).
 from __future__ import annotations
 
 from runner.engines.base import Engine, Setting
+from runner.engines.llamacpp import LLAMACPP
 from runner.engines.transformers import TRANSFORMERS
 
-ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS,)}
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS, LLAMACPP)}
 
 __all__ = ["ENGINES", "Engine", "Setting"]

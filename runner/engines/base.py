@@ -42,7 +42,8 @@ class Engine:
     entrypoint: str
     settings: dict[str, Setting]
     label: Callable[[dict[str, Any]], list[str]]
-    check: Callable[[dict[str, Any]], str | None] = field(default=lambda settings: None)
+    # Cross-setting check of one cell: (settings, gpus) -> why the cell is invalid, or None.
+    check: Callable[[dict[str, Any], tuple[int, ...]], str | None] = field(default=lambda settings, gpus: None)
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with the given settings (already validated by name)."""

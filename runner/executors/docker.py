@@ -2,11 +2,12 @@
 
 `docker run` gets the engine's image (built beforehand, see runner/build.py),
 `--gpus '"device=0,1"'` with the cell's devices (none for CPU cells), the IPC /
-shared-memory settings multi-GPU engines need, the model mounted read-only and
-the run folder read-write at the same paths as on the host (so the cell's spec
-needs no rewriting), the invoking user's uid:gid (result files stay yours) and
-no network. The container's stdout and stderr go to the cell's log. A timeout or
-an interrupt kills and removes the container; it is removed in every case.
+shared-memory settings multi-GPU engines need, the model mounted read-only, and
+the run folder and the store's folder of converted models read-write, all at the
+same paths as on the host (so the cell's spec needs no rewriting), the invoking
+user's uid:gid (result files stay yours) and no network. The container's stdout
+and stderr go to the cell's log. A timeout or an interrupt kills and removes the
+container; it is removed in every case.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def run_command(job: dict[str, Any], image: str, run_folder: Path) -> list[str]:
         command += ["--env", f"{name}={value}"]
     mount = model_mount(model)
     command += ["--volume", f"{mount}:{mount}:ro", "--volume", f"{run_folder}:{run_folder}:rw"]
+    if model.get("derived_dir"):  # where engines keep what they convert from the checkpoint (GGUF, ...)
+        command += ["--volume", f"{model['derived_dir']}:{model['derived_dir']}:rw"]
     script = f"{CONTAINER_ENTRYPOINTS}/{job['entrypoint']}"
     return [*command, image, "python3", script, "--spec", str(job["spec_path"]), "--output", str(job["result_path"])]
 

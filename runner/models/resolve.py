@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,7 +24,29 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.
 
 
 def resolve_model(spec: ModelSpec, store: Path, matrix_path: Path, log=print) -> dict[str, Any]:
-    """The model record cells receive: source, name, absolute path, synthetic flag."""
+    """The model record cells receive: source, name, absolute path, synthetic flag, fingerprint.
+
+    ``derived_dir`` is the store's folder for files engines make from the
+    checkpoint (GGUF, converted formats), keyed there by ``fingerprint``.
+    """
+    record = _record(spec, store, matrix_path, log)
+    record["fingerprint"] = fingerprint(Path(record["path"]))
+    derived = store / "derived"
+    derived.mkdir(parents=True, exist_ok=True)  # before any container mounts it, so it is the user's
+    record["derived_dir"] = str(derived.resolve())
+    return record
+
+
+def fingerprint(folder: Path) -> str:
+    """Identity of a checkpoint's bytes without reading them: every file's name, size and time."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _record(spec: ModelSpec, store: Path, matrix_path: Path, log) -> dict[str, Any]:
     if spec.synthetic:
         folder = synthetic.materialise(spec.synthetic, store, log=log)
         return {

@@ -28,6 +28,7 @@ def store_key(architecture: str) -> str:
     digest.update(json.dumps(ARCHITECTURES[architecture], sort_keys=True).encode())
     for source in (tokenizer_train.CORPUS, Path(tokenizer_train.__file__), Path(random_safetensors.__file__)):
         digest.update(source.read_bytes())
+    digest.update(tokenizer_train.generator_version().encode())
     digest.update(str(SEED).encode())
     return digest.hexdigest()[:16]
 

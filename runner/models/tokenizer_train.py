@@ -1,63 +1,117 @@
-"""Train the real tokenizer that synthetic checkpoints ship: Llama/Mistral-style BPE.
+"""Train the real tokenizer that synthetic checkpoints ship: a Llama/Mistral SentencePiece BPE.
 
-Layout as in Mistral's tokenizer: <unk>=0, <s>=1, </s>=2, the 256 byte-fallback
-tokens <0x00>..<0xFF> next, then BPE pieces learned from the corpus with a
-Metaspace ("▁") pre-tokenizer. If the corpus supports fewer pieces than the
-architecture's vocabulary (shisa-7b has 120,128), the rest are filled with
-unreachable pieces "<extra_N>", so token ids span the model's whole vocabulary
-as in a padded real vocabulary. The tokenizer is written as tokenizer.json plus
-tokenizer_config.json and loads with transformers' AutoTokenizer.
+Mistral-family checkpoints (shisa-7b among them) ship a SentencePiece model,
+``tokenizer.model``, and its Hugging Face translation, ``tokenizer.json``. Every
+engine reads one of the two: transformers, vLLM and ExLlamaV2 the JSON,
+llama.cpp's converter and CTranslate2 the SentencePiece model. Synthetic
+checkpoints ship both, so each engine tokenises the way it would on the real
+model, and the two must agree token for token.
+
+The SentencePiece model is trained with Mistral's trainer options (BPE, byte
+fallback, digits split, whitespace kept as is, ``<unk>``=0 ``<s>``=1 ``</s>``=2,
+the 256 byte pieces next). The corpus supports about 15,500 pieces; the rest
+of the architecture's vocabulary (shisa-7b has 120,128) is filled with
+unreachable pieces ``<extra_N>`` of falling score, so token ids span the whole
+embedding as in an extended real vocabulary. ``tokenizer.json`` is derived from
+the SentencePiece model the way transformers' LlamaConverter does it: the same
+vocabulary, merges ordered by the merged piece's score.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+import sentencepiece
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
 CORPUS = Path(__file__).parent / "corpus" / "python-docs.txt"
 SPECIALS = ["<unk>", "<s>", "</s>"]
-BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
+LEARNED_PIECES_MAX = 32000  # Mistral's own vocabulary size; the corpus supports fewer.
+TRAINER_OPTIONS = {
+    "model_type": "bpe",
+    "byte_fallback": True,
+    "split_digits": True,
+    "allow_whitespace_only_pieces": True,
+    "remove_extra_whitespaces": False,
+    "normalization_rule_name": "identity",
+    "add_dummy_prefix": True,
+    "character_coverage": 1.0,
+    "unk_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "pad_id": -1,
+    "hard_vocab_limit": False,
+    "num_threads": 1,  # training with more threads gives another (equally valid) model
+    "minloglevel": 2,
+}
 
 
-def _learn_bpe(vocab_size: int, corpus: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    scratch = Tokenizer(models.BPE(unk_token="<unk>"))
-    scratch.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False, min_frequency=2)
-    scratch.train([str(corpus)], trainer)
-    learned = json.loads(scratch.to_str())["model"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    return learned["vocab"], merges
+def generator_version() -> str:
+    """What, beside this file and the corpus, decides the tokenizer's bytes."""
+    return f"sentencepiece {sentencepiece.__version__}"
 
 
-def _vocabulary(learned: dict[str, int], vocab_size: int) -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for piece in SPECIALS + BYTE_TOKENS:
-        vocab[piece] = len(vocab)
-    for piece, _ in sorted(learned.items(), key=lambda item: item[1]):
-        if piece not in vocab and len(vocab) < vocab_size:
-            vocab[piece] = len(vocab)
-    while len(vocab) < vocab_size:
-        vocab[f"<extra_{len(vocab)}>"] = len(vocab)
-    return vocab
+def _protobuf_piece(piece: str, score: float) -> bytes:
+    """One ``ModelProto.pieces`` entry in protobuf wire format (type NORMAL, the default)."""
+    text = piece.encode()
+    body = b"\x0a" + _varint(len(text)) + text + b"\x15" + struct.pack("<f", score)
+    return b"\x0a" + _varint(len(body)) + body
 
 
-def build_tokenizer(vocab_size: int, corpus: Path = CORPUS) -> Tokenizer:
-    learned, merges = _learn_bpe(vocab_size, corpus)
-    vocab = _vocabulary(learned, vocab_size)
-    merges = [(a, b) for a, b in merges if a in vocab and b in vocab and a + b in vocab]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
-    tok.decoder = decoders.Sequence(
-        [
-            decoders.Replace("▁", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(content=" ", left=1, right=0),
-        ]
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def train_sentencepiece(vocab_size: int, corpus: Path = CORPUS) -> bytes:
+    """The serialized SentencePiece model, with exactly ``vocab_size`` pieces."""
+    buffer = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_writer=buffer, vocab_size=min(vocab_size, LEARNED_PIECES_MAX), **TRAINER_OPTIONS
     )
-    tok.add_special_tokens(SPECIALS)
+    proto = buffer.getvalue()
+    learned = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    count = learned.get_piece_size()
+    if count > vocab_size:
+        raise ValueError(f"the corpus gave {count} pieces, more than the vocabulary of {vocab_size}")
+    lowest = min(learned.get_score(i) for i in range(count))
+    # Repeated protobuf fields may continue anywhere in a message: appended pieces follow the learned ones.
+    padding = b"".join(_protobuf_piece(f"<extra_{i}>", lowest - 1 - (i - count)) for i in range(count, vocab_size))
+    return proto + padding
+
+
+def _merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
+    """BPE merges as transformers' SentencePieceExtractor orders them: by merged piece score, then ids."""
+    found: list[tuple[float, int, int, str, str]] = []
+    for piece, piece_id in vocab.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                found.append((-scores[piece_id], vocab[left], vocab[right], left, right))
+    found.sort()
+    return [(left, right) for _, _, _, left, right in found]
+
+
+def tokenizer_from_sentencepiece(proto: bytes) -> Tokenizer:
+    """The ``tokenizer.json`` translation of a SentencePiece BPE model (LlamaConverter's layout)."""
+    spm = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    vocab = {spm.id_to_piece(i): i for i in range(spm.get_piece_size())}
+    scores = [spm.get_score(i) for i in range(spm.get_piece_size())]
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=_merges(vocab, scores), unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    )
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1)]
+    )
+    tok.add_special_tokens([AddedToken(piece, normalized=False, special=True) for piece in SPECIALS])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
     )
@@ -65,7 +119,9 @@ def build_tokenizer(vocab_size: int, corpus: Path = CORPUS) -> Tokenizer:
 
 
 def write_tokenizer(folder: Path, vocab_size: int, max_length: int) -> None:
-    build_tokenizer(vocab_size).save(str(folder / "tokenizer.json"))
+    proto = train_sentencepiece(vocab_size)
+    (folder / "tokenizer.model").write_bytes(proto)
+    tokenizer_from_sentencepiece(proto).save(str(folder / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>",

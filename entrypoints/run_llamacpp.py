@@ -1,0 +1,206 @@
+"""llama.cpp cell through llama-cpp-python: the GGUF of the cell's type, loaded with its offload / split settings.
+
+prepare() gets the GGUF from the model store (converting and quantising once,
+llamacpp_gguf.py). Generation uses the binding's own token loop,
+``Llama.generate``, greedy (temperature 0), from an emptied KV cache each time,
+and stops after exactly N tokens: EOS does not end it, since generate() never
+stops on its own. The first yielded token closes prefill; every token is read
+back by the sampler, so the clock reads after the device has finished.
+
+The prompt is tokenised by llama.cpp's own tokenizer from the GGUF; details()
+records whether it agrees with the checkpoint's transformers tokenizer.
+reference() runs llama.cpp's ``llama-bench`` of the same build on the same GGUF
+and settings (pp = prompt tokens, tg = new tokens), after this process has
+freed the model, so both figures sit in one result.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+import llamacpp_bench
+import llamacpp_gguf
+
+llamacpp_gguf.point_binding_at_build()  # before the import: the binding reads LLAMA_CPP_LIB_PATH once
+try:
+    import llama_cpp
+except ImportError as exc:  # the cell fails with this reason; the rest of the matrix goes on
+    llama_cpp = None
+    IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
+
+SPLIT_MODES = ("none", "layer", "row")  # llama_cpp.LLAMA_SPLIT_MODE_* are 0, 1, 2 in this order
+CONTEXT_ROUNDING = 256
+
+
+def context_size(settings: dict[str, Any], workload: dict[str, Any]) -> int:
+    if settings["n_ctx"] is not None:
+        return settings["n_ctx"]
+    needed = workload["prompt_tokens"] + workload["new_tokens"]
+    return -(-needed // CONTEXT_ROUNDING) * CONTEXT_ROUNDING
+
+
+class Engine:
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.settings = spec["cell"]["settings"]
+        self.workload = spec["workload"]
+        self.gpus = spec["cell"]["gpus"]
+        self.n_ctx = context_size(self.settings, self.workload)
+        self.gguf: Path | None = None
+        self.llm: Any = None
+        self.facts: dict[str, Any] = {}
+
+    def check(self) -> None:
+        if llama_cpp is None:
+            raise harness.CellUnsupported(
+                f"llama-cpp-python is not importable here ({IMPORT_PROBLEM}): use the llamacpp image, "
+                "or `make setup-llamacpp` for the local executor"
+            )
+        if self.workload["batch_size"] != 1:
+            raise harness.CellUnsupported(
+                "llama-cpp-python's Llama generates one sequence at a time: batch_size must be 1"
+            )
+        needed = self.workload["prompt_tokens"] + self.workload["new_tokens"]
+        if self.n_ctx < needed:
+            raise harness.CellUnsupported(
+                f"n_ctx {self.n_ctx} is smaller than prompt + new tokens ({needed}); raise n_ctx or leave it null"
+            )
+        if self.gpus and not llama_cpp.llama_supports_gpu_offload():
+            raise harness.CellUnsupported(
+                "this llama.cpp build has no GPU backend (built without -DGGML_CUDA=on), so a GPU cell cannot offload"
+            )
+
+    def prepare(self) -> dict[str, Any]:
+        derived = self.spec["model"].get("derived_dir")
+        if not derived:
+            raise harness.CellUnsupported("the cell spec has no model.derived_dir to keep GGUF files in")
+        try:
+            self.gguf, record = llamacpp_gguf.gguf_for(self.spec["model"], self.settings["quant"], Path(derived))
+        except llamacpp_gguf.ToolchainMissing as exc:
+            raise harness.CellUnsupported(str(exc)) from None
+        return record
+
+    def _n_gpu_layers(self) -> int:
+        return self.settings["n_gpu_layers"] if self.gpus else 0
+
+    def load(self) -> None:
+        s = self.settings
+        self.llm = llama_cpp.Llama(
+            model_path=str(self.gguf),
+            n_gpu_layers=self._n_gpu_layers(),
+            split_mode=SPLIT_MODES.index(s["split_mode"]),
+            main_gpu=s["main_gpu"],
+            tensor_split=[float(v) for v in s["tensor_split"]] if s["tensor_split"] else None,
+            n_ctx=self.n_ctx,
+            n_batch=s["n_batch"],
+            n_ubatch=s["n_ubatch"],
+            flash_attn=s["flash_attn"],
+            n_threads=s["n_threads"],
+            offload_kqv=s["offload_kqv"],
+            seed=0,
+            verbose=True,  # llama.cpp's load report (buffers per device, offloaded layers) goes to the cell log
+        )
+        self.facts = {
+            "n_vocab": self.llm.n_vocab(),
+            "n_ctx": self.llm.n_ctx(),
+            "n_threads": self.llm.n_threads,
+            "model_bytes": llama_cpp.llama_model_size(self.llm.model),
+            "model_params": llama_cpp.llama_model_n_params(self.llm.model),
+            "gguf_metadata": {k: v for k, v in self.llm.metadata.items() if not k.startswith("tokenizer.chat")},
+            "tokenizer_check": self._tokenizer_check(),
+        }
+
+    def _tokenizer_check(self) -> dict[str, Any]:
+        """Does llama.cpp tokenise the prompt text as the checkpoint's transformers tokenizer does?"""
+        text = harness.PROMPT_FILE.read_text()
+        ours = self.tokenize(text)
+        try:
+            from transformers import AutoTokenizer
+
+            theirs = AutoTokenizer.from_pretrained(self.spec["model"]["path"])(text)["input_ids"]
+        except Exception as exc:  # a checkpoint without a transformers tokenizer still runs
+            return {"compared": False, "why": harness._one_line(exc), "llama_cpp_tokens": len(ours)}
+        first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
+        if first is None and len(ours) != len(theirs):
+            first = min(len(ours), len(theirs))
+        return {
+            "compared": True,
+            "agrees": first is None,
+            "llama_cpp_tokens": len(ours),
+            "transformers_tokens": len(theirs),
+            "first_difference": first,
+        }
+
+    def synchronize(self) -> None:
+        if self.llm is not None:
+            llama_cpp.llama_synchronize(self.llm.ctx)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=True, special=False)
+
+    def generate(self, prompts: list[list[int]], new_tokens: int) -> harness.Timing:
+        self.llm.reset()  # no prefix reuse between repetitions: each one prefills the whole prompt
+        count, first = 0, None
+        self.synchronize()
+        start = time.perf_counter()
+        tokens = self.llm.generate(prompts[0], top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=False)
+        for _ in tokens:
+            count += 1
+            if count == 1:
+                first = time.perf_counter() - start
+            if count == new_tokens:
+                break
+        tokens.close()
+        self.synchronize()
+        return harness.Timing(time.perf_counter() - start, first, count)
+
+    def allocator_peak(self) -> dict[str, Any] | None:
+        return None  # llama.cpp allocates its buffers up front: the NVML device peak is its memory
+
+    def details(self) -> dict[str, Any]:
+        return self.facts
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+            gc.collect()
+
+    def versions(self) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "engine": "llama.cpp",
+            "engine_version": llama_cpp.__version__,
+            "llama_cpp_python": llama_cpp.__version__,
+        }
+        try:
+            build = llamacpp_gguf.Toolchain.from_environment().build_info
+            found["llama_cpp_build"] = build
+            found["engine_version"] = f"{llama_cpp.__version__} (llama.cpp {build.get('llama_cpp_commit')})"
+        except llamacpp_gguf.ToolchainMissing:
+            pass
+        found["system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+        found["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+        return found
+
+    def reference(self, result: dict[str, Any]) -> dict[str, Any]:
+        bench = llamacpp_gguf.Toolchain.from_environment().bench
+        if not bench.exists():
+            return {"tool": "llama-bench", "error": f"{bench} not found"}
+        command = llamacpp_bench.command(
+            bench, self.gguf, self.settings, self.workload, self._n_gpu_layers(), self.facts["n_threads"]
+        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or [""])[-1]
+            return {"tool": "llama-bench", "command": command, "error": f"exit {done.returncode}: {last}"}
+        return llamacpp_bench.summarise(json.loads(done.stdout), command, result["metrics"])
+
+
+if __name__ == "__main__":
+    harness.main(Engine)
