@@ -43,11 +43,11 @@ $(VENV)/llama.cpp/BUILD_INFO: images/llamacpp/build-llama-cpp.sh | $(BIN)/python
 	 CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/pip install -q $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz \
 	 && rm -rf $$tmp
 
-run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
+run: setup setup-llamacpp  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
 	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi
 	$(BIN)/python -m runner $(MATRIX) $(ARGS)
 
-test: setup lint  ## lint, then unit, CPU end-to-end and executor tests
+test: setup setup-llamacpp lint  ## lint, then unit, CPU end-to-end and executor tests
 	$(BIN)/python -m pytest -q tests
 
 lint: setup  ## ruff lint and format check

@@ -149,8 +149,14 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
     devices = (first.get("memory") or {}).get("devices") or []
     if env:
         hardware = ", ".join(sorted({d["name"] for d in devices})) or f"CPU ({env.get('cpu_count')} cores)"
-        versions = ", ".join(f"{k} {env[k]}" for k in ("driver", "torch", "transformers") if env.get(k))
-        lines.append(f"Hardware: {hardware}; {versions}")
+        versions = [f"{k} {env[k]}" for k in ("driver", "torch", "transformers") if env.get(k)]
+        engines = {}
+        for r in results:
+            version = (r.get("environment") or {}).get("engine_version")
+            if version and r["cell"]["engine"] != "transformers":
+                engines.setdefault(r["cell"]["software"], version)
+        versions += [f"{software} {version}" for software, version in engines.items()]
+        lines.append(f"Hardware: {hardware}" + (f"; {', '.join(versions)}" if versions else ""))
     lines.append(
         "Avg Tok/s: new tokens / generation time, median of repetitions (min–max). "
         "Max Mem: peak device memory in use (NVML, as nvidia-smi shows it), summed over the cell's GPUs; "

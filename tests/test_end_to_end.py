@@ -55,21 +55,21 @@ def test_cpu_matrix_exit_and_files(cpu_run):
     for name in ("table.md", "table.csv", "table.json", "run.json"):
         assert (folder / name).is_file(), name
     assert "materialising" not in done.stdout  # the session store already holds the model
-    assert done.stdout.rstrip().endswith("this run: 6 ok, 3 not ok")
+    assert done.stdout.rstrip().endswith("this run: 9 ok, 3 not ok")
     assert f"table: {folder.resolve() / 'table.md'}" in done.stdout
 
 
 def test_cpu_matrix_one_row_per_listed_cell(cpu_run, runner_cli):
     _, folder = cpu_run
     cells = listed(runner_cli, "matrix-cpu.yaml")
-    assert len(cells) == 9
+    assert len(cells) == 12
     table = read_csv(folder)
     assert [row["Cell"] for row in table] == [c[0] for c in cells]
     assert [row["Settings"] for row in table] == [c[1].replace("; ", " / ") for c in cells]
     as_json = json.loads((folder / "table.json").read_text())
     assert [row["Cell"] for row in as_json] == [c[0] for c in cells]
     md = (folder / "table.md").read_text()
-    assert sum(line.startswith("| HF Transformers") for line in md.splitlines()) == 2 * len(cells)
+    assert sum(line.startswith(("| HF Transformers", "| llama.cpp")) for line in md.splitlines()) == 2 * len(cells)
     assert "SYNTHETIC random weights" in md
 
 
@@ -119,8 +119,12 @@ def test_cpu_matrix_cell_documents(cpu_run, runner_cli, repo):
         assert doc["schema_version"] == 1
         assert doc["cell"]["id"] == cell_id
         assert doc["cell"]["gpus"] == []
-        assert doc["environment"]["torch"]
-        assert doc["environment"]["transformers"]
+        if doc["cell"]["engine"] == "transformers":
+            assert doc["environment"]["torch"]
+            assert doc["environment"]["transformers"]
+        else:
+            assert doc["environment"]["llama_cpp_python"] == "0.3.36"
+            assert doc["environment"]["gpu_offload"] is False
         assert doc["environment"]["cuda_visible_devices"] == ""
         assert doc["model"]["synthetic"] is True
         assert doc["model"]["name"] == "tiny-mistral"

@@ -42,7 +42,7 @@ def test_pins(key):
     for line in spec.requirements:
         assert re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", line), line
     for name, value in spec.build_args.items():
-        assert f"ARG {name}={value}" in text
+        assert f'ARG {name}="{value}"' in text
 
 
 def test_gpu_images_pin_the_torch_the_engines_were_verified_with():

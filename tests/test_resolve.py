@@ -11,7 +11,7 @@ import pytest
 
 from runner.errors import UserError
 from runner.matrix import ModelSpec
-from runner.models.resolve import resolve_model
+from runner.models.resolve import fingerprint, resolve_model
 
 
 def test_synthetic_resolves_to_the_store(tiny_model, model_store, tmp_path):
@@ -23,13 +23,23 @@ def test_synthetic_resolves_to_the_store(tiny_model, model_store, tmp_path):
         "path": str(tiny_model.resolve()),
         "synthetic": True,
         "parameters": 598_336,
+        "fingerprint": fingerprint(tiny_model),
+        "derived_dir": str((model_store / "derived").resolve()),
     }
+    assert (model_store / "derived").is_dir()  # made before any container mounts it
     assert messages == []  # already built
 
 
 def test_local_path_to_synthetic_folder(tiny_model, tmp_path):
     model = resolve_model(ModelSpec(path=str(tiny_model)), tmp_path / "store", tmp_path / "m.yaml")
-    assert model == {"source": "local", "name": tiny_model.name, "path": str(tiny_model.resolve()), "synthetic": True}
+    assert model == {
+        "source": "local",
+        "name": tiny_model.name,
+        "path": str(tiny_model.resolve()),
+        "synthetic": True,
+        "fingerprint": fingerprint(tiny_model),
+        "derived_dir": str((tmp_path / "store" / "derived").resolve()),
+    }
 
 
 def test_relative_path_is_relative_to_the_matrix_file(tiny_model, tmp_path):
@@ -47,9 +57,27 @@ def test_local_checkpoint_that_is_not_synthetic(tiny_model, tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text((tiny_model / "config.json").read_text())
     model = resolve_model(ModelSpec(path=str(folder)), tmp_path / "store", tmp_path / "m.yaml")
-    assert model == {"source": "local", "name": "real", "path": str(folder.resolve()), "synthetic": False}
+    assert {k: model[k] for k in ("source", "name", "path", "synthetic")} == {
+        "source": "local",
+        "name": "real",
+        "path": str(folder.resolve()),
+        "synthetic": False,
+    }
     (folder / "synthetic.json").write_text(json.dumps({"synthetic": False}))
     assert resolve_model(ModelSpec(path=str(folder)), tmp_path / "store", tmp_path / "m.yaml")["synthetic"] is False
+
+
+def test_fingerprint_follows_the_checkpoint_files(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    first = fingerprint(folder)
+    assert first == fingerprint(folder) and len(first) == 16
+    (folder / ".lock").write_text("hidden files do not count")
+    assert fingerprint(folder) == first
+    (folder / "model.safetensors").write_bytes(b"y" * 11)  # new weights: new GGUFs, new conversions
+    assert fingerprint(folder) != first
 
 
 def test_path_without_config_is_a_user_error(tmp_path):
@@ -84,7 +112,7 @@ import sys
 from pathlib import Path
 from runner.errors import UserError
 from runner.matrix import ModelSpec
-from runner.models.resolve import resolve_model
+from runner.models.resolve import fingerprint, resolve_model
 try:
     spec = ModelSpec(id=sys.argv[1], revision="main")
     resolve_model(spec, Path(sys.argv[2]), Path("matrix.yaml"), log=lambda m: None)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Getting llama.cpp onto the lent GPU machine (no internet, 64 MiB per call, files back in 16 MiB
+# pieces), as done for results/h200/llamacpp/. Run here, in the repository root:
+#
+#   bash results/llamacpp-carry.sh source          # .carry/llama-cpp-python: the pinned sdist, trimmed
+#     then, on the device, carry [".carry"]:
+#     BUILD_DIR=/tmp/b bash images/llamacpp/build-llama-cpp.sh .carry/llama-cpp-python /tmp/lcpp \
+#       -G Ninja -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90
+#     cd /tmp && tar -cf - lcpp/bin lcpp/BUILD_INFO | xz -T16 -6 > lcpp.tar.xz && split -b 15M -d lcpp.tar.xz $OUT/lcpp.tar.xz.part-
+#   bash results/llamacpp-carry.sh runtime DIR     # DIR holds the pieces that came back:
+#                                                  # .carry/llamacpp-cuda = build + binding + converter
+#     then results/device-run.sh unpacks it (carry [".carry/llamacpp-cuda", ".whl"]).
+#
+# The trimmed sdist drops what the build does not read (git pack, test vocabularies, docs,
+# examples, tests, the server and its web UI): 77 MB -> about 46 MB.
+set -euo pipefail
+version=0.3.36
+sdist=/tmp/llama-cpp-python-sdist
+fetch() {
+  [ -d "$sdist/llama_cpp_python-$version" ] && return
+  mkdir -p "$sdist"
+  python3 -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$sdist"
+  tar -xzf "$sdist/llama_cpp_python-$version.tar.gz" -C "$sdist"
+}
+case "${1:-}" in
+  source)
+    fetch
+    rm -rf .carry/llama-cpp-python && mkdir -p .carry
+    cp -r "$sdist/llama_cpp_python-$version" .carry/llama-cpp-python
+    (cd .carry/llama-cpp-python && rm -rf .git .github docs examples tests docker \
+      vendor/llama.cpp/{models,docs,tests,benches,examples,.git,.github,app,ci,.devops,media,tools/ui,tools/server})
+    du -sh .carry/llama-cpp-python ;;
+  runtime)
+    fetch
+    pieces=${2:?usage: llamacpp-carry.sh runtime DIR_WITH_lcpp.tar.xz.part-NN}
+    rm -rf .carry/llamacpp-cuda && mkdir -p .carry/llamacpp-cuda/python
+    cat "$pieces"/lcpp.tar.xz.part-* > .carry/llamacpp-cuda/lcpp.tar.xz
+    src="$sdist/llama_cpp_python-$version"
+    cp -r "$src/llama_cpp" .carry/llamacpp-cuda/python/
+    cp -r "$src/vendor/llama.cpp/convert_hf_to_gguf.py" "$src/vendor/llama.cpp/conversion" \
+      "$src/vendor/llama.cpp/gguf-py" .carry/llamacpp-cuda/
+    du -sh .carry/llamacpp-cuda ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
+esac
