@@ -25,6 +25,7 @@ imports nothing from the host-side runner.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -241,6 +242,7 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, type=Path, help="cell spec JSON written by the runner")
     parser.add_argument("--output", required=True, type=Path, help="where to write the result JSON")
     args = parser.parse_args(argv)
+    faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) prints the Python stack to the cell's log
     spec = json.loads(args.spec.read_text())
     result: dict[str, Any] = {
         "schema_version": RESULT_SCHEMA_VERSION,

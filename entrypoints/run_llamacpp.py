@@ -8,7 +8,8 @@ stops on its own. The first yielded token closes prefill; every token is read
 back by the sampler, so the clock reads after the device has finished.
 
 The prompt is tokenised by llama.cpp's own tokenizer from the GGUF; details()
-records whether it agrees with the checkpoint's transformers tokenizer.
+records whether it agrees with the checkpoint's transformers tokenizer (run in a
+child process: this process never imports torch).
 reference() runs llama.cpp's ``llama-bench`` of the same build on the same GGUF
 and settings (pp = prompt tokens, tg = new tokens), after this process has
 freed the model, so both figures sit in one result.
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,35 @@ def context_size(settings: dict[str, Any], workload: dict[str, Any]) -> int:
     return -(-needed // CONTEXT_ROUNDING) * CONTEXT_ROUNDING
 
 
+TOKENIZE_SCRIPT = """
+import json, sys
+from transformers import AutoTokenizer
+text = open(sys.argv[2], encoding="utf-8").read()
+print(json.dumps(AutoTokenizer.from_pretrained(sys.argv[1])(text)["input_ids"]))
+"""
+
+
+def transformers_token_ids(model_path: str, text_file: Path) -> list[int] | str:
+    """The checkpoint's transformers tokenisation of the prompt text, or why there is none.
+
+    It runs in a child process: importing transformers (and with it torch and its CUDA
+    libraries) into the process that holds llama.cpp's CUDA backend aborted that process
+    on the H200 ("free(): invalid pointer").
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", TOKENIZE_SCRIPT, model_path, str(text_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return f"transformers tokenizer unavailable: {lines[-1] if lines else f'exit {done.returncode}'}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 class Engine:
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
@@ -55,6 +87,7 @@ class Engine:
         self.gguf: Path | None = None
         self.llm: Any = None
         self.facts: dict[str, Any] = {}
+        self.transformers_ids: list[int] | str = "not prepared"
 
     def check(self) -> None:
         if llama_cpp is None:
@@ -84,6 +117,7 @@ class Engine:
             self.gguf, record = llamacpp_gguf.gguf_for(self.spec["model"], self.settings["quant"], Path(derived))
         except llamacpp_gguf.ToolchainMissing as exc:
             raise harness.CellUnsupported(str(exc)) from None
+        self.transformers_ids = transformers_token_ids(self.spec["model"]["path"], harness.PROMPT_FILE)
         return record
 
     def _n_gpu_layers(self) -> int:
@@ -118,14 +152,10 @@ class Engine:
 
     def _tokenizer_check(self) -> dict[str, Any]:
         """Does llama.cpp tokenise the prompt text as the checkpoint's transformers tokenizer does?"""
-        text = harness.PROMPT_FILE.read_text()
-        ours = self.tokenize(text)
-        try:
-            from transformers import AutoTokenizer
-
-            theirs = AutoTokenizer.from_pretrained(self.spec["model"]["path"])(text)["input_ids"]
-        except Exception as exc:  # a checkpoint without a transformers tokenizer still runs
-            return {"compared": False, "why": harness._one_line(exc), "llama_cpp_tokens": len(ours)}
+        ours = self.tokenize(harness.PROMPT_FILE.read_text())
+        theirs = self.transformers_ids
+        if isinstance(theirs, str):  # a checkpoint without a transformers tokenizer still runs
+            return {"compared": False, "why": theirs, "llama_cpp_tokens": len(ours)}
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
         if first is None and len(ours) != len(theirs):
             first = min(len(ours), len(theirs))
