@@ -37,6 +37,25 @@ except ImportError as exc:  # the cell fails with this reason; the rest of the m
     llama_cpp = None
     IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
 
+# ggml.h: NONE 0, DEBUG 1 (about 1000 lines a load), INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line).
+# (llama-cpp-python's own _logger.py still documents an older order and lets DEBUG through.)
+LOG_LEVELS_KEPT = (2, 3, 4)
+_log_state = {"printing": False}
+
+
+def _log_without_debug(level: int, text: bytes, user_data: Any) -> None:
+    """llama.cpp's log to the cell's log, without its debug lines (its load report stays)."""
+    if level != 5:
+        _log_state["printing"] = level in LOG_LEVELS_KEPT
+    if _log_state["printing"]:
+        sys.stderr.write(text.decode("utf-8", errors="replace"))
+        sys.stderr.flush()
+
+
+if llama_cpp is not None:
+    _LOG_CALLBACK = llama_cpp.llama_log_callback(_log_without_debug)  # kept referenced while llama.cpp may call it
+    llama_cpp.llama_log_set(_LOG_CALLBACK, None)
+
 SPLIT_MODES = ("none", "layer", "row")  # llama_cpp.LLAMA_SPLIT_MODE_* are 0, 1, 2 in this order
 CONTEXT_ROUNDING = 256
 
