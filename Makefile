@@ -25,12 +25,12 @@ help:  ## list targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-setup: $(BIN)/python  ## create .venv with the runner, the Transformers engine and the test tools
+setup: $(BIN)/python $(VENV)/llama.cpp/BUILD_INFO  ## create .venv: the runner, the Transformers and llama.cpp engines, test tools
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[transformers,test]'
 
-setup-llamacpp: $(VENV)/llama.cpp/BUILD_INFO  ## build llama.cpp into .venv for local llama.cpp cells
+setup-llamacpp: $(VENV)/llama.cpp/BUILD_INFO  ## (re)build only llama.cpp into .venv (part of setup; a few minutes)
 
 $(VENV)/llama.cpp/BUILD_INFO: images/llamacpp/build-llama-cpp.sh | $(BIN)/python
 	@tmp=$$(mktemp -d) && set -e \
@@ -43,11 +43,11 @@ $(VENV)/llama.cpp/BUILD_INFO: images/llamacpp/build-llama-cpp.sh | $(BIN)/python
 	 CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/pip install -q $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz \
 	 && rm -rf $$tmp
 
-run: setup setup-llamacpp  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
+run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
 	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi
 	$(BIN)/python -m runner $(MATRIX) $(ARGS)
 
-test: setup setup-llamacpp lint  ## lint, then unit, CPU end-to-end and executor tests
+test: setup lint  ## lint, then unit, CPU end-to-end and executor tests
 	$(BIN)/python -m pytest -q tests
 
 lint: setup  ## ruff lint and format check
