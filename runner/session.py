@@ -14,8 +14,9 @@ from typing import Any
 
 from runner.engines import ENGINES
 from runner.expand import Cell
+from runner.gpu_guard import GpuGuard
 from runner.matrix import Matrix
-from runner.results import read_result, write_json_atomic
+from runner.results import failure, read_result, write_json_atomic
 from runner.scheduler import run_scheduled
 
 
@@ -54,8 +55,14 @@ def run_cells(
     max_parallel: int = 1,
     force: bool = False,
     log=print,
+    guard: GpuGuard | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every cell not already measured; return all results in cell order."""
+    """Run every cell not already measured; return all results in cell order.
+
+    A GPU cell starts only once its GPUs are free (runner.gpu_guard); if they stay
+    busy, the cell is a failed row saying so and nothing runs on them.
+    """
+    guard = guard or GpuGuard(log=log)
 
     def run_one(cell: Cell) -> dict[str, Any]:
         previous = read_result(cell_paths(folder, cell)["result_path"])
@@ -64,9 +71,13 @@ def run_cells(
             log(f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)})")
             return previous
         job = _job(folder, cell, matrix, model)
+        busy = guard.wait_until_free(cell.gpus)
         log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell)}")
         started = time.time()
-        result = executor.run(job)
+        if busy:
+            result = failure(job["spec"]["cell"], model, job["spec"]["workload"], "failed", busy)
+        else:
+            result = executor.run(job)
         result["wall_s"] = time.time() - started
         result["executor"] = executor.name
         write_json_atomic(job["final_path"], result)

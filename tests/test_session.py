@@ -10,6 +10,7 @@ import pytest
 
 from runner.executors import LocalExecutor, local
 from runner.expand import expand
+from runner.gpu_guard import GpuGuard, GpuUse
 from runner.matrix import parse_matrix
 from runner.results import read_result
 from runner.session import cell_paths, run_cells
@@ -106,3 +107,33 @@ def test_run_cells_subset_and_parallel(setup):
     assert [r["cell"]["id"] for r in results] == [cells[2].id, cells[0].id]
     assert sorted(calls(folder)) == sorted([cells[0].id, cells[2].id])
     assert read_result(cell_paths(run, cells[1])["result_path"]) is None
+
+
+def test_a_busy_gpu_fails_its_cell_and_the_rest_go_on(tmp_path, monkeypatch):
+    """The guard reads the driver before each GPU cell: GPU 0 stays busy, GPU 1 is free."""
+    folder = tmp_path / "entrypoints"
+    folder.mkdir()
+    (folder / "run_transformers.py").write_text(SCRIPT)
+    monkeypatch.setattr(local, "ENTRYPOINTS", folder)
+    raw = {
+        "version": 1,
+        "model": {"synthetic": "tiny-mistral"},
+        "workload": {"prompt_tokens": 8, "new_tokens": 8, "warmup": 0, "repetitions": 1},
+        "defaults": {"gpus": [0], "timeout_s": 60},
+        "engines": {"transformers": {"include": [{"dtype": "fp32"}, {"dtype": "fp16", "gpus": [1]}]}},
+    }
+    matrix = parse_matrix(raw, tmp_path / "m.yaml")
+    cells = expand(matrix)
+    driver = {
+        0: GpuUse(0, "GPU-a", 70_000.0, ((4242, 69_500.0),)),
+        1: GpuUse(1, "GPU-b", 3.0, ()),
+    }
+    messages: list[str] = []
+    guard = GpuGuard(read=lambda: driver, wait_s=0.3, poll_s=0.1, log=messages.append)
+    results = run_cells(matrix, cells, MODEL, tmp_path / "run", LocalExecutor(), log=messages.append, guard=guard)
+    assert [r["status"] for r in results] == ["failed", "ok"]
+    assert results[0]["reason"] == (
+        "GPU busy: GPU 0 has 70000 MiB in use (pid 4242 (69500 MiB)) after waiting 0 s; not measured on a busy GPU"
+    )
+    assert calls(folder) == [cells[1].id]  # nothing was started on the busy GPU
+    assert "waiting for GPU 0 to be free: GPU 0 has 70000 MiB in use (pid 4242 (69500 MiB))" in messages

@@ -9,7 +9,8 @@ from __future__ import annotations
 from runner.engines.base import Engine, Setting
 from runner.engines.llamacpp import LLAMACPP
 from runner.engines.transformers import TRANSFORMERS
+from runner.engines.vllm import VLLM
 
-ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS, LLAMACPP)}
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS, LLAMACPP, VLLM)}
 
 __all__ = ["ENGINES", "Engine", "Setting"]

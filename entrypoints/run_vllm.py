@@ -1,0 +1,137 @@
+"""vLLM cell: ``vllm.LLM`` with the cell's settings, prompts given as token ids, exactly N new tokens.
+
+Sampling is greedy with ``ignore_eos`` and ``min_tokens = max_tokens = N``. The
+prompt prefix cache is off unless the cell turns it on (``engine_args``), so
+every repetition prefills its prompt as the first did. Time to first token
+comes from vLLM's own request metrics (log stats are on for that); generate()
+returns once every token is on the host, so its wall time needs no extra
+synchronise. Memory: vLLM reserves ``gpu_memory_utilization`` of each card up
+front, so the harness's NVML peak on every GPU of the cell is what it holds;
+details() adds the KV cache vLLM sized.
+
+This file runs inside the engine's environment and imports nothing from the runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import time
+from typing import Any
+
+import harness
+
+try:
+    import vllm
+    from vllm import LLM, SamplingParams
+    from vllm.engine.arg_utils import EngineArgs
+except ImportError as exc:  # the cell fails with this reason; the rest of the matrix goes on
+    vllm = None
+    IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
+
+DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+CONTEXT_ROUNDING = 256
+
+
+def model_length(settings: dict[str, Any], workload: dict[str, Any]) -> int:
+    if settings["max_model_len"] is not None:
+        return settings["max_model_len"]
+    needed = workload["prompt_tokens"] + workload["new_tokens"]
+    return -(-needed // CONTEXT_ROUNDING) * CONTEXT_ROUNDING
+
+
+def unknown_engine_args(names: list[str], known: set[str], version: str) -> str | None:
+    """Why some engine_args name no argument of this vLLM (with a did-you-mean), or None."""
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"engine_args.{name} is not an argument of vLLM {version}'s EngineArgs{hint}"
+    return None
+
+
+class Engine:
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.settings = spec["cell"]["settings"]
+        self.workload = spec["workload"]
+        self.gpus = spec["cell"]["gpus"]
+        self.llm: Any = None
+        self.requests = 0
+
+    def check(self) -> None:
+        if vllm is None:
+            raise harness.CellUnsupported(f"vLLM is not importable here ({IMPORT_PROBLEM}): use the vllm image")
+        known = {f.name for f in dataclasses.fields(EngineArgs)}
+        problem = unknown_engine_args(list(self.settings["engine_args"]), known, vllm.__version__)
+        if problem:
+            raise harness.CellUnsupported(problem)
+
+    def load(self) -> None:
+        s = self.settings
+        arguments: dict[str, Any] = {
+            "enable_prefix_caching": False,  # each repetition prefills, as the first one did
+            **s["engine_args"],
+            "model": self.spec["model"]["path"],
+            "tensor_parallel_size": s["tensor_parallel_size"],
+            "pipeline_parallel_size": s["pipeline_parallel_size"],
+            "dtype": DTYPES[s["dtype"]],
+            "quantization": s["quantization"],
+            "gpu_memory_utilization": s["gpu_memory_utilization"],
+            "enforce_eager": s["enforce_eager"],
+            "max_model_len": model_length(s, self.workload),
+            "seed": 0,
+            "disable_log_stats": False,  # request metrics carry the time to first token
+        }
+        self.llm = LLM(**arguments)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def synchronize(self) -> None:
+        pass  # generate() returns host-side token ids: the device work behind them is done
+
+    def generate(self, prompts: list[list[int]], new_tokens: int) -> harness.Timing:
+        params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0, seed=0)
+        requests = [{"prompt_token_ids": ids} for ids in prompts]
+        start = time.perf_counter()
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        total = time.perf_counter() - start
+        counts = [len(o.outputs[0].token_ids) for o in outputs]
+        latencies = [getattr(o.metrics, "first_token_latency", 0.0) or 0.0 for o in outputs]
+        first = max(latencies) if all(latencies) else None
+        return harness.Timing(total, first, min(counts))
+
+    def allocator_peak(self) -> dict[str, Any] | None:
+        return None  # vLLM's workers hold the memory (other processes): the NVML device peak is the figure
+
+    def details(self) -> dict[str, Any]:
+        config = self.llm.llm_engine.vllm_config
+        cache = config.cache_config
+        blocks = getattr(cache, "num_gpu_blocks", None)
+        return {
+            "max_model_len": config.model_config.max_model_len,
+            "dtype": str(config.model_config.dtype),
+            "quantization": config.model_config.quantization,
+            "kv_cache_blocks": blocks,
+            "kv_cache_block_size": cache.block_size,
+            "kv_cache_tokens": blocks * cache.block_size if blocks else None,
+            "enforce_eager": config.model_config.enforce_eager,
+            "prefix_caching": cache.enable_prefix_caching,
+        }
+
+    def close(self) -> None:
+        self.llm = None
+
+    def versions(self) -> dict[str, Any]:
+        import torch
+
+        found = {"engine": "vllm", "engine_version": vllm.__version__, "vllm": vllm.__version__}
+        found["torch"] = torch.__version__
+        found["torch_cuda"] = torch.version.cuda
+        return found
+
+
+if __name__ == "__main__":
+    harness.main(Engine)

@@ -1,0 +1,79 @@
+"""vLLM's offline engine (``vllm.LLM``): parallelism, dtype, quantization, memory share, CUDA graphs.
+
+Any other vLLM engine argument goes in ``engine_args``; the entrypoint checks its
+names against the pinned vLLM's own EngineArgs, so a typo fails the cell with a
+did-you-mean instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.engines.base import Engine, Setting
+
+QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
+
+SETTINGS = {
+    "dtype": Setting(
+        "auto", "weights and activations dtype (auto: the checkpoint's)", ("auto", "bf16", "fp16", "fp32")
+    ),
+    "tensor_parallel_size": Setting(1, "GPUs each layer is split over", type=int),
+    "pipeline_parallel_size": Setting(1, "GPUs the layers are staged over", type=int),
+    "quantization": Setting(None, "vLLM quantization method (null: none, or the checkpoint's own)", QUANTIZATIONS),
+    "gpu_memory_utilization": Setting(0.9, "share of each GPU vLLM reserves up front", type=(float, int)),
+    "enforce_eager": Setting(False, "no CUDA graphs", type=bool),
+    "max_model_len": Setting(
+        None, "context size; null = prompt + new tokens, rounded up to 256", type=(int, type(None))
+    ),
+    "engine_args": Setting({}, "any other vllm.LLM / EngineArgs argument, checked by name in the cell", type=dict),
+}
+SEED_DTYPE_WORDS = {"auto": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def label(s: dict[str, Any]) -> list[str]:
+    lines = [f"tensor_parallel_size={s['tensor_parallel_size']}"]
+    if s["pipeline_parallel_size"] != 1:
+        lines.append(f"pipeline_parallel_size={s['pipeline_parallel_size']}")
+    if s["quantization"]:
+        lines.append(f"quantization='{s['quantization']}'")
+    if SEED_DTYPE_WORDS[s["dtype"]]:
+        lines.append(f"dtype={SEED_DTYPE_WORDS[s['dtype']]}")
+    if s["enforce_eager"]:
+        lines.append("enforce_eager=True")
+    if s["gpu_memory_utilization"] != 0.9:
+        lines.append(f"gpu_memory_utilization={s['gpu_memory_utilization']:g}")
+    if s["max_model_len"] is not None:
+        lines.append(f"max_model_len={s['max_model_len']}")
+    lines.extend(f"{k}={v!r}" for k, v in sorted(s["engine_args"].items()))
+    return lines
+
+
+def check(s: dict[str, Any], gpus: tuple[int, ...]) -> str | None:
+    tp, pp = s["tensor_parallel_size"], s["pipeline_parallel_size"]
+    if tp < 1 or pp < 1:
+        return f"tensor_parallel_size and pipeline_parallel_size must be at least 1, got {tp} and {pp}"
+    if not gpus and tp * pp != 1:
+        return "a CPU cell (gpus: []) runs one vLLM worker: tensor_parallel_size and pipeline_parallel_size must be 1"
+    if gpus and tp * pp != len(gpus):
+        return (
+            f"tensor_parallel_size x pipeline_parallel_size = {tp * pp} but the cell has {len(gpus)} GPU(s) "
+            f"{list(gpus)}; vLLM uses exactly that many: give the cell that many GPUs"
+        )
+    if not 0 < s["gpu_memory_utilization"] <= 1:
+        return f"gpu_memory_utilization must be in (0, 1], got {s['gpu_memory_utilization']}"
+    if s["max_model_len"] is not None and s["max_model_len"] < 1:
+        return f"max_model_len must be at least 1 (or null for automatic), got {s['max_model_len']}"
+    overlap = sorted(set(s["engine_args"]) & (set(SETTINGS) | {"model", "seed"}))
+    if overlap:
+        return f"engine_args.{overlap[0]} is set by the cell itself; use the setting (or leave it to the tool)"
+    return None
+
+
+VLLM = Engine(
+    name="vllm",
+    software="vLLM",
+    entrypoint="run_vllm.py",
+    settings=SETTINGS,
+    label=label,
+    check=check,
+)
