@@ -15,7 +15,8 @@ this module does the rest the same way for all of them:
   min/max/stdev; time to first token (prefill) and the decode rate are apart;
 * memory: NVML device-level used memory (what nvidia-smi shows) sampled on every
   GPU of the cell from before load to the end, plus the engine allocator's own
-  peak where it has one; on CPU the process's peak RSS, labelled as such;
+  peak where it has one; on CPU the peak RSS of the cell's process tree (engine
+  workers included), labelled as such;
 * the result is schema-versioned and written atomically (temp file, rename).
 
 This file runs inside the engine's environment (a container or a venv) and
@@ -77,8 +78,38 @@ def summarise(values: list[float]) -> dict[str, Any]:
     }
 
 
+def process_tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and all its descendants (engines such as vLLM run workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    pages = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                pages += int(statm.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 class MemorySampler:
-    """Peak device memory via NVML on the cell's GPUs, sampled in a thread; RSS on CPU."""
+    """Peak device memory via NVML on the cell's GPUs, sampled in a thread; on CPU, the peak RSS
+    of the cell's process tree (the process and every worker it starts)."""
+
+    CPU_INTERVAL_S = 0.05  # reading /proc costs CPU time the engine competes for: sample less often
 
     def __init__(self, interval_s: float = 0.005):
         self.interval_s = interval_s
@@ -88,9 +119,13 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._nvml: Any = None
+        self.tree_peak_mib = 0.0
 
     def start(self) -> None:
         if os.environ.get("CUDA_VISIBLE_DEVICES", "") in ("", "-1"):
+            if os.path.isdir("/proc"):
+                self._thread = threading.Thread(target=self._run_cpu, daemon=True)
+                self._thread.start()
             return
         try:
             import pynvml
@@ -120,6 +155,12 @@ class MemorySampler:
             self.sample()
             time.sleep(self.interval_s)
 
+    def _run_cpu(self) -> None:
+        while True:
+            self.tree_peak_mib = max(self.tree_peak_mib, process_tree_rss_mib(os.getpid()))
+            if self._stop.wait(self.CPU_INTERVAL_S):
+                return
+
     def sample(self) -> None:
         for device, handle in zip(self.devices, self._handles, strict=False):
             device["peak_used_mib"] = max(device["peak_used_mib"], self._used(handle))
@@ -137,7 +178,13 @@ class MemorySampler:
                 "devices": self.devices,
                 "host_peak_rss_mib": rss_mib,
             }
-        return {"kind": "process-peak-rss", "peak_mib": rss_mib, "nvml_error": self.error}
+        return {
+            "kind": "process-tree-peak-rss",
+            "peak_mib": max(self.tree_peak_mib, rss_mib),
+            "tree_peak_mib": self.tree_peak_mib,
+            "own_peak_rss_mib": rss_mib,
+            "nvml_error": self.error,
+        }
 
 
 def _visible_devices() -> list[str]:

@@ -32,7 +32,9 @@ def _notes(result: dict[str, Any]) -> str:
         return reason if reason.startswith(f"{status}:") else f"{status}: {reason}"
     notes = []
     memory = result.get("memory") or {}
-    if memory.get("kind") == "process-peak-rss":
+    if memory.get("kind") == "process-tree-peak-rss":
+        notes.append("CPU: memory is the peak RSS of the cell's processes")
+    elif memory.get("kind") == "process-peak-rss":  # results written before worker processes were counted
         notes.append("CPU: memory is process peak RSS")
     notes.extend(_engine_notes(result))
     notes.extend(w for w in result.get("warnings", []) if w.startswith(("UserWarning", "log: ")))
@@ -160,7 +162,7 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
     lines.append(
         "Avg Tok/s: new tokens / generation time, median of repetitions (min–max). "
         "Max Mem: peak device memory in use (NVML, as nvidia-smi shows it), summed over the cell's GPUs; "
-        "on CPU, the process's peak RSS."
+        "on CPU, the peak RSS of the cell's processes (engine workers included)."
     )
     return lines
 

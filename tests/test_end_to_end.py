@@ -91,7 +91,7 @@ def test_cpu_matrix_rows(cpu_run, runner_cli):
             assert float(row["Max Mem (MiB)"]) > 0
             assert float(row["Speed X"]) > 0
             assert float(row["Max mem %"]) > 0
-            assert row["Notes"].startswith("CPU: memory is process peak RSS")
+            assert row["Notes"].startswith("CPU: memory is the peak RSS of the cell's processes")
         else:
             assert row["Status"] == "failed", label
             assert row["Notes"].startswith("failed: ")
@@ -131,7 +131,7 @@ def test_cpu_matrix_cell_documents(cpu_run, runner_cli, repo):
         assert doc["environment"]["cuda_visible_devices"] == ""
         assert doc["model"]["synthetic"] is True
         assert doc["model"]["name"] == "tiny-mistral"
-        assert doc["memory"]["kind"] == "process-peak-rss"
+        assert doc["memory"]["kind"] == "process-tree-peak-rss"
         assert doc["workload"]["repetitions"] == 3
         assert doc["executor"] == "local"
         assert doc["wall_s"] > 0

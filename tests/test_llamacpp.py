@@ -87,7 +87,7 @@ def test_generation_is_exactly_n_tokens_and_tokenizers_agree(runs):
         metrics = doc["metrics"]
         assert len(metrics["tokens_per_s"]["values"]) == 2
         assert metrics["ttft_s"]["median"] > 0 and metrics["decode_tokens_per_s"]["median"] > 0
-        assert doc["memory"]["kind"] == "process-peak-rss"
+        assert doc["memory"]["kind"] == "process-tree-peak-rss"
         assert doc["environment"]["engine_version"].startswith("0.3.36 (llama.cpp ")
 
 

@@ -60,7 +60,7 @@ def ok(cid: str, label: list[str], tps: list[float], mem: float, warnings: list[
             "decode_tokens_per_s": _summary([t * 1.1 for t in tps]),
             "allocator": None,
         },
-        "memory": {"kind": "process-peak-rss", "peak_mib": mem, "nvml_error": None},
+        "memory": {"kind": "process-tree-peak-rss", "peak_mib": mem, "nvml_error": None},
         "warnings": warnings or [],
         "environment": {"python": "3.11", "cpu_count": 2, "torch": "2.13.0+cpu", "transformers": "5.17.0"},
         "exit_code": 0,
@@ -77,7 +77,7 @@ def failed(cid: str, label: list[str], reason: str, status: str = "failed") -> d
         "status": status,
         "reason": reason,
         "metrics": {},
-        "memory": {"kind": "process-peak-rss", "peak_mib": 390.0, "nvml_error": None},
+        "memory": {"kind": "process-tree-peak-rss", "peak_mib": 390.0, "nvml_error": None},
         "warnings": [],
         "environment": {"python": "3.11", "cpu_count": 2},
         "exit_code": 1,
@@ -124,8 +124,8 @@ def test_speed_and_memory_relative_to_baseline():
 
 def test_ok_notes():
     got = by_cell(rows([BASE, FAST], "base"))
-    assert got["base"]["Notes"] == "CPU: memory is process peak RSS"
-    assert got["fast"]["Notes"] == "CPU: memory is process peak RSS; UserWarning: something odd"
+    assert got["base"]["Notes"] == "CPU: memory is the peak RSS of the cell's processes"
+    assert got["fast"]["Notes"] == "CPU: memory is the peak RSS of the cell's processes; UserWarning: something odd"
 
 
 def test_failed_rows_are_kept_with_reason_and_blank_numbers():

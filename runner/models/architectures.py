@@ -41,15 +41,16 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "sliding_window": 4096,
         "rms_norm_eps": 1e-5,
     },
-    # Same family, small enough for CPU tests (about 0.6 M parameters).
+    # Same family, small enough for CPU tests (about 0.6 M parameters). Grouped-query attention
+    # like shisa's; head_dim 32 because vLLM's CPU attention takes 32 and up, not 16.
     "tiny-mistral": {
         **_MISTRAL_COMMON,
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
         "vocab_size": 4096,
         "max_position_embeddings": 4096,
         "rope_theta": 10000.0,
