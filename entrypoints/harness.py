@@ -44,6 +44,13 @@ from pathlib import Path
 from typing import Any
 
 RESULT_SCHEMA_VERSION = 1
+# What keeps NVLink multicast off (the runner sets them for every cell); recorded in each result.
+SAFETY_ENV = (
+    "NCCL_NVLS_ENABLE",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+    "NVSHMEM_DISABLE_NVLS",
+    "VLLM_ALLREDUCE_USE_SYMM_MEM",
+)
 PROMPT_FILE = Path(__file__).with_name("prompt.txt")
 
 
@@ -355,6 +362,7 @@ def _environment(engine: Any) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "multi_gpu_safety_env": {name: os.environ.get(name) for name in SAFETY_ENV},
         **driver_info(),
     }
     try:

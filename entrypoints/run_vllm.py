@@ -50,6 +50,15 @@ def unknown_engine_args(names: list[str], known: set[str], version: str) -> str 
     return None
 
 
+def with_multi_gpu_safety(engine_args: dict[str, Any], gpus: int) -> dict[str, Any]:
+    """On several GPUs, FlashInfer's all-reduce fusion stays off (it can use NVLink multicast)."""
+    if gpus <= 1:
+        return dict(engine_args)
+    compilation = dict(engine_args.get("compilation_config") or {})
+    compilation["pass_config"] = {**(compilation.get("pass_config") or {}), "fuse_allreduce_rms": False}
+    return {**engine_args, "compilation_config": compilation}
+
+
 class Engine:
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
@@ -71,7 +80,7 @@ class Engine:
         s = self.settings
         arguments: dict[str, Any] = {
             "enable_prefix_caching": False,  # each repetition prefills, as the first one did
-            **s["engine_args"],
+            **with_multi_gpu_safety(s["engine_args"], s["tensor_parallel_size"] * s["pipeline_parallel_size"]),
             "model": self.spec["model"]["path"],
             "tensor_parallel_size": s["tensor_parallel_size"],
             "pipeline_parallel_size": s["pipeline_parallel_size"],

@@ -328,6 +328,7 @@ def test_child_environment(tmp_path, entrypoints, monkeypatch):
     assert env["NCCL_NVLS_ENABLE"] == "0"
     assert env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
     assert env["NVSHMEM_DISABLE_NVLS"] == "1"
+    assert env["VLLM_ALLREDUCE_USE_SYMM_MEM"] == "0"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["TOKENIZERS_PARALLELISM"] == "false"
     assert env["BENCH_TEST_MARKER"] == "inherited"

@@ -84,3 +84,9 @@ def test_context_defaults_to_the_workload_rounded_up():
     workload = {"prompt_tokens": 64, "new_tokens": 256}
     assert run_vllm.model_length(settings(), workload) == 512
     assert run_vllm.model_length(settings(max_model_len=4096), workload) == 4096
+
+
+def test_multi_gpu_cells_keep_flashinfer_allreduce_fusion_off():
+    assert run_vllm.with_multi_gpu_safety({"block_size": 32}, 1) == {"block_size": 32}
+    two = run_vllm.with_multi_gpu_safety({"compilation_config": {"pass_config": {"fuse_norm_quant": True}}}, 2)
+    assert two == {"compilation_config": {"pass_config": {"fuse_norm_quant": True, "fuse_allreduce_rms": False}}}

@@ -23,11 +23,13 @@ from runner.results import not_started, outcome
 ENTRYPOINTS = Path(__file__).resolve().parents[2] / "entrypoints"
 KILL_GRACE_S = 10
 
-# NVLink multicast can take a shared host's GPUs out of service: keep it off in every child.
+# NVLink multicast can take a shared host's GPUs out of service: keep it off in every child
+# (vLLM's symmetric-memory all-reduce uses it too).
 SAFE_MULTI_GPU_ENV = {
     "NCCL_NVLS_ENABLE": "0",
     "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
     "NVSHMEM_DISABLE_NVLS": "1",
+    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
 }
 
 
