@@ -21,6 +21,7 @@ from runner.executors.docker import daemon_problem
 from runner.images import image_tag, load_specs
 
 MATRICES = Path(__file__).parent / "fixtures" / "matrices"
+MATRIX_CPU_ENGINES = ("transformers", "llamacpp", "vllm")
 
 
 def docker(*args: str) -> subprocess.CompletedProcess:
@@ -35,16 +36,19 @@ def cpu_image(runner_cli) -> str:
     base = os.environ.get("BENCH_BASE_IMAGE_CPU")
     if base and docker("image", "inspect", base).returncode != 0:
         pytest.fail(f"base image {base} is missing: run `make base-image`")
-    done = runner_cli("build", "transformers", "--flavour", "cpu", timeout=2400)
+    # every engine of matrix-cpu.yaml, built once up front: on a fresh machine this takes about
+    # 20 minutes (llama.cpp and vLLM compile or install large stacks), more than one run's timeout
+    done = runner_cli("build", *MATRIX_CPU_ENGINES, "--flavour", "cpu", timeout=4800)
     hint = (
-        "the CPU image did not build; where no registry is reachable, build on a local base "
+        "the CPU images did not build; where no registry is reachable, build on a local base "
         "(make base-image; BENCH_BASE_IMAGE_CPU, BENCH_CA_BUNDLE, BENCH_WHEELS, BENCH_BUILD_ARGS: see .ci/run)\n"
     )
     assert done.returncode == 0, hint + done.stdout[-3000:] + done.stderr[-3000:]
-    tag = image_tag(load_specs()[("transformers", "cpu")], base)
-    assert tag in done.stdout
-    assert docker("image", "inspect", tag).returncode == 0
-    return tag
+    tags = {engine: image_tag(load_specs()[(engine, "cpu")], base) for engine in MATRIX_CPU_ENGINES}
+    for tag in tags.values():
+        assert tag in done.stdout
+        assert docker("image", "inspect", tag).returncode == 0
+    return tags["transformers"]
 
 
 def leftover_containers() -> list[str]:
@@ -54,7 +58,9 @@ def leftover_containers() -> list[str]:
 
 def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_path):
     folder = tmp_path / "run"
-    done = runner_cli("matrix-cpu.yaml", "--executor", "docker", "-o", str(folder), "--store", str(model_store))
+    done = runner_cli(
+        "matrix-cpu.yaml", "--executor", "docker", "-o", str(folder), "--store", str(model_store), timeout=1800
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"executor docker, results in {folder}" in done.stdout
     with open(folder / "table.csv", newline="") as handle:
