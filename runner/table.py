@@ -31,6 +31,9 @@ def _notes(result: dict[str, Any]) -> str:
         reason = result.get("reason") or "no reason recorded"
         return reason if reason.startswith(f"{status}:") else f"{status}: {reason}"
     notes = []
+    gpus = result["cell"].get("gpus") or []
+    if len(gpus) > 1:  # the seed said "4090+3090" here
+        notes.append(f"{len(gpus)} GPUs: " + "+".join(str(g) for g in gpus))
     memory = result.get("memory") or {}
     if memory.get("kind") == "process-tree-peak-rss":
         notes.append("CPU: memory is the peak RSS of the cell's processes")

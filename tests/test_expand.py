@@ -254,3 +254,20 @@ def test_exclude_matches_default_valued_settings():
         matrix_of({"axes": {"dtype": ["fp32", "bf16"]}, "exclude": [{"dtype": "fp32", "attention": "sdpa"}]})
     )
     assert summary(cells) == [(full(dtype="bf16"), (0,), 100)]
+
+
+@pytest.mark.parametrize("name", ["matrix.yaml", "matrix-cpu.yaml", "matrix-2gpu.yaml"])
+def test_committed_matrices_expand_with_one_baseline(repo, name):
+    """The matrices users run as shipped: valid, every cell distinct, the baseline among them."""
+    path = repo / name
+    matrix = parse_matrix(yaml.safe_load(path.read_text()), path)
+    cells = expand(matrix)
+    assert len({c.id for c in cells}) == len(cells) > 1
+    baseline = find_baseline(matrix, cells)
+    assert (baseline.engine, baseline.settings["dtype"], baseline.settings["attention"]) == (
+        "transformers",
+        "fp32",
+        "eager",
+    )
+    if name == "matrix-2gpu.yaml":
+        assert sorted({c.gpus for c in cells}) == [(0,), (0, 1), (1,)]

@@ -222,3 +222,16 @@ def test_speed_x_keeps_two_decimals(tmp_path):
     printed = render([BASE, FAST, SLOW], "base", tmp_path)
     assert _speed_cells(printed) == ["1.00", "2.50", "0.50"]
     assert _speed_cells((tmp_path / "table.md").read_text()) == ["1.00", "2.50", "0.50"]
+
+
+def test_multi_gpu_rows_say_which_gpus():
+    """The seed told "4090 only" from "4090+3090" in Notes; a row on several GPUs says so too."""
+    split = ok("split", ["q4_k_m"], [50.0, 50.0, 50.0], 6000.0)
+    split["cell"] = {**split["cell"], "gpus": [0, 1]}
+    split["memory"] = {"kind": "nvml-device-used", "peak_mib": 6000.0, "devices": []}
+    single = ok("single", ["q4_k_m"], [60.0, 60.0, 60.0], 5000.0)
+    single["cell"] = {**single["cell"], "gpus": [1]}
+    single["memory"] = {"kind": "nvml-device-used", "peak_mib": 5000.0, "devices": []}
+    got = by_cell(rows([split, single], "single"))
+    assert got["split"]["Notes"] == "2 GPUs: 0+1"
+    assert got["single"]["Notes"] == ""
