@@ -214,6 +214,17 @@ def driver_info() -> dict[str, Any]:
         return {}
 
 
+CONTEXT_ROUNDING = 256
+
+
+def context_length(chosen: int | None, workload: dict[str, Any]) -> int:
+    """An engine's context size: the cell's choice, else prompt + new tokens rounded up to 256."""
+    if chosen is not None:
+        return chosen
+    needed = workload["prompt_tokens"] + workload["new_tokens"]
+    return -(-needed // CONTEXT_ROUNDING) * CONTEXT_ROUNDING
+
+
 def prompt_ids(engine: Any, prompt_tokens: int, batch_size: int) -> list[list[int]]:
     """Exactly prompt_tokens ids of real text (BOS included), the same for every engine."""
     text = PROMPT_FILE.read_text()

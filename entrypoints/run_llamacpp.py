@@ -57,14 +57,6 @@ if llama_cpp is not None:
     llama_cpp.llama_log_set(_LOG_CALLBACK, None)
 
 SPLIT_MODES = ("none", "layer", "row")  # llama_cpp.LLAMA_SPLIT_MODE_* are 0, 1, 2 in this order
-CONTEXT_ROUNDING = 256
-
-
-def context_size(settings: dict[str, Any], workload: dict[str, Any]) -> int:
-    if settings["n_ctx"] is not None:
-        return settings["n_ctx"]
-    needed = workload["prompt_tokens"] + workload["new_tokens"]
-    return -(-needed // CONTEXT_ROUNDING) * CONTEXT_ROUNDING
 
 
 TOKENIZE_SCRIPT = """
@@ -102,7 +94,7 @@ class Engine:
         self.settings = spec["cell"]["settings"]
         self.workload = spec["workload"]
         self.gpus = spec["cell"]["gpus"]
-        self.n_ctx = context_size(self.settings, self.workload)
+        self.n_ctx = harness.context_length(self.settings["n_ctx"], self.workload)
         self.gguf: Path | None = None
         self.llm: Any = None
         self.facts: dict[str, Any] = {}

@@ -30,14 +30,6 @@ except ImportError as exc:  # the cell fails with this reason; the rest of the m
     IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
 
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-CONTEXT_ROUNDING = 256
-
-
-def model_length(settings: dict[str, Any], workload: dict[str, Any]) -> int:
-    if settings["max_model_len"] is not None:
-        return settings["max_model_len"]
-    needed = workload["prompt_tokens"] + workload["new_tokens"]
-    return -(-needed // CONTEXT_ROUNDING) * CONTEXT_ROUNDING
 
 
 def unknown_engine_args(names: list[str], known: set[str], version: str) -> str | None:
@@ -88,7 +80,7 @@ class Engine:
             "quantization": s["quantization"],
             "gpu_memory_utilization": s["gpu_memory_utilization"],
             "enforce_eager": s["enforce_eager"],
-            "max_model_len": model_length(s, self.workload),
+            "max_model_len": harness.context_length(s["max_model_len"], self.workload),
             "seed": 0,
             "disable_log_stats": False,  # request metrics carry the time to first token
         }

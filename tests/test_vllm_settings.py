@@ -15,6 +15,7 @@ from runner.expand import expand
 from runner.matrix import load_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "entrypoints"))
+import harness  # in-container modules, found on the entrypoints path
 import run_vllm  # in-container module, found on the entrypoints path; vLLM itself is not needed here
 
 ENGINE = ENGINES["vllm"]
@@ -82,8 +83,8 @@ def test_unknown_engine_args_get_a_did_you_mean():
 
 def test_context_defaults_to_the_workload_rounded_up():
     workload = {"prompt_tokens": 64, "new_tokens": 256}
-    assert run_vllm.model_length(settings(), workload) == 512
-    assert run_vllm.model_length(settings(max_model_len=4096), workload) == 4096
+    assert harness.context_length(settings()["max_model_len"], workload) == 512
+    assert harness.context_length(settings(max_model_len=4096)["max_model_len"], workload) == 4096
 
 
 def test_multi_gpu_cells_keep_flashinfer_allreduce_fusion_off():
