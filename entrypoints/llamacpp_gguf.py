@@ -88,7 +88,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
-def _run(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> float:
+def _run(step: str, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(command) + "\n")
@@ -97,10 +97,7 @@ def _run(command: list[str], log_path: Path, env: dict[str, str] | None = None) 
     if done.returncode != 0:
         tail = log_path.read_text()[-LOG_TAIL_CHARS:].strip().splitlines()
         last = tail[-1] if tail else ""
-        raise RuntimeError(
-            f"{Path(command[1 if command[0] == sys.executable else 0]).name} failed "
-            f"(exit {done.returncode}): {last} (log: {log_path})"
-        )
+        raise RuntimeError(f"{step} failed (exit {done.returncode}): {last} (log: {log_path})")
     return time.perf_counter() - t0
 
 
@@ -145,14 +142,14 @@ class GgufCache:
                 "--outfile",
                 str(scratch),
             ]
-            seconds = _run(command, log, env)
             step = "convert_hf_to_gguf.py"
+            seconds = _run(step, command, log, env)
         else:
             source = self.get("f16")
             threads = str(os.cpu_count() or 1)
             command = [str(self.toolchain.quantizer), str(source), str(scratch), quant.upper(), threads]
-            seconds = _run(command, log)
             step = "llama-quantize"
+            seconds = _run(step, command, log)
         os.replace(scratch, final)
         self.built.append({"type": quant, "by": step, "seconds": round(seconds, 2), "bytes": final.stat().st_size})
 

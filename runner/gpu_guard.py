@@ -63,22 +63,19 @@ def read_gpus() -> dict[int, GpuUse] | None:
     """What nvidia-smi says now, or None where it is missing or fails."""
     if shutil.which("nvidia-smi") is None:
         return None
-    options = ["--format=csv,noheader,nounits"]
+
+    def query(what: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["nvidia-smi", what, "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+
     try:
-        gpus = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,uuid,memory.used", *options],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
-        apps = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory", *options],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
+        gpus = query("--query-gpu=index,uuid,memory.used")
+        apps = query("--query-compute-apps=gpu_uuid,pid,used_memory")
     except (OSError, subprocess.TimeoutExpired):
         return None
     if gpus.returncode != 0:

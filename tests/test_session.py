@@ -40,12 +40,18 @@ sys.exit(0 if ok else 1)
 """
 
 
-@pytest.fixture
-def setup(tmp_path, monkeypatch):
+def install_script(tmp_path: Path, monkeypatch) -> Path:
+    """SCRIPT as the transformers entrypoint the local executor starts."""
     folder = tmp_path / "entrypoints"
     folder.mkdir()
     (folder / "run_transformers.py").write_text(SCRIPT)
     monkeypatch.setattr(local, "ENTRYPOINTS", folder)
+    return folder
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    folder = install_script(tmp_path, monkeypatch)
     raw = {
         "version": 1,
         "model": {"synthetic": "tiny-mistral"},
@@ -111,10 +117,7 @@ def test_run_cells_subset_and_parallel(setup):
 
 def test_a_busy_gpu_fails_its_cell_and_the_rest_go_on(tmp_path, monkeypatch):
     """The guard reads the driver before each GPU cell: GPU 0 stays busy, GPU 1 is free."""
-    folder = tmp_path / "entrypoints"
-    folder.mkdir()
-    (folder / "run_transformers.py").write_text(SCRIPT)
-    monkeypatch.setattr(local, "ENTRYPOINTS", folder)
+    folder = install_script(tmp_path, monkeypatch)
     raw = {
         "version": 1,
         "model": {"synthetic": "tiny-mistral"},
