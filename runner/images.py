@@ -118,10 +118,7 @@ def image_tag(spec: ImageSpec, base_image: str | None = None) -> str:
     digest.update(render(spec).encode())
     digest.update(requirements_text(spec).encode())
     digest.update((base_image or spec.base_image).encode())
-    for path in build_files(spec):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    for path in entrypoint_files(spec.engine):
+    for path in [*build_files(spec), *entrypoint_files(spec.engine)]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return f"{IMAGE_REPOSITORY}/{spec.engine}:{spec.flavour}-{digest.hexdigest()[:12]}"
