@@ -51,6 +51,7 @@ SAFETY_ENV = (
     "NVSHMEM_DISABLE_NVLS",
     "VLLM_ALLREDUCE_USE_SYMM_MEM",
 )
+ENGINE_ENV_PREFIXES = ("VLLM_", "GGML_", "LLAMA_", "CUDA_LAUNCH_BLOCKING", "PYTORCH_CUDA_ALLOC_CONF")
 PROMPT_FILE = Path(__file__).with_name("prompt.txt")
 
 
@@ -374,6 +375,8 @@ def _environment(engine: Any) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "multi_gpu_safety_env": {name: os.environ.get(name) for name in SAFETY_ENV},
+        # engine switches set from outside (VLLM_USE_FLASHINFER_SAMPLER=0, GGML_CUDA_...): they change what runs
+        "engine_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENGINE_ENV_PREFIXES)},
         **driver_info(),
     }
     try:

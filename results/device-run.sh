@@ -10,6 +10,20 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# vLLM and its dependencies as one site-packages tarball, carried in pieces over back-to-back
+# calls into /tmp/vparts (results/vllm-carry.sh): unpacked once per machine.
+if ls /tmp/vparts/part-* >/dev/null 2>&1 && [ ! -f /tmp/site/vllm/__init__.py ]; then
+  mkdir -p /tmp/site && cat /tmp/vparts/part-* | xz -dc -T0 | tar -x -C /tmp/site
+fi
+if [ -f /tmp/site/vllm/__init__.py ]; then
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # vLLM's GPU sampler imports FlashInfer at load; should that import fail here, greedy cells
+  # (which never use FlashInfer's top-p/top-k) go on without it, and each result records the switch
+  # in environment.engine_env.
+  if ! python3 -c "from vllm.v1.attention.backends.flashinfer import FlashInferBackend" 2>/tmp/fi.err; then
+    tail -1 /tmp/fi.err; export VLLM_USE_FLASHINFER_SAMPLER=0
+  fi
+fi
 # llama.cpp built on an earlier call and carried back (results/llamacpp-carry.sh): the binding,
 # its libraries, llama-quantize, llama-bench and the converter, one build.
 if [ -f .carry/llamacpp-cuda/lcpp.tar.xz ]; then
@@ -23,5 +37,5 @@ nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version --form
 timeout --signal=INT --kill-after=20 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store
 echo "runner exit: $?"
 if [ -n "${OUT:-}" ]; then
-  tar -C "$(dirname "$run_folder")" -czf "$OUT/run.tgz" "$(basename "$run_folder")"
+  tar -C "$(dirname "$run_folder")" -czf "$OUT/$(basename "$run_folder").tgz" "$(basename "$run_folder")"
 fi

@@ -31,7 +31,7 @@ from runner.images import FLAVOURS, load_specs, stale_dockerfiles, write_dockerf
 from runner.matrix import load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
 from runner.results import read_result, write_json_atomic
-from runner.session import cell_paths, run_cells
+from runner.session import cell_paths, refresh_log_facts, run_cells
 from runner.table import render
 
 
@@ -267,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--parallel: give a number >= 1")
     folder = (args.output or Path("runs") / matrix.name).resolve()
     if args.table_only:
-        return _table(folder, cells, {}, baseline)
+        return _table(folder, cells, {}, baseline, refresh=True)
     folder.mkdir(parents=True, exist_ok=True)
     executor = _executor(args, chosen, folder)
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
@@ -287,9 +287,18 @@ def _run(args: argparse.Namespace) -> int:
     return 3 if failed and args.strict else 0
 
 
-def _table(folder: Path, cells: list[Cell], fresh: dict[str, dict], baseline: Cell) -> int:
-    """Render the table over every cell of the matrix that has a result, not only this invocation's."""
-    shown = [r for r in (fresh.get(c.id) or read_result(cell_paths(folder, c)["result_path"]) for c in cells) if r]
+def _table(folder: Path, cells: list[Cell], fresh: dict[str, dict], baseline: Cell, refresh: bool = False) -> int:
+    """Render the table over every cell of the matrix that has a result, not only this invocation's.
+
+    With refresh (--table-only), each result's engine_log is re-read from its cell log first.
+    """
+    shown = []
+    for cell in cells:
+        result = fresh.get(cell.id) or read_result(cell_paths(folder, cell)["result_path"])
+        if result and refresh:
+            result = refresh_log_facts(folder, cell, result)
+        if result:
+            shown.append(result)
     if not shown:
         raise UserError(f"{folder}: no results for this matrix's cells yet; run without --table-only first")
     print(render(shown, baseline.id, folder))

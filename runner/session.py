@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.engines import ENGINES
+from runner.engines.base import CellModelProblem
 from runner.expand import Cell
 from runner.gpu_guard import GpuGuard
 from runner.matrix import Matrix
@@ -65,19 +66,26 @@ def run_cells(
     guard = guard or GpuGuard(log=log)
 
     def run_one(cell: Cell) -> dict[str, Any]:
+        try:
+            cell_model, problem = ENGINES[cell.engine].cell_model(cell.settings, model, log), None
+        except CellModelProblem as exc:
+            cell_model, problem = model, str(exc)
         previous = read_result(cell_paths(folder, cell)["result_path"])
-        same_model = previous and previous.get("model", {}).get("path") == model["path"]
+        same_model = previous and previous.get("model", {}).get("path") == cell_model["path"]
         if previous and previous.get("status") == "ok" and same_model and not force:
             log(f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)})")
             return previous
-        job = _job(folder, cell, matrix, model)
-        busy = guard.wait_until_free(cell.gpus)
+        job = _job(folder, cell, matrix, cell_model)
+        busy = None if problem else guard.wait_until_free(cell.gpus)
         log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell)}")
         started = time.time()
-        if busy:
-            result = failure(job["spec"]["cell"], model, job["spec"]["workload"], "failed", busy)
+        if problem or busy:
+            result = failure(job["spec"]["cell"], cell_model, job["spec"]["workload"], "failed", problem or busy)
         else:
             result = executor.run(job)
+            facts = log_facts(cell, job["log_path"])
+            if facts:
+                result["engine_log"] = facts
         result["wall_s"] = time.time() - started
         result["executor"] = executor.name
         write_json_atomic(job["final_path"], result)
@@ -87,6 +95,24 @@ def run_cells(
 
     stop = getattr(executor, "stop_all", None)
     return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel, on_interrupt=stop)
+
+
+def log_facts(cell: Cell, log_path: Path) -> dict[str, Any]:
+    """What the cell's engine printed only in its log (runner.engines: log_facts), or {}."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return {}
+    return ENGINES[cell.engine].log_facts(text)
+
+
+def refresh_log_facts(folder: Path, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
+    """The result with engine_log re-read from its log (the patterns may be newer than the run)."""
+    facts = log_facts(cell, cell_paths(folder, cell)["log_path"])
+    if facts and facts != result.get("engine_log"):
+        result = {**result, "engine_log": facts}
+        write_json_atomic(cell_paths(folder, cell)["result_path"], result)
+    return result
 
 
 def _where(cell: Cell) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from runner.engines import ENGINES
+
 COLUMNS = ["Software", "Settings", "Avg Tok/s", "Max Mem (MiB)", "Speed X", "Max mem %", "Notes"]
 
 
@@ -58,6 +60,9 @@ def _engine_notes(result: dict[str, Any]) -> list[str]:
     check = (result.get("engine_details") or {}).get("tokenizer_check") or {}
     if check.get("compared") and not check.get("agrees"):
         notes.append(f"tokenizer differs from transformers' at token {check.get('first_difference')}")
+    engine = ENGINES.get(result["cell"].get("engine"))
+    if engine:
+        notes.extend(engine.notes(result))
     return notes
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from runner.errors import UserError
 from runner.matrix import ModelSpec
-from runner.models.resolve import fingerprint, resolve_model
+from runner.models.fingerprint import fingerprint
+from runner.models.resolve import resolve_model
 
 
 def test_synthetic_resolves_to_the_store(tiny_model, model_store, tmp_path):
@@ -112,7 +113,8 @@ import sys
 from pathlib import Path
 from runner.errors import UserError
 from runner.matrix import ModelSpec
-from runner.models.resolve import fingerprint, resolve_model
+from runner.models.fingerprint import fingerprint
+from runner.models.resolve import resolve_model
 try:
     spec = ModelSpec(id=sys.argv[1], revision="main")
     resolve_model(spec, Path(sys.argv[2]), Path("matrix.yaml"), log=lambda m: None)

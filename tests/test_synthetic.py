@@ -211,7 +211,9 @@ def test_tied_embeddings_have_no_lm_head():
 def test_plan_shards(monkeypatch):
     monkeypatch.setattr(random_safetensors, "SHARD_BYTES", 100)
     shapes = {"a": (10,), "b": (20,), "c": (60,), "d": (5,)}  # 20, 40, 120, 10 bytes
-    assert random_safetensors.plan_shards(shapes) == [["a", "b"], ["c"], ["d"]]
+    assert random_safetensors.plan_shards(random_safetensors.bf16_tensors(shapes)) == [["a", "b"], ["c"], ["d"]]
+    int32 = {"a": random_safetensors.Tensor((10,), "I32", "bits"), "b": random_safetensors.Tensor((20,), "I32", "bits")}
+    assert random_safetensors.plan_shards(int32) == [["a"], ["b"]]  # 40 + 80 bytes
 
 
 def test_sharded_checkpoint_loads(tmp_path, monkeypatch, tiny_model):
@@ -228,7 +230,9 @@ def test_sharded_checkpoint_loads(tmp_path, monkeypatch, tiny_model):
     ):
         shutil.copy(tiny_model / name, folder / name)
     shapes = parameter_shapes(TINY)
-    files = random_safetensors.write_random_checkpoint(folder, shapes, seed=synthetic.SEED)
+    files = random_safetensors.write_random_checkpoint(
+        folder, random_safetensors.bf16_tensors(shapes), seed=synthetic.SEED
+    )
     assert len(files) > 2
     assert files == [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
     assert not (folder / "model.safetensors").exists()

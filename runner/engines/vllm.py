@@ -7,9 +7,13 @@ did-you-mean instead of being ignored.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
-from runner.engines.base import Engine, Setting
+from runner.engines.base import CellModelProblem, Engine, Setting
+from runner.models import awq_synthetic
+from runner.models.fingerprint import fingerprint
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
 
@@ -69,6 +73,72 @@ def check(s: dict[str, Any], gpus: tuple[int, ...]) -> str | None:
     return None
 
 
+AWQ_METHODS = ("awq", "awq_marlin")
+
+
+def cell_model(s: dict[str, Any], model: dict[str, Any], log) -> dict[str, Any]:
+    """AWQ cells read an AWQ checkpoint: the model itself if it is one, else one made from it."""
+    if s["quantization"] not in AWQ_METHODS or awq_synthetic.is_awq_checkpoint(Path(model["path"])):
+        return model
+    if not model.get("synthetic"):
+        raise CellModelProblem(
+            f"quantization={s['quantization']!r} needs an AWQ checkpoint and {model['name']} is not one; "
+            "point model.path (or model.id) at an AWQ export of it (quantising real weights in the image "
+            "is not built yet)"
+        )
+    folder = awq_synthetic.materialise(model, log=log)
+    return {
+        **model,
+        "name": f"{model['name']} (AWQ 4-bit)",
+        "path": str(folder),
+        "fingerprint": fingerprint(folder),
+        "quantised_from": model["path"],
+    }
+
+
+# What vLLM's workers log and nothing else reports (one line per worker on several GPUs).
+LOG_PATTERNS = {
+    "weights_gib": r"Model loading took ([\d.]+) GiB",
+    "kv_cache_gib": r"Available KV cache memory: ([\d.]+) GiB",
+    "kv_cache_tokens": r"(?:GPU|CPU) KV cache size: ([\d,]+) tokens",
+    "cuda_graphs_gib": r"Graph capturing finished in \d+ secs, took ([\d.]+) GiB",
+    "attention_backend": r"Using (?:AttentionBackendEnum\.)?(\w+) (?:attention )?backend\b",
+    "linear_kernel": r"(?:Using|Selected) (\w+) for (?:\w+)LinearMethod",
+    "awq_fallback": r"(Falling back to unoptimized AWQ kernels)",
+}
+
+
+def log_facts(text: str) -> dict[str, list[Any]]:
+    """Every value of LOG_PATTERNS in the cell's log: sizes as floats / ints, names as text."""
+    facts: dict[str, list[Any]] = {}
+    for name, pattern in LOG_PATTERNS.items():
+        found = re.findall(pattern, text)
+        if name.endswith("_gib"):
+            found = [float(v) for v in found]
+        elif name.endswith("_tokens"):
+            found = [int(v.replace(",", "")) for v in found]
+        else:
+            found = list(dict.fromkeys(found))  # names once each, in order
+        if found:
+            facts[name] = found
+    return facts
+
+
+def notes(result: dict[str, Any]) -> list[str]:
+    """Weights and KV cache as vLLM sized them (per GPU), and the quantised kernel it chose."""
+    facts = result.get("engine_log") or {}
+    out = []
+    if facts.get("weights_gib"):
+        out.append("weights " + "+".join(f"{v:g}" for v in facts["weights_gib"]) + " GiB")
+    if facts.get("kv_cache_gib"):
+        out.append("KV cache " + "+".join(f"{v:g}" for v in facts["kv_cache_gib"]) + " GiB")
+    if result["cell"]["settings"].get("quantization") and facts.get("linear_kernel"):
+        out.append("kernel " + "/".join(facts["linear_kernel"]))
+    if facts.get("awq_fallback"):
+        out.append("some layers on vLLM's unoptimised AWQ kernel")
+    return out
+
+
 VLLM = Engine(
     name="vllm",
     software="vLLM",
@@ -76,4 +146,7 @@ VLLM = Engine(
     settings=SETTINGS,
     label=label,
     check=check,
+    cell_model=cell_model,
+    log_facts=log_facts,
+    notes=notes,
 )

@@ -1,12 +1,14 @@
-"""Write random bf16 weights as sharded safetensors files, streaming, without torch.
+"""Write random weights as sharded safetensors files, streaming, without torch.
 
 The safetensors format is an 8-byte little-endian header length, a JSON header
 naming each tensor's dtype, shape and byte range, then the raw bytes. numpy has
-no bfloat16, so bf16 words are made directly from random bits: sign and
-mantissa random, exponent drawn from 2^-9..2^-6, giving weights of magnitude
-0.002 to 0.03 (the scale of a trained model's). Norm weights are 1.0, as a
-freshly initialised model has them. Generation is spread over threads with one
-seeded generator per chunk, so the bytes are the same on every machine.
+no bfloat16, so bf16 (and fp16) words are made directly from random bits: sign
+and mantissa random, exponent drawn from 2^-9..2^-6, giving weights of
+magnitude 0.002 to 0.03 (the scale of a trained model's). Norm weights are 1.0,
+as a freshly initialised model has them. Quantised layouts add int32 words of
+random bits (packed 4-bit codes) and positive fp16 scales. Generation is spread
+over threads with one seeded generator per chunk, so the bytes are the same on
+every machine.
 """
 
 from __future__ import annotations
@@ -16,13 +18,42 @@ import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-BF16_ONE = 0x3F80
 CHUNK_ELEMENTS = 16 * 1024 * 1024
 SHARD_BYTES = 4 * 1024**3
+ITEM_BYTES = {"BF16": 2, "F16": 2, "I32": 4}
+ONE = {"BF16": 0x3F80, "F16": 0x3C00}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor to write: its shape, safetensors dtype and how its values are drawn.
+
+    fill: ``weight`` random sign, magnitude 2^-9..2^-6 (BF16, F16); ``ones`` 1.0;
+    ``scale`` positive, 2^-12..2^-9 (F16: quantisation scales, so that a 4-bit code
+    difference of up to 15 gives a weight of a trained model's size); ``bits``
+    uniformly random words (I32: packed 4-bit codes).
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "BF16"
+    fill: str = "weight"
+
+    @property
+    def nbytes(self) -> int:
+        return _numel(self.shape) * ITEM_BYTES[self.dtype]
+
+
+def bf16_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """A plain checkpoint's tensors: bf16 weights, norms 1.0."""
+    return {
+        name: Tensor(shape, "BF16", "ones" if name.endswith("norm.weight") else "weight")
+        for name, shape in shapes.items()
+    }
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -32,16 +63,33 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _random_bf16(seed: list[int], count: int) -> bytes:
+# 16-bit float layouts: (mantissa bits, lowest exponent field for 2^-9, for 2^-12)
+_HALF_LAYOUT = {"BF16": (7, 0x76, 0x73), "F16": (10, 6, 3)}
+
+
+def _random_words(seed: list[int], count: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    words = rng.integers(0, 2**63, size=(count + 3) // 4, dtype=np.uint64).view(np.uint16)[:count]
-    exponent = np.right_shift(words, 7)
+    return rng.integers(0, 2**63, size=(count + 3) // 4, dtype=np.uint64).view(np.uint16)[:count]
+
+
+def _random_half(seed: list[int], count: int, dtype: str, fill: str) -> bytes:
+    """16-bit floats with random mantissa, exponent one of four steps up from 2^-9 (or 2^-12 for scales)."""
+    mantissa_bits, weight_low, scale_low = _HALF_LAYOUT[dtype]
+    words = _random_words(seed, count)
+    exponent = np.right_shift(words, mantissa_bits)
     np.bitwise_and(exponent, 3, out=exponent)
-    np.add(exponent, 0x76, out=exponent)
-    np.left_shift(exponent, 7, out=exponent)
-    out = np.bitwise_and(words, 0x807F)
+    np.add(exponent, scale_low if fill == "scale" else weight_low, out=exponent)
+    np.left_shift(exponent, mantissa_bits, out=exponent)
+    keep = (1 << mantissa_bits) - 1 if fill == "scale" else 0x8000 | ((1 << mantissa_bits) - 1)
+    out = np.bitwise_and(words, keep)
     np.bitwise_or(out, exponent, out=out)
     return out.astype("<u2", copy=False).tobytes()
+
+
+def _random_bytes(seed: list[int], count: int, tensor: Tensor) -> bytes:
+    if tensor.dtype == "I32":
+        return np.random.default_rng(seed).integers(0, 2**32, size=count, dtype=np.uint32).astype("<u4").tobytes()
+    return _random_half(seed, count, tensor.dtype, tensor.fill)
 
 
 def _tensor_chunks(name: str, shape: tuple[int, ...], seed: int) -> Iterator[tuple[list[int], int]]:
@@ -52,12 +100,12 @@ def _tensor_chunks(name: str, shape: tuple[int, ...], seed: int) -> Iterator[tup
         yield [seed, name_key, index], min(CHUNK_ELEMENTS, total - start)
 
 
-def plan_shards(shapes: dict[str, tuple[int, ...]]) -> list[list[str]]:
+def plan_shards(tensors: dict[str, Tensor]) -> list[list[str]]:
     """Group tensors, in order, into shards of at most SHARD_BYTES (one tensor may exceed it)."""
     shards: list[list[str]] = [[]]
     size = 0
-    for name, shape in shapes.items():
-        nbytes = _numel(shape) * 2
+    for name, tensor in tensors.items():
+        nbytes = tensor.nbytes
         if shards[-1] and size + nbytes > SHARD_BYTES:
             shards.append([])
             size = 0
@@ -66,30 +114,30 @@ def plan_shards(shapes: dict[str, tuple[int, ...]]) -> list[list[str]]:
     return shards
 
 
-def _header(names: list[str], shapes: dict[str, tuple[int, ...]]) -> bytes:
+def _header(names: list[str], tensors: dict[str, Tensor]) -> bytes:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name in names:
-        nbytes = _numel(shapes[name]) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
+        t = tensors[name]
+        header[name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
     body = json.dumps(header, separators=(",", ":")).encode()
     body += b" " * (-len(body) % 8)
     return len(body).to_bytes(8, "little") + body
 
 
-def _write_tensor(handle, pool: ThreadPoolExecutor, name: str, shape: tuple[int, ...], seed: int) -> None:
-    if name.endswith("norm.weight"):
-        handle.write(np.full(_numel(shape), BF16_ONE, dtype="<u2").tobytes())
+def _write_tensor(handle, pool: ThreadPoolExecutor, name: str, tensor: Tensor, seed: int) -> None:
+    if tensor.fill == "ones":
+        handle.write(np.full(_numel(tensor.shape), ONE[tensor.dtype], dtype="<u2").tobytes())
         return
-    chunks = _tensor_chunks(name, shape, seed)
-    for data in pool.map(lambda job: _random_bf16(*job), chunks):
+    chunks = _tensor_chunks(name, tensor.shape, seed)
+    for data in pool.map(lambda job: _random_bytes(*job, tensor), chunks):
         handle.write(data)
 
 
-def write_random_checkpoint(folder: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> list[str]:
+def write_random_checkpoint(folder: Path, tensors: dict[str, Tensor], seed: int = 0) -> list[str]:
     """Write model*.safetensors (+ index when sharded) into folder; return the file names."""
-    shards = plan_shards(shapes)
+    shards = plan_shards(tensors)
     files = (
         ["model.safetensors"]
         if len(shards) == 1
@@ -99,12 +147,12 @@ def write_random_checkpoint(folder: Path, shapes: dict[str, tuple[int, ...]], se
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for file_name, names in zip(files, shards, strict=False):
             with open(folder / file_name, "wb") as handle:
-                handle.write(_header(names, shapes))
+                handle.write(_header(names, tensors))
                 for name in names:
-                    _write_tensor(handle, pool, name, shapes[name], seed)
+                    _write_tensor(handle, pool, name, tensors[name], seed)
                     weight_map[name] = file_name
     if len(files) > 1:
-        total = sum(_numel(shape) * 2 for shape in shapes.values())
+        total = sum(t.nbytes for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return files

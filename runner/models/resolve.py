@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from runner.errors import UserError
 from runner.matrix import ModelSpec
 from runner.models import synthetic
 from runner.models.architectures import ARCHITECTURES, parameter_count
+from runner.models.fingerprint import fingerprint
 
 DEFAULT_STORE = Path(os.environ.get("BENCH_MODEL_STORE", Path.home() / ".cache" / "inference-matrix" / "models"))
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
@@ -35,15 +35,6 @@ def resolve_model(spec: ModelSpec, store: Path, matrix_path: Path, log=print) ->
     derived.mkdir(parents=True, exist_ok=True)  # before any container mounts it, so it is the user's
     record["derived_dir"] = str(derived.resolve())
     return record
-
-
-def fingerprint(folder: Path) -> str:
-    """Identity of a checkpoint's bytes without reading them: every file's name, size and time."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def _record(spec: ModelSpec, store: Path, matrix_path: Path, log) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def _build(folder: Path, architecture: str, key: str) -> None:
     config = ARCHITECTURES[architecture]
     _write_configs(folder, config)
     tokenizer_train.write_tokenizer(folder, config["vocab_size"], config["max_position_embeddings"])
-    files = random_safetensors.write_random_checkpoint(folder, parameter_shapes(config), SEED)
+    tensors = random_safetensors.bf16_tensors(parameter_shapes(config))
+    files = random_safetensors.write_random_checkpoint(folder, tensors, SEED)
     marker = {
         "synthetic": True,
         "architecture": architecture,
