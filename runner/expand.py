@@ -27,10 +27,12 @@ class Cell:
     settings: dict[str, Any]
     gpus: tuple[int, ...]
     timeout_s: int
+    batch_size: int = 1
 
     @property
     def label(self) -> list[str]:
-        return ENGINES[self.engine].label(self.settings)
+        batch = [f"batch_size={self.batch_size}"] if self.batch_size != 1 else []
+        return ENGINES[self.engine].label(self.settings) + batch
 
     @property
     def software(self) -> str:
@@ -45,16 +47,21 @@ class Cell:
             "label": self.label,
             "gpus": list(self.gpus),
             "timeout_s": self.timeout_s,
+            "batch_size": self.batch_size,
         }
 
+    def workload(self, matrix: Matrix) -> dict[str, Any]:
+        """The matrix's workload with this cell's batch size."""
+        return {**matrix.workload.__dict__, "batch_size": self.batch_size}
 
-def cell_id(engine: str, settings: dict[str, Any], gpus: tuple[int, ...], matrix: Matrix) -> str:
+
+def cell_id(engine: str, settings: dict[str, Any], gpus: tuple[int, ...], matrix: Matrix, batch_size: int) -> str:
     identity = {
         "engine": engine,
         "settings": settings,
         "gpus": list(gpus),
         "model": matrix.model.identity(),
-        "workload": matrix.workload.__dict__,
+        "workload": {**matrix.workload.__dict__, "batch_size": batch_size},
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{engine}-{digest[:12]}"
@@ -88,8 +95,9 @@ def expand(matrix: Matrix) -> list[Cell]:
             if problem:
                 raise UserError(f"{matrix.path}: engines.{name}: cell {overrides}: {problem}")
             timeout = entry.get("timeout_s", block.placement.timeout_s)
-            cid = cell_id(name, settings, gpus, matrix)
-            cells.setdefault(cid, Cell(cid, name, settings, gpus, timeout))
+            batch = entry.get("batch_size") or block.placement.batch_size or matrix.workload.batch_size
+            cid = cell_id(name, settings, gpus, matrix, batch)
+            cells.setdefault(cid, Cell(cid, name, settings, gpus, timeout, batch))
     return list(cells.values())
 
 

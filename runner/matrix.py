@@ -14,6 +14,9 @@ Schema (version 1):
         axes: {dtype: [fp32, bf16]}   # cartesian product of settings
         exclude: [{dtype: fp32}]      # drop product cells matching every key
         include: [{dtype: fp16, gpus: [1]}]   # extra cells, added after exclude
+
+batch_size may also be given per engine, per include entry or as an axis
+(``axes: {batch_size: [1, 8]}``): it overrides the workload's for those cells.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from runner.errors import UserError
 from runner.models.architectures import ARCHITECTURES
 
 SCHEMA_VERSION = 1
-CELL_KEYS = ("gpus", "timeout_s")
+CELL_KEYS = ("gpus", "timeout_s", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Workload:
 class Placement:
     gpus: tuple[int, ...] = (0,)
     timeout_s: int = 1800
+    batch_size: int | None = None  # None: the workload's
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,8 @@ def _gpus(w: _Where, value: Any, key: str) -> tuple[int, ...]:
 def _placement(w: _Where, table: dict[str, Any], key: str, base: Placement) -> Placement:
     gpus = _gpus(w, table["gpus"], f"{key}.gpus") if "gpus" in table else base.gpus
     timeout = w.integer(table, key, "timeout_s", base.timeout_s, 1)
-    return Placement(gpus=gpus, timeout_s=timeout)
+    batch = w.integer(table, key, "batch_size", 1, 1) if "batch_size" in table else base.batch_size
+    return Placement(gpus=gpus, timeout_s=timeout, batch_size=batch)
 
 
 def _engines(w: _Where, table: dict[str, Any], defaults: Placement) -> dict[str, EngineBlock]:
@@ -234,8 +239,15 @@ def _engine_block(w: _Where, name: str, body: Any, defaults: Placement) -> Engin
     body = w.mapping(body if body is not None else {}, key)
     w.known(body, key, ("axes", "include", "exclude", *CELL_KEYS))
     engine = ENGINES[name]
-    axes = w.mapping(body.get("axes", {}), f"{key}.axes")
+    axes = dict(w.mapping(body.get("axes", {}), f"{key}.axes"))
+    batch_axis = axes.pop("batch_size", None)
     _check_settings(w, engine, axes, f"{key}.axes", lists=True)
+    if batch_axis is not None:
+        if not isinstance(batch_axis, list) or not batch_axis:
+            raise w.fail(f"{key}.axes.batch_size", f"expected a non-empty list of batch sizes, got {batch_axis!r}")
+        for value in batch_axis:
+            w.integer({"batch_size": value}, f"{key}.axes", "batch_size", 1, 1)
+        axes["batch_size"] = batch_axis
     include = _cell_list(w, engine, body.get("include", []), f"{key}.include", placement=True)
     exclude = _cell_list(w, engine, body.get("exclude", []), f"{key}.exclude", placement=False)
     if not axes and not include:
@@ -253,8 +265,9 @@ def _cell_list(w: _Where, engine: Engine, value: Any, key: str, placement: bool)
         _check_settings(w, engine, item, f"{key}[{i}]", lists=False)
         if "gpus" in extra:
             extra["gpus"] = _gpus(w, extra["gpus"], f"{key}[{i}].gpus")
-        if "timeout_s" in extra:
-            w.integer(extra, f"{key}[{i}]", "timeout_s", 1, 1)
+        for name in ("timeout_s", "batch_size"):
+            if name in extra:
+                w.integer(extra, f"{key}[{i}]", name, 1, 1)
         cells.append({**item, **extra})
     return cells
 

@@ -33,7 +33,7 @@ def _job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any]) -> dic
     paths = cell_paths(folder, cell)
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"cell": cell.to_json(), "model": model, "workload": matrix.workload.__dict__}
+    spec = {"cell": cell.to_json(), "model": model, "workload": cell.workload(matrix)}
     paths["spec_path"].write_text(json.dumps(spec, indent=2) + "\n")
     # the child writes to a scratch path; the runner publishes the reconciled result
     scratch = folder / "cells" / f".{cell.id}.child.json"

@@ -161,6 +161,7 @@ def test_cell_to_json():
         "label": ["BF16", "attn_implementation=sdpa"],
         "gpus": [3, 1],
         "timeout_s": 100,
+        "batch_size": 1,
     }
 
 
@@ -175,7 +176,7 @@ def test_cell_ids_are_stable_across_calls():
     assert len(set(first)) == 2
     matrix = matrix_of(copy.deepcopy(BLOCK))
     cell = expand(matrix)[0]
-    assert cell_id("transformers", cell.settings, cell.gpus, matrix) == cell.id
+    assert cell_id("transformers", cell.settings, cell.gpus, matrix, cell.batch_size) == cell.id
 
 
 @pytest.mark.parametrize(
@@ -271,3 +272,44 @@ def test_committed_matrices_expand_with_one_baseline(repo, name):
     )
     if name == "matrix-2gpu.yaml":
         assert sorted({c.gpus for c in cells}) == [(0,), (0, 1), (1,)]
+
+
+def test_batch_size_as_an_axis_and_per_cell():
+    raw = {
+        "version": 1,
+        "model": {"synthetic": "tiny-mistral"},
+        "workload": {"batch_size": 2},
+        "engines": {
+            "vllm": {"gpus": [], "axes": {"enforce_eager": [True], "batch_size": [1, 8]}, "include": [{}]},
+            "transformers": {"gpus": [], "batch_size": 4, "include": [{}, {"batch_size": 16}]},
+        },
+    }
+    matrix = parse_matrix(raw, Path("m.yaml"))
+    cells = expand(matrix)
+    assert [(c.engine, c.batch_size) for c in cells] == [
+        ("vllm", 1),
+        ("vllm", 8),
+        ("vllm", 2),  # no batch_size given: the workload's
+        ("transformers", 4),  # the engine's
+        ("transformers", 16),
+    ]
+    assert cells[1].label[-1] == "batch_size=8" and "batch_size=1" not in cells[0].label
+    assert cells[1].workload(matrix) == {**matrix.workload.__dict__, "batch_size": 8}
+    assert cells[1].to_json()["batch_size"] == 8
+    assert len({c.id for c in cells}) == 5  # the batch size is part of what a cell measures
+    # a cell at the workload's own batch size keeps the id it had before batch sizes per cell
+    assert cells[2].id == cell_id("vllm", cells[2].settings, (), matrix, 2)
+
+
+@pytest.mark.parametrize(
+    "axes,message",
+    [
+        ({"batch_size": 4}, "m.yaml: engines.vllm.axes.batch_size: expected a non-empty list of batch sizes, got 4"),
+        ({"batch_size": [1, 0]}, "m.yaml: engines.vllm.axes.batch_size: expected an integer >= 1, got 0"),
+    ],
+)
+def test_batch_size_axis_mistakes(axes, message):
+    raw = {"version": 1, "model": {"synthetic": "tiny-mistral"}, "engines": {"vllm": {"gpus": [], "axes": axes}}}
+    with pytest.raises(UserError) as caught:
+        parse_matrix(raw, Path("m.yaml"))
+    assert str(caught.value) == message
