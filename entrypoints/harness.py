@@ -263,12 +263,26 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
-def _prepare(engine: Any, result: dict[str, Any]) -> None:
+def _prepare(engine: Any, spec: dict[str, Any], result: dict[str, Any]) -> None:
     engine.check()
+    _check_engine_version(engine, spec["cell"])
     if hasattr(engine, "prepare"):
         t0 = time.perf_counter()
         result["prepare"] = engine.prepare()
         result["metrics"]["prepare_s"] = time.perf_counter() - t0
+
+
+def _check_engine_version(engine: Any, cell: dict[str, Any]) -> None:
+    """A cell that names an engine release runs only on that release (the docker executor builds one image each)."""
+    wanted = cell.get("engine_version")
+    if not wanted:
+        return
+    found = str(engine.versions().get("engine_version", "")).split(" ")[0]
+    if found != wanted:
+        raise CellUnsupported(
+            f"the cell asks for {cell.get('software', cell['engine'])} {wanted} and this environment has "
+            f"{found or 'none'}; run it with the docker executor (one image per engine_version) or install that release"
+        )
 
 
 def _measure(engine: Any, spec: dict[str, Any], result: dict[str, Any]) -> None:
@@ -328,7 +342,7 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
         warnings.simplefilter("always")
         try:
             engine = engine_class(spec)
-            _prepare(engine, result)  # conversions run before memory sampling starts
+            _prepare(engine, spec, result)  # conversions run before memory sampling starts
             sampler.start()
             _measure(engine, spec, result)
         except Exception as exc:

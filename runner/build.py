@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.images import ImageSpec, build_files, entrypoint_files, image_tag, render, requirements_text
+from runner.images import ImageSpec, at_version, build_files, entrypoint_files, image_tag, render, requirements_text
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
@@ -116,16 +116,31 @@ def ensure_images(
     exists,
     log=print,
 ) -> dict[tuple[str, str], str]:
-    """Tag of every (engine, flavour) needed; build the missing ones, or refuse and name them."""
-    for key in sorted(needed):
-        if key not in specs:
-            engine, flavour = key
+    """Tag of every image needed; build the missing ones, or refuse and name them.
+
+    A key is (engine, flavour), or (engine, flavour, engine_version) for cells that name a release.
+    """
+    wanted: dict[tuple, ImageSpec] = {}
+    for key in sorted(needed, key=str):
+        engine, flavour = key[:2]
+        if (engine, flavour) not in specs:
             raise UserError(f"images/{engine}: no {flavour} flavour; {engine} cells need GPUs (set gpus: [0]) here")
-    tags = {key: image_tag(specs[key], options_for[key[1]].base_image) for key in needed}
-    missing = sorted(key for key, tag in tags.items() if not exists(tag))
+        wanted[key] = at_version(specs[(engine, flavour)], key[2] if len(key) > 2 else None)
+    tags = {key: image_tag(spec, options_for[key[1]].base_image) for key, spec in wanted.items()}
+    missing = sorted((key for key, tag in tags.items() if not exists(tag)), key=str)
     if missing and not build_missing:
-        names = ", ".join(f"{tags[k]} (make image-{k[0]} FLAVOUR={k[1]})" for k in missing)
+        names = ", ".join(f"{tags[k]} (make image-{k[0]} FLAVOUR={k[1]}{_version_arg(k)})" for k in missing)
         raise UserError(f"missing images: {names}; build them or drop --no-build")
     for key in missing:
-        build_image(specs[key], options_for[key[1]], log=log)
+        build_image(wanted[key], options_for[key[1]], log=log)
     return tags
+
+
+def _version_arg(key: tuple) -> str:
+    return f" VERSION={key[2]}" if len(key) > 2 else ""
+
+
+def image_key(engine: str, gpus: tuple[int, ...] | list[int], engine_version: str | None) -> tuple:
+    """The ensure_images / DockerExecutor key of a cell's image."""
+    flavour = flavour_of(gpus)
+    return (engine, flavour, engine_version) if engine_version else (engine, flavour)

@@ -22,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from runner.build import BuildOptions, ensure_images, flavour_of
+from runner.build import BuildOptions, ensure_images, image_key
 from runner.errors import UserError
 from runner.executors import LocalExecutor
 from runner.executors.docker import DockerExecutor, daemon_problem, image_exists, require_daemon
 from runner.expand import Cell, expand, find_baseline
-from runner.images import FLAVOURS, load_specs, stale_dockerfiles, write_dockerfiles
+from runner.images import FLAVOURS, at_version, image_tag, load_specs, stale_dockerfiles, write_dockerfiles
 from runner.matrix import load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
 from runner.results import read_result, write_json_atomic
@@ -144,6 +144,12 @@ def parse_build_args(argv: list[str]) -> argparse.Namespace:
         default="auto",
         help="gpu, cpu, all, or auto: gpu on a host with an NVIDIA GPU, else cpu (the default)",
     )
+    parser.add_argument(
+        "--engine-version",
+        metavar="VERSION",
+        help="build the engine at this release instead of the image.yaml pin (e.g. vllm 0.23.0), as a cell's "
+        "engine_version would",
+    )
     parser.add_argument("--print-tag", action="store_true", help="print the tags and build nothing")
     _build_arguments(parser)
     return parser.parse_args(argv)
@@ -206,20 +212,19 @@ def _build(args: argparse.Namespace) -> int:
         known = ", ".join(sorted({e for e, _ in specs}))
         raise UserError(f"build: unknown engine {unknown[0]!r}; images exist for {known}")
     flavours = {"all": FLAVOURS, "auto": ("gpu" if _host_has_gpu() else "cpu",)}.get(args.flavour, (args.flavour,))
-    wanted = {(e, f) for e in engines for f in flavours if (e, f) in specs}
+    version = (args.engine_version,) if args.engine_version else ()
+    wanted = {(e, f, *version) for e in engines for f in flavours if (e, f) in specs}
     if not wanted:
         raise UserError(f"build: {', '.join(engines)} has no {'/'.join(flavours)} flavour; try --flavour gpu")
     options = build_options(args)
     if args.print_tag:
-        from runner.images import image_tag
-
         for key in sorted(wanted):
-            print(image_tag(specs[key], options[key[1]].base_image))
+            print(image_tag(at_version(specs[key[:2]], args.engine_version), options[key[1]].base_image))
         return 0
     require_daemon()
     tags = ensure_images(wanted, specs, options, build_missing=True, exists=image_exists)
     for key in sorted(tags):
-        print(f"{key[0]} ({key[1]}): {tags[key]}")
+        print(f"{key[0]} ({' '.join(key[1:])}): {tags[key]}")
     return 0
 
 
@@ -248,7 +253,7 @@ def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path):
     if kind == "local":
         return LocalExecutor(python=args.python)
     require_daemon()
-    needed = {(c.engine, flavour_of(c.gpus)) for c in chosen}
+    needed = {image_key(c.engine, c.gpus, c.engine_version) for c in chosen}
     tags = ensure_images(needed, load_specs(), build_options(args), not args.no_build, exists=image_exists)
     return DockerExecutor(tags, folder)
 

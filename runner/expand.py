@@ -28,11 +28,13 @@ class Cell:
     gpus: tuple[int, ...]
     timeout_s: int
     batch_size: int = 1
+    engine_version: str | None = None  # None: the pinned release
 
     @property
     def label(self) -> list[str]:
         batch = [f"batch_size={self.batch_size}"] if self.batch_size != 1 else []
-        return ENGINES[self.engine].label(self.settings) + batch
+        version = [f"{self.software} {self.engine_version}"] if self.engine_version else []
+        return version + ENGINES[self.engine].label(self.settings) + batch
 
     @property
     def software(self) -> str:
@@ -48,6 +50,7 @@ class Cell:
             "gpus": list(self.gpus),
             "timeout_s": self.timeout_s,
             "batch_size": self.batch_size,
+            "engine_version": self.engine_version,
         }
 
     def workload(self, matrix: Matrix) -> dict[str, Any]:
@@ -55,14 +58,23 @@ class Cell:
         return {**matrix.workload.__dict__, "batch_size": self.batch_size}
 
 
-def cell_id(engine: str, settings: dict[str, Any], gpus: tuple[int, ...], matrix: Matrix, batch_size: int) -> str:
-    identity = {
+def cell_id(
+    engine: str,
+    settings: dict[str, Any],
+    gpus: tuple[int, ...],
+    matrix: Matrix,
+    batch_size: int,
+    engine_version: str | None = None,
+) -> str:
+    identity: dict[str, Any] = {
         "engine": engine,
         "settings": settings,
         "gpus": list(gpus),
         "model": matrix.model.identity(),
         "workload": {**matrix.workload.__dict__, "batch_size": batch_size},
     }
+    if engine_version:  # only when named, so cells on the pinned release keep their ids
+        identity["engine_version"] = engine_version
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{engine}-{digest[:12]}"
 
@@ -96,8 +108,9 @@ def expand(matrix: Matrix) -> list[Cell]:
                 raise UserError(f"{matrix.path}: engines.{name}: cell {overrides}: {problem}")
             timeout = entry.get("timeout_s", block.placement.timeout_s)
             batch = entry.get("batch_size") or block.placement.batch_size or matrix.workload.batch_size
-            cid = cell_id(name, settings, gpus, matrix, batch)
-            cells.setdefault(cid, Cell(cid, name, settings, gpus, timeout, batch))
+            version = entry.get("engine_version") or block.placement.engine_version
+            cid = cell_id(name, settings, gpus, matrix, batch, version)
+            cells.setdefault(cid, Cell(cid, name, settings, gpus, timeout, batch, version))
     return list(cells.values())
 
 

