@@ -70,6 +70,8 @@ def run_cells(
             cell_model, problem = ENGINES[cell.engine].cell_model(cell.settings, model, log), None
         except CellModelProblem as exc:
             cell_model, problem = model, str(exc)
+        except Exception as exc:  # making a derived checkpoint broke: this cell fails, the matrix goes on
+            cell_model, problem = model, f"could not make this cell's checkpoint: {type(exc).__name__}: {exc}"
         previous = read_result(cell_paths(folder, cell)["result_path"])
         same_model = previous and previous.get("model", {}).get("path") == cell_model["path"]
         if previous and previous.get("status") == "ok" and same_model and not force:

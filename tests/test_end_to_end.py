@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,26 @@ def test_cell_on_another_engine_release_fails_with_the_reason(runner_cli, model_
         f"failed: the cell asks for HF Transformers 0.0.1 and this environment has {transformers.__version__}; "
         "run it with the docker executor (one image per engine_version) or install that release"
     )
+
+
+def test_awq_cell_on_a_real_non_awq_model_is_a_failed_row(runner_cli, tiny_model, tmp_path):
+    """A real (non-synthetic) checkpoint that is not AWQ cannot feed an AWQ cell: a failed row says why."""
+    checkpoint = tmp_path / "real-checkpoint"
+    shutil.copytree(tiny_model, checkpoint)
+    (checkpoint / "synthetic.json").unlink()
+    matrix = tmp_path / "awq.yaml"
+    matrix.write_text(
+        f"version: 1\nmodel: {{path: {checkpoint}}}\n"
+        "workload: {prompt_tokens: 8, new_tokens: 4, warmup: 0, repetitions: 1}\n"
+        "defaults: {gpus: [], timeout_s: 300}\n"
+        "engines:\n  vllm:\n    include: [{quantization: awq}]\n"
+    )
+    folder = tmp_path / "run"
+    done = runner_cli(str(matrix), "-o", str(folder), "--executor", "local", timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (row,) = read_csv(folder)
+    assert row["Status"] == "failed"
+    assert row["Notes"].startswith(
+        "failed: quantization='awq' needs an AWQ checkpoint and real-checkpoint is not one; point model.path"
+    )
+    assert not (folder / "logs" / f"{row['Cell']}.log").exists()  # nothing was started

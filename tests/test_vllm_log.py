@@ -1,0 +1,69 @@
+"""What vLLM tells only its log (weights, KV cache, kernels), read from committed real logs; table refresh."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from runner.engines.vllm import log_facts, notes
+
+H200X2 = Path(__file__).resolve().parents[1] / "results" / "h200x2"
+
+
+def test_facts_from_real_vllm_logs():
+    awq = log_facts((H200X2 / "logs" / "vllm-bfd0282940fa.log").read_text())
+    assert awq == {
+        "weights_gib": [5.33],
+        "kv_cache_gib": [118.52],
+        "kv_cache_tokens": [941490],
+        "cuda_graphs_gib": [1.01],
+        "attention_backend": ["FLASH_ATTN"],
+        "linear_kernel": ["MacheteLinearKernel"],
+    }
+    tp2 = log_facts((H200X2 / "logs" / "vllm-06e8df1cfcf2.log").read_text())
+    assert tp2["weights_gib"] == [7.43, 7.43]  # one line per worker
+    assert "linear_kernel" not in tp2
+    fp8 = log_facts((H200X2 / "logs" / "vllm-a3774a4caa95.log").read_text())
+    assert fp8["linear_kernel"] == ["CutlassFP8ScaledMMLinearKernel"]  # vLLM says "Selected ... for ..." here
+
+
+def test_facts_from_the_cpu_build_and_fallback_lines():
+    text = (
+        "(Worker pid=38) INFO 11-30 18:07:30 [auto_awq.py:451] "
+        "Using CPUWNA16LinearKernel for AutoAWQMarlinLinearMethod\n"
+        "(EngineCore pid=25) INFO 11-30 18:07:31 [kv_cache_utils.py:2327] CPU KV cache size: 70,637,260 tokens, "
+        "Maximum concurrency for 512 tokens per request: 137963.40x\n"
+        "WARNING [auto_awq.py:300] Layer 'lm_head' is not supported by AutoAWQMarlin. "
+        "Falling back to unoptimized AWQ kernels.\n"
+    )
+    facts = log_facts(text)
+    assert facts == {
+        "kv_cache_tokens": [70637260],
+        "linear_kernel": ["CPUWNA16LinearKernel"],
+        "awq_fallback": ["Falling back to unoptimized AWQ kernels"],
+    }
+    assert log_facts("nothing vLLM would print") == {}
+
+
+def test_notes_name_sizes_and_the_quantised_kernel():
+    result = json.loads((H200X2 / "cells" / "vllm-1801647ccea4.json").read_text())
+    assert notes(result) == ["weights 2.65+2.65 GiB", "KV cache 121.6 GiB", "kernel MacheteLinearKernel"]
+    plain = json.loads((H200X2 / "cells" / "vllm-9f9f543ea0f8.json").read_text())
+    assert notes(plain) == ["weights 14.84 GiB", "KV cache 108.97 GiB"]  # no kernel note without quantization
+    assert notes({**plain, "engine_log": {"awq_fallback": ["x"]}}) == ["some layers on vLLM's unoptimised AWQ kernel"]
+
+
+def test_table_only_rereads_engine_facts_from_the_logs(runner_cli, tmp_path):
+    folder = tmp_path / "h200x2"
+    shutil.copytree(H200X2, folder)
+    cell = folder / "cells" / "vllm-bfd0282940fa.json"
+    stripped = json.loads(cell.read_text())
+    expected = stripped.pop("engine_log")
+    cell.write_text(json.dumps(stripped))
+    done = runner_cli("matrix-2gpu.yaml", "-o", str(folder), "--table-only", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(cell.read_text())["engine_log"] == expected
+    row = next(line for line in (folder / "table.md").read_text().splitlines() if "quantization='awq'" in line)
+    assert "weights 5.33 GiB; KV cache 118.52 GiB; kernel MacheteLinearKernel" in row
+    assert (folder / "table.md").read_text() == (H200X2 / "table.md").read_text()
