@@ -288,3 +288,26 @@ def test_awq_cell_on_a_real_non_awq_model_is_a_failed_row(runner_cli, tiny_model
         "failed: quantization='awq' needs an AWQ checkpoint and real-checkpoint is not one; point model.path"
     )
     assert not (folder / "logs" / f"{row['Cell']}.log").exists()  # nothing was started
+
+
+def test_batch_size_per_cell_runs_that_many_requests(runner_cli, model_store, tmp_path):
+    matrix = tmp_path / "batch.yaml"
+    matrix.write_text(
+        "version: 1\nmodel: {synthetic: tiny-mistral}\n"
+        "workload: {prompt_tokens: 8, new_tokens: 6, warmup: 0, repetitions: 2}\n"
+        "defaults: {gpus: [], timeout_s: 300}\n"
+        "engines:\n  transformers:\n    axes: {dtype: [fp32], batch_size: [1, 3]}\n"
+    )
+    folder = tmp_path / "run"
+    done = runner_cli(str(matrix), "-o", str(folder), "--store", str(model_store), "--executor", "local", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    single, batched = read_csv(folder)
+    assert single["Status"] == batched["Status"] == "ok"
+    assert batched["Settings"].endswith(" / batch_size=3") and "batch_size" not in single["Settings"]
+    result = json.loads((folder / "cells" / f"{batched['Cell']}.json").read_text())
+    assert result["workload"]["batch_size"] == 3
+    per_request = result["metrics"]["tokens_per_s"]["values"]
+    total = result["metrics"]["total_tokens_per_s"]["values"]
+    assert total == pytest.approx([3 * v for v in per_request])
+    assert f"batch 3: {result['metrics']['total_tokens_per_s']['median']:.2f} tok/s in total" in batched["Notes"]
+    assert "batch" not in single["Notes"]
