@@ -37,6 +37,7 @@ from runner.models.architectures import ARCHITECTURES
 SCHEMA_VERSION = 1
 CELL_KEYS = ("gpus", "timeout_s", "batch_size", "engine_version")
 AXIS_CELL_KEYS = ("batch_size", "engine_version")  # cell keys that may also be axes
+DEFAULT_KEYS = ("gpus", "timeout_s")  # batch size: the workload's; an engine version belongs to one engine
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def parse_matrix(raw: Any, path: Path) -> Matrix:
         if required not in top:
             raise w.fail(required, "missing; see matrix.yaml for an example")
     defaults_table = w.mapping(top.get("defaults", {}), "defaults")
-    w.known(defaults_table, "defaults", CELL_KEYS)
+    w.known(defaults_table, "defaults", DEFAULT_KEYS)
     defaults = _placement(w, defaults_table, "defaults", Placement())
     engines = _engines(w, w.mapping(top["engines"], "engines"), defaults)
     matrix = Matrix(
@@ -253,17 +254,17 @@ def _engine_block(w: _Where, name: str, body: Any, defaults: Placement) -> Engin
     w.known(body, key, ("axes", "include", "exclude", *CELL_KEYS))
     engine = ENGINES[name]
     axes = dict(w.mapping(body.get("axes", {}), f"{key}.axes"))
-    cell_axes = {name: axes.pop(name) for name in AXIS_CELL_KEYS if name in axes}
+    cell_axes = {axis: axes.pop(axis) for axis in AXIS_CELL_KEYS if axis in axes}
     _check_settings(w, engine, axes, f"{key}.axes", lists=True)
-    for name, values in cell_axes.items():
+    for axis, values in cell_axes.items():
         if not isinstance(values, list) or not values:
-            raise w.fail(f"{key}.axes.{name}", f"expected a non-empty list of values, got {values!r}")
+            raise w.fail(f"{key}.axes.{axis}", f"expected a non-empty list of values, got {values!r}")
         for value in values:
-            if name == "batch_size":
-                w.integer({name: value}, f"{key}.axes", name, 1, 1)
+            if axis == "batch_size":
+                w.integer({axis: value}, f"{key}.axes", axis, 1, 1)
             else:
-                _engine_version(w, value, f"{key}.axes.{name}")
-        axes[name] = values
+                _engine_version(w, value, f"{key}.axes.{axis}")
+        axes[axis] = values
     include = _cell_list(w, engine, body.get("include", []), f"{key}.include", placement=True)
     exclude = _cell_list(w, engine, body.get("exclude", []), f"{key}.exclude", placement=False)
     if not axes and not include:

@@ -346,3 +346,14 @@ def test_engine_version_mistakes(where, message):
     with pytest.raises(UserError) as caught:
         parse_matrix(raw, Path("m.yaml"))
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_engine_version_belongs_to_an_engine_not_the_defaults():
+    raw = {
+        "version": 1,
+        "model": {"synthetic": "tiny-mistral"},
+        "defaults": {"gpus": [], "engine_version": "0.24.0"},
+        "engines": {"vllm": {"include": [{}]}},
+    }
+    with pytest.raises(UserError, match=r"^m.yaml: defaults.engine_version: unknown key"):
+        parse_matrix(raw, Path("m.yaml"))
