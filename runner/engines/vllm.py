@@ -2,7 +2,9 @@
 
 Any other vLLM engine argument goes in ``engine_args``; the entrypoint checks its
 names against the pinned vLLM's own EngineArgs, so a typo fails the cell with a
-did-you-mean instead of being ignored.
+did-you-mean instead of being ignored. AWQ cells get an AWQ checkpoint
+(``cell_model``); what vLLM reports only in its workers' log (weights, KV cache,
+kernels) is read back from the cell log (``log_facts``) and shown in Notes.
 """
 
 from __future__ import annotations
