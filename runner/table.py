@@ -36,6 +36,8 @@ def _notes(result: dict[str, Any]) -> str:
     gpus = result["cell"].get("gpus") or []
     if len(gpus) > 1:  # the seed said "4090+3090" here
         notes.append(f"{len(gpus)} GPUs: " + "+".join(str(g) for g in gpus))
+    elif gpus and gpus[0] != 0:  # tells apart the same cell on another card
+        notes.append(f"GPU {gpus[0]}")
     batch = (result.get("workload") or {}).get("batch_size") or 1
     total = _stat(result, "total_tokens_per_s")
     if batch > 1 and total:  # Avg Tok/s is per request, as the seed's batch-1 figures are

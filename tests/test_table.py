@@ -225,13 +225,17 @@ def test_speed_x_keeps_two_decimals(tmp_path):
 
 
 def test_multi_gpu_rows_say_which_gpus():
-    """The seed told "4090 only" from "4090+3090" in Notes; a row on several GPUs says so too."""
+    """The seed told "4090 only" from "4090+3090" in Notes; a row on several GPUs (or not on GPU 0) says so too."""
     split = ok("split", ["q4_k_m"], [50.0, 50.0, 50.0], 6000.0)
     split["cell"] = {**split["cell"], "gpus": [0, 1]}
     split["memory"] = {"kind": "nvml-device-used", "peak_mib": 6000.0, "devices": []}
     single = ok("single", ["q4_k_m"], [60.0, 60.0, 60.0], 5000.0)
     single["cell"] = {**single["cell"], "gpus": [1]}
     single["memory"] = {"kind": "nvml-device-used", "peak_mib": 5000.0, "devices": []}
-    got = by_cell(rows([split, single], "single"))
+    first = ok("first", ["q4_k_m"], [60.0, 60.0, 60.0], 5000.0)
+    first["cell"] = {**first["cell"], "gpus": [0]}
+    first["memory"] = single["memory"]
+    got = by_cell(rows([split, single, first], "single"))
     assert got["split"]["Notes"] == "2 GPUs: 0+1"
-    assert got["single"]["Notes"] == ""
+    assert got["single"]["Notes"] == "GPU 1"  # the same cell on another card is told apart
+    assert got["first"]["Notes"] == ""
