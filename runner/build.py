@@ -125,7 +125,7 @@ def ensure_images(
         engine, flavour = key[:2]
         if (engine, flavour) not in specs:
             raise UserError(f"images/{engine}: no {flavour} flavour; {engine} cells need GPUs (set gpus: [0]) here")
-        wanted[key] = at_version(specs[(engine, flavour)], key[2] if len(key) > 2 else None)
+        wanted[key] = image_spec(specs, key)
     tags = {key: image_tag(spec, options_for[key[1]].base_image) for key, spec in wanted.items()}
     missing = sorted((key for key, tag in tags.items() if not exists(tag)), key=str)
     if missing and not build_missing:
@@ -134,6 +134,11 @@ def ensure_images(
     for key in missing:
         build_image(wanted[key], options_for[key[1]], log=log)
     return tags
+
+
+def image_spec(specs: dict[tuple[str, str], ImageSpec], key: tuple) -> ImageSpec:
+    """The image an (engine, flavour[, engine_version]) key names."""
+    return at_version(specs[key[:2]], key[2] if len(key) > 2 else None)
 
 
 def _version_arg(key: tuple) -> str:

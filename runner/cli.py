@@ -22,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from runner.build import BuildOptions, ensure_images, image_key
+from runner.build import BuildOptions, ensure_images, image_key, image_spec
 from runner.errors import UserError
 from runner.executors import LocalExecutor
 from runner.executors.docker import DockerExecutor, daemon_problem, image_exists, require_daemon
 from runner.expand import Cell, expand, find_baseline
-from runner.images import FLAVOURS, at_version, image_tag, load_specs, stale_dockerfiles, write_dockerfiles
+from runner.images import FLAVOURS, image_tag, load_specs, stale_dockerfiles, write_dockerfiles
 from runner.matrix import load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
 from runner.results import read_result, write_json_atomic
@@ -219,7 +219,7 @@ def _build(args: argparse.Namespace) -> int:
     options = build_options(args)
     if args.print_tag:
         for key in sorted(wanted):
-            print(image_tag(at_version(specs[key[:2]], args.engine_version), options[key[1]].base_image))
+            print(image_tag(image_spec(specs, key), options[key[1]].base_image))
         return 0
     require_daemon()
     tags = ensure_images(wanted, specs, options, build_missing=True, exists=image_exists)

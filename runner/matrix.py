@@ -230,9 +230,11 @@ def _placement(w: _Where, table: dict[str, Any], key: str, base: Placement) -> P
     timeout = w.integer(table, key, "timeout_s", base.timeout_s, 1)
     batch = w.integer(table, key, "batch_size", 1, 1) if "batch_size" in table else base.batch_size
     version = (
-        _engine_version(w, table["engine_version"], f"{key}.engine_version") if "engine_version" in table else None
+        _engine_version(w, table["engine_version"], f"{key}.engine_version")
+        if "engine_version" in table
+        else base.engine_version
     )
-    return Placement(gpus=gpus, timeout_s=timeout, batch_size=batch, engine_version=version or base.engine_version)
+    return Placement(gpus=gpus, timeout_s=timeout, batch_size=batch, engine_version=version)
 
 
 def _engine_version(w: _Where, value: Any, key: str) -> str:

@@ -19,7 +19,6 @@ the model store's derived folder, like the GGUF files.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import shutil
@@ -28,6 +27,7 @@ from typing import Any
 
 from runner.models import random_safetensors, synthetic
 from runner.models.architectures import parameter_shapes
+from runner.models.build_once import build_once
 from runner.models.random_safetensors import Tensor
 
 BITS = 4
@@ -120,17 +120,9 @@ def materialise(model: dict[str, Any], log=print) -> Path:
     source = Path(model["path"])
     key = _key(model)
     final = Path(model["derived_dir"]) / "awq" / f"{source.name}-{key}"
-    if (final / synthetic.MARKER).exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / synthetic.MARKER).exists():
-            return final
-        scratch = final.parent / f".building-{final.name}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-        log(f"writing a synthetic AWQ 4-bit checkpoint of {model['name']} into {final}")
-        _build(scratch, source, key)
-        scratch.rename(final)
-    return final
+    return build_once(
+        final,
+        synthetic.MARKER,
+        lambda scratch: _build(scratch, source, key),
+        lambda: log(f"writing a synthetic AWQ 4-bit checkpoint of {model['name']} into {final}"),
+    )

@@ -9,15 +9,14 @@ and renamed into place, under a file lock so concurrent runs build it once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from runner.models import random_safetensors, tokenizer_train
 from runner.models.architectures import ARCHITECTURES, parameter_count, parameter_shapes
+from runner.models.build_once import build_once
 
 SEED = 0
 MARKER = "synthetic.json"
@@ -60,18 +59,10 @@ def materialise(architecture: str, store: Path, log=print) -> Path:
     """Return the folder of the synthetic checkpoint, building it if the store lacks it."""
     key = store_key(architecture)
     final = store / "synthetic" / f"{architecture}-{key}"
-    if (final / MARKER).exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{architecture}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / MARKER).exists():
-            return final
-        scratch = final.parent / f".building-{architecture}-{key}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-        count = parameter_count(ARCHITECTURES[architecture])
-        log(f"materialising synthetic {architecture} ({count / 1e6:,.1f} M parameters) into {final}")
-        _build(scratch, architecture, key)
-        scratch.rename(final)
-    return final
+    count = parameter_count(ARCHITECTURES[architecture])
+    return build_once(
+        final,
+        MARKER,
+        lambda scratch: _build(scratch, architecture, key),
+        lambda: log(f"materialising synthetic {architecture} ({count / 1e6:,.1f} M parameters) into {final}"),
+    )
