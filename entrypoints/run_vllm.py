@@ -5,9 +5,10 @@ prompt prefix cache is off unless the cell turns it on (``engine_args``), so
 every repetition prefills its prompt as the first did. Time to first token
 comes from vLLM's own request metrics (log stats are on for that); generate()
 returns once every token is on the host, so its wall time needs no extra
-synchronise. Memory: vLLM reserves ``gpu_memory_utilization`` of each card up
-front, so the harness's NVML peak on every GPU of the cell is what it holds;
-details() adds the KV cache vLLM sized.
+synchronise. An AWQ cell on an unquantised checkpoint first has it
+quantised (vllm_awq, cached in the model store). Memory: vLLM reserves
+``gpu_memory_utilization`` of each card up front, so the harness's NVML peak on
+every GPU of the cell is what it holds; details() adds the KV cache vLLM sized.
 
 This file runs inside the engine's environment and imports nothing from the runner.
 """
@@ -17,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import time
+from pathlib import Path
 from typing import Any
 
 import harness
+import vllm_awq
 
 try:
     import vllm
@@ -29,6 +32,7 @@ except ImportError as exc:  # the cell fails with this reason; the rest of the m
     vllm = None
     IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
 
+AWQ_METHODS = ("awq", "awq_marlin")
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -59,6 +63,8 @@ class Engine:
         self.gpus = spec["cell"]["gpus"]
         self.llm: Any = None
         self.requests = 0
+        self.model_path = spec["model"]["path"]
+        self.quantization = self.settings["quantization"]
 
     def check(self) -> None:
         if vllm is None:
@@ -68,16 +74,39 @@ class Engine:
         if problem:
             raise harness.CellUnsupported(problem)
 
+    def prepare(self) -> dict[str, Any] | None:
+        """An AWQ cell on an unquantised checkpoint: quantise it once (vllm_awq), before memory is sampled."""
+        if self.quantization not in AWQ_METHODS:
+            return None
+        found = vllm_awq.checkpoint_quantisation(Path(self.model_path))
+        if found == "awq":
+            return None
+        if found is not None:
+            raise harness.CellUnsupported(
+                f"quantization={self.quantization!r} but the checkpoint is already quantised ({found}); "
+                f"set quantization to null (vLLM reads the checkpoint's own) or point model.path at an AWQ export"
+            )
+        derived = self.spec["model"].get("derived_dir")
+        if not derived:
+            raise harness.CellUnsupported("the cell spec has no model.derived_dir to keep the AWQ checkpoint in")
+        try:
+            path, record = vllm_awq.awq_checkpoint(self.spec["model"], Path(derived))
+        except vllm_awq.QuantiserMissing as exc:
+            raise harness.CellUnsupported(str(exc)) from None
+        self.model_path = str(path)
+        self.quantization = None  # a compressed-tensors checkpoint: vLLM takes the method from its config
+        return record
+
     def load(self) -> None:
         s = self.settings
         arguments: dict[str, Any] = {
             "enable_prefix_caching": False,  # each repetition prefills, as the first one did
             **with_multi_gpu_safety(s["engine_args"], s["tensor_parallel_size"] * s["pipeline_parallel_size"]),
-            "model": self.spec["model"]["path"],
+            "model": self.model_path,
             "tensor_parallel_size": s["tensor_parallel_size"],
             "pipeline_parallel_size": s["pipeline_parallel_size"],
             "dtype": DTYPES[s["dtype"]],
-            "quantization": s["quantization"],
+            "quantization": self.quantization,
             "gpu_memory_utilization": s["gpu_memory_utilization"],
             "enforce_eager": s["enforce_eager"],
             "max_model_len": harness.context_length(s["max_model_len"], self.workload),

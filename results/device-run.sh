@@ -24,6 +24,15 @@ if [ -f /tmp/site/vllm/__init__.py ]; then
     tail -1 /tmp/fi.err; export VLLM_USE_FLASHINFER_SAMPLER=0
   fi
 fi
+# vLLM's AWQ quantiser (results/awq-quantiser-carry.sh): llm-compressor's site, put ahead of vLLM's
+# in the quantiser's process only, as /opt/awq-quantiser is in the vllm image.
+if [ -f .carry/awq-quantiser/awq-quantiser-site.tar.xz ] && [ ! -d /tmp/qsite ]; then
+  mkdir -p /tmp/qsite && tar -xJf .carry/awq-quantiser/awq-quantiser-site.tar.xz -C /tmp/qsite
+fi
+if [ -d /tmp/qsite ]; then
+  printf '#!/bin/sh\nPYTHONPATH=/tmp/qsite:/tmp/site exec python3 "$@"\n' > /tmp/awq-python && chmod +x /tmp/awq-python
+  export VLLM_AWQ_QUANTISER=/tmp/awq-python
+fi
 # llama.cpp built on an earlier call and carried back (results/llamacpp-carry.sh): the binding,
 # its libraries, llama-quantize, llama-bench and the converter, one build.
 if [ -f .carry/llamacpp-cuda/lcpp.tar.xz ]; then

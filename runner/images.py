@@ -51,6 +51,9 @@ class ImageSpec:
     env: dict[str, str] = field(default_factory=dict)  # ENV of the final image
     unverified_pins: str | None = None
     engine_package: str = ""  # the requirement an engine_version replaces (empty: versions not offered)
+    # a second venv over the engine's, for a tool whose pins conflict with the engine's (vLLM's AWQ
+    # quantiser): {path, purpose, module (imported by the smoke test), requirements}
+    side_venv: dict[str, Any] | None = None
 
     @property
     def dockerfile(self) -> Path:
@@ -85,8 +88,24 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
                 build_files=tuple(raw.get("build_files", ())),
                 env={k: str(v) for k, v in {**raw.get("env", {}), **body.get("env", {})}.items()},
                 engine_package=body.get("engine_package", ""),
+                side_venv=_side_venv(path, flavour, body.get("side_venv", raw.get("side_venv"))),
             )
     return specs
+
+
+SIDE_VENV_KEYS = ("path", "purpose", "module", "requirements")
+
+
+def _side_venv(path: Path, flavour: str, raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    missing = [k for k in SIDE_VENV_KEYS if k not in raw]
+    if missing or not all("==" in r for r in raw.get("requirements", [])):
+        raise UserError(
+            f"{path}: side_venv ({flavour}): needs {', '.join(SIDE_VENV_KEYS)} with every requirement pinned "
+            f"(name==version); missing {', '.join(missing) or 'a pin'}"
+        )
+    return {**raw, "requirements": tuple(raw["requirements"])}
 
 
 def at_version(spec: ImageSpec, version: str | None) -> ImageSpec:
@@ -112,6 +131,9 @@ def render(spec: ImageSpec) -> str:
     values: dict[str, Any] = dict(spec.__dict__)
     values["pip_env"] = f"{spec.pip_env} " if spec.pip_env else ""
     values["pins"] = dict(line.split("==", 1) for line in spec.requirements)
+    if spec.side_venv:
+        pins = dict(line.split("==", 1) for line in spec.side_venv["requirements"])
+        values["side_venv"] = {**spec.side_venv, "pins": pins}
     return environment.get_template("Dockerfile.j2").render(**values)
 
 
@@ -120,8 +142,9 @@ def requirements_text(spec: ImageSpec) -> str:
 
 
 def entrypoint_files(engine: str) -> list[Path]:
-    """What of entrypoints/ goes into an engine's image: the shared harness and its own script(s)."""
-    own = sorted({*ENTRYPOINTS_DIR.glob(f"run_{engine}*.py"), *ENTRYPOINTS_DIR.glob(f"{engine}_*.py")})
+    """What of entrypoints/ goes into an engine's image: the shared harness and its own files."""
+    found = {*ENTRYPOINTS_DIR.glob(f"run_{engine}*.py"), *ENTRYPOINTS_DIR.glob(f"{engine}_*")}
+    own = sorted(p for p in found if p.is_file())  # its helpers and their data (vllm_awq_calibration.txt)
     return [ENTRYPOINTS_DIR / name for name in SHARED_ENTRYPOINT_FILES] + own
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from runner.engines import ENGINES
-from runner.engines.base import CellModelProblem
 from runner.expand import Cell
 from runner.gpu_guard import GpuGuard
 from runner.matrix import Matrix
@@ -68,8 +67,6 @@ def run_cells(
     def run_one(cell: Cell) -> dict[str, Any]:
         try:
             cell_model, problem = ENGINES[cell.engine].cell_model(cell.settings, model, log), None
-        except CellModelProblem as exc:
-            cell_model, problem = model, str(exc)
         except Exception as exc:  # making a derived checkpoint broke: this cell fails, the matrix goes on
             cell_model, problem = model, f"could not make this cell's checkpoint: {type(exc).__name__}: {exc}"
         previous = read_result(cell_paths(folder, cell)["result_path"])
@@ -88,6 +85,9 @@ def run_cells(
             facts = log_facts(cell, job["log_path"])
             if facts:
                 result["engine_log"] = facts
+            cause = ENGINES[cell.engine].failure_cause(facts)
+            if result["status"] != "ok" and cause and cause not in (result.get("reason") or ""):
+                result["reason"] = f"{result.get('reason') or 'failed'}; root cause: {cause}"
         result["wall_s"] = time.time() - started
         result["executor"] = executor.name
         write_json_atomic(job["final_path"], result)

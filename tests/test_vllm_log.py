@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from runner.engines.vllm import log_facts, notes
+from runner.engines.vllm import failure_cause, log_facts, notes
 
 H200X2 = Path(__file__).resolve().parents[1] / "results" / "h200x2"
 
@@ -67,3 +67,32 @@ def test_table_only_rereads_engine_facts_from_the_logs(runner_cli, tmp_path):
     row = next(line for line in (folder / "table.md").read_text().splitlines() if "quantization='awq'" in line)
     assert "weights 5.33 GiB; KV cache 118.52 GiB; kernel MacheteLinearKernel" in row
     assert (folder / "table.md").read_text() == (H200X2 / "table.md").read_text()
+
+
+def test_a_failed_cell_names_the_first_exception_its_vllm_processes_logged():
+    text = (
+        "(Worker pid=49) ERROR 11-30 20:56:26 [multiproc_executor.py:1063]     raise AttributeError(\n"
+        "(Worker pid=49) ERROR 11-30 20:56:26 [multiproc_executor.py:1063] "
+        "AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'\n"
+        "(Worker pid=49) ERROR 11-30 20:56:26 [multiproc_executor.py:1063] torch._dynamo.exc.ObservedAttributeError\n"
+        "(EngineCore pid=36) ERROR 11-30 20:56:26 [core.py:1510] RuntimeError: Worker failed with error 'Observed\n"
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n"
+    )
+    facts = log_facts(text)
+    assert failure_cause(facts) == "AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'"
+    engine = log_facts(
+        "(EngineCore_DP0 pid=7) ERROR 11-30 [core.py:1] torch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB\n"
+    )
+    assert failure_cause(engine) == "torch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB"
+    assert failure_cause(log_facts((H200X2 / "logs" / "vllm-06e8df1cfcf2.log").read_text())) is None  # an ok cell
+
+
+def test_notes_name_the_quantiser_of_a_users_checkpoint():
+    folder = Path(__file__).resolve().parents[1] / "results" / "h200" / "vllm-llm-compressor"
+    result = json.loads((folder / "cells" / "vllm-cfe45c1f5428.json").read_text())
+    assert notes(result) == [
+        "weights 5.31 GiB",
+        "KV cache 118.54 GiB",
+        "kernel MacheteLinearKernel",
+        "AWQ by llm-compressor 0.14.0.1 (W4A16_ASYM, group 128, 64 calibration samples)",
+    ]

@@ -33,10 +33,6 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
-class CellModelProblem(Exception):
-    """The cell's settings need a checkpoint this model cannot give (the message says why and what to do)."""
-
-
 @dataclass(frozen=True)
 class Engine:
     """An inference engine the matrix can use."""
@@ -49,8 +45,8 @@ class Engine:
     # Cross-setting check of one cell: (settings, gpus) -> why the cell is invalid, or None.
     check: Callable[[dict[str, Any], tuple[int, ...]], str | None] = field(default=lambda settings, gpus: None)
     # The model record a cell reads, from the matrix's: (settings, model, log) -> model. An engine
-    # whose setting needs another checkpoint (AWQ) derives it here, host-side, once per store;
-    # raises CellModelProblem when the cell cannot have one (the cell fails with that reason).
+    # whose setting needs another checkpoint (AWQ of a synthetic model) derives it here, host-side,
+    # once per store; if that raises, the cell fails with the error and the matrix goes on.
     cell_model: Callable[[dict[str, Any], dict[str, Any], Callable[[str], None]], dict[str, Any]] = field(
         default=lambda settings, model, log: model
     )
@@ -59,6 +55,9 @@ class Engine:
     log_facts: Callable[[str], dict[str, list[Any]]] = field(default=lambda text: {})
     # Short notes for the table from one ok result (its engine_log, engine_details).
     notes: Callable[[dict[str, Any]], list[str]] = field(default=lambda result: [])
+    # A failed cell's root cause, from its engine_log, when the error the harness caught only
+    # points elsewhere (vLLM's engine says "see stack trace above" for a worker's exception).
+    failure_cause: Callable[[dict[str, list[Any]]], str | None] = field(default=lambda facts: None)
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with the given settings (already validated by name)."""

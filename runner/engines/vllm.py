@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runner.engines.base import CellModelProblem, Engine, Setting
+from runner.engines.base import Engine, Setting
 from runner.models import awq_synthetic
 from runner.models.fingerprint import fingerprint
 
@@ -79,15 +79,15 @@ AWQ_METHODS = ("awq", "awq_marlin")
 
 
 def cell_model(s: dict[str, Any], model: dict[str, Any], log) -> dict[str, Any]:
-    """AWQ cells read an AWQ checkpoint: the model itself if it is one, else one made from it."""
-    if s["quantization"] not in AWQ_METHODS or awq_synthetic.is_awq_checkpoint(Path(model["path"])):
+    """AWQ cells of a synthetic model read an AWQ layout of it, written here once per store.
+
+    A real checkpoint stays as it is: an AWQ export is read as such, an unquantised
+    one is quantised by llm-compressor in the engine's environment (entrypoints/vllm_awq.py).
+    """
+    if s["quantization"] not in AWQ_METHODS or not model.get("synthetic"):
         return model
-    if not model.get("synthetic"):
-        raise CellModelProblem(
-            f"quantization={s['quantization']!r} needs an AWQ checkpoint and {model['name']} is not one; "
-            "point model.path (or model.id) at an AWQ export of it (quantising real weights in the image "
-            "is not built yet)"
-        )
+    if awq_synthetic.is_awq_checkpoint(Path(model["path"])):
+        return model
     folder = awq_synthetic.materialise(model, log=log)
     return {
         **model,
@@ -105,8 +105,11 @@ LOG_PATTERNS = {
     "kv_cache_tokens": r"(?:GPU|CPU) KV cache size: ([\d,]+) tokens",
     "cuda_graphs_gib": r"Graph capturing finished in \d+ secs, took ([\d.]+) GiB",
     "attention_backend": r"Using (?:AttentionBackendEnum\.)?(\w+) (?:attention )?backend\b",
-    "linear_kernel": r"(?:Using|Selected) (\w+) for (?:\w+)LinearMethod",
+    "linear_kernel": r"(?:Using|Selected) (\w+) for (?:\w+LinearMethod|CompressedTensorsW\w+)",
     "awq_fallback": r"(Falling back to unoptimized AWQ kernels)",
+    # the first exception an engine or worker process logged; the cell itself only sees
+    # "EngineDeadError" or "Engine core initialization failed. See root cause above"
+    "process_error": r"(?m)^\((?:Worker|EngineCore)[^)]*\) ERROR [^\]]*\] ((?:\w+\.)*\w*(?:Error|Exception): .+)$",
 }
 
 
@@ -136,9 +139,21 @@ def notes(result: dict[str, Any]) -> list[str]:
         out.append("KV cache " + "+".join(f"{v:g}" for v in facts["kv_cache_gib"]) + " GiB")
     if result["cell"]["settings"].get("quantization") and facts.get("linear_kernel"):
         out.append("kernel " + "/".join(facts["linear_kernel"]))
+    quantised = ((result.get("prepare") or {}).get("quantised_by")) or {}
+    if quantised:
+        recipe = quantised.get("recipe", {})
+        out.append(
+            f"AWQ by llm-compressor {quantised.get('llmcompressor')} ({recipe.get('scheme')}, "
+            f"group {recipe.get('group_size')}, {quantised.get('calibration', {}).get('samples')} calibration samples)"
+        )
     if facts.get("awq_fallback"):
         out.append("some layers on vLLM's unoptimised AWQ kernel")
     return out
+
+
+def failure_cause(facts: dict[str, list[Any]]) -> str | None:
+    """The first exception a vLLM engine or worker process raised (the cell's own error only says it died)."""
+    return facts["process_error"][0][:300] if facts.get("process_error") else None
 
 
 VLLM = Engine(
@@ -151,4 +166,5 @@ VLLM = Engine(
     cell_model=cell_model,
     log_facts=log_facts,
     notes=notes,
+    failure_cause=failure_cause,
 )
