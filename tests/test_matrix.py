@@ -4,6 +4,8 @@ naming the file, the key and the fix, and exit 1."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,21 @@ def test_valid_fixture_lists_its_cells(runner_cli):
     assert sum("(baseline)" in line for line in lines) == 1
     assert "[1]" in lines[3] and "FP16" in lines[3]
     assert all(line.startswith("transformers-") for line in lines)
+
+
+def test_listing_into_a_closed_pipe_stops_quietly():
+    """`python -m runner matrix.yaml --list | head -1`: the reader is gone before the runner writes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "matrix.yaml", "--list"],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    process.stdout.close()  # long before the child has imported the runner and printed anything
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert errors == ""  # no BrokenPipeError traceback
 
 
 def test_parse_valid_fixture_applies_defaults(matrices):
