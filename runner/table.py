@@ -181,12 +181,31 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def relative_columns_line(results: list[dict[str, Any]], baseline_id: str) -> str | None:
+    """Why Speed X and Max mem % are empty, when the baseline gave no number to divide by."""
+    base = next((r for r in results if r["cell"]["id"] == baseline_id), None)
+    if base is None:
+        return (
+            f"Speed X and Max mem % are empty: the baseline cell {baseline_id} has no result here; "
+            f"run it too (--only {baseline_id}) to fill them."
+        )
+    if base.get("status") != "ok":
+        label = " / ".join(base["cell"].get("label") or []) or baseline_id
+        return (
+            f"Speed X and Max mem % are empty: the baseline ({base['cell'].get('software')} {label}) "
+            f"{base.get('status', 'failed')}; see its row."
+        )
+    return None
+
+
 def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str:
     """Write table.md, table.csv and table.json into folder; return the text to print."""
     from tabulate import tabulate
 
     frame = rows(results, baseline_id)
     head = caption(results)
+    if results and (line := relative_columns_line(results, baseline_id)):
+        head.append(line)
     markdown = "\n".join(
         [
             *(f"{line}  " for line in head),

@@ -163,6 +163,16 @@ def test_baseline_without_result_leaves_relative_columns_empty():
     assert not got["fast"]["Baseline"]
 
 
+def test_caption_says_why_relative_columns_are_empty(tmp_path):
+    printed = render([failed("base", ["FP32"], "RuntimeError: boom"), FAST], "base", tmp_path)
+    line = "Speed X and Max mem % are empty: the baseline (HF Transformers FP32) failed; see its row."
+    assert line in printed
+    assert line in (tmp_path / "table.md").read_text()
+    missing = "the baseline cell not-run has no result here; run it too (--only not-run)"
+    assert missing in render([FAST], "not-run", tmp_path)
+    assert "are empty" not in render([BASE, FAST], "base", tmp_path)
+
+
 def test_failed_row_with_metrics_shows_no_numbers():
     reported_ok = ok("liar", ["BF16"], [300.0, 300.0, 300.0], 350.0)
     reported_ok.update(status="failed", reason="reported ok but exited with code 1", exit_code=1)
