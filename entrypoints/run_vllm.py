@@ -9,6 +9,9 @@ synchronise. An AWQ cell on an unquantised checkpoint first has it
 quantised (vllm_awq, cached in the model store). Memory: vLLM reserves
 ``gpu_memory_utilization`` of each card up front, so the harness's NVML peak on
 every GPU of the cell is what it holds; details() adds the KV cache vLLM sized.
+On CPU, vLLM would reserve that share of the host's RAM (and refuse to start when
+other processes hold more than the rest), so a CPU cell gets a KV cache sized to
+its workload instead (``kv_cache_memory_bytes``, unless engine_args sets it).
 
 This file runs inside the engine's environment and imports nothing from the runner.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,17 @@ def with_multi_gpu_safety(engine_args: dict[str, Any], gpus: int) -> dict[str, A
     compilation = dict(engine_args.get("compilation_config") or {})
     compilation["pass_config"] = {**(compilation.get("pass_config") or {}), "fuse_allreduce_rms": False}
     return {**engine_args, "compilation_config": compilation}
+
+
+def cpu_kv_cache_bytes(config: dict[str, Any], context: int, batch_size: int) -> int:
+    """KV cache for batch_size sequences of context tokens, at fp32 and twice over, at least 256 MiB."""
+    text = config.get("text_config") or config
+    heads = text["num_attention_heads"]
+    head_dim = text.get("head_dim") or text["hidden_size"] // heads
+    per_token = 2 * text["num_hidden_layers"] * text.get("num_key_value_heads", heads) * head_dim * 4
+    needed = 2 * per_token * context * batch_size
+    mib = 1 << 20
+    return max(256 * mib, -(-needed // mib) * mib)
 
 
 class Engine:
@@ -113,6 +128,10 @@ class Engine:
             "seed": 0,
             "disable_log_stats": False,  # request metrics carry the time to first token
         }
+        if not self.gpus and "kv_cache_memory_bytes" not in arguments:
+            config = json.loads((Path(self.model_path) / "config.json").read_text())
+            batch = self.workload["batch_size"]
+            arguments["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, arguments["max_model_len"], batch)
         self.llm = LLM(**arguments)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -149,6 +168,7 @@ class Engine:
             "kv_cache_tokens": blocks * cache.block_size if blocks else None,
             "enforce_eager": config.model_config.enforce_eager,
             "prefix_caching": cache.enable_prefix_caching,
+            "kv_cache_memory_bytes": getattr(cache, "kv_cache_memory_bytes", None),
         }
 
     def close(self) -> None:

@@ -107,6 +107,7 @@ def check_vllm_container_result(result: dict) -> None:
     assert result["metrics"]["ttft_s"]["median"] > 0
     assert result["engine_details"]["prefix_caching"] is False
     assert result["engine_details"]["max_model_len"] == 256
+    assert result["engine_details"]["kv_cache_memory_bytes"] == 256 << 20  # sized to the workload, not 90% of RAM
 
 
 def test_vllm_awq_of_a_real_checkpoint_is_quantised_once_in_the_image(cpu_image, runner_cli, tiny_model, tmp_path):

@@ -84,6 +84,13 @@ def test_a_failed_cell_names_the_first_exception_its_vllm_processes_logged():
         "(EngineCore_DP0 pid=7) ERROR 11-30 [core.py:1] torch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB\n"
     )
     assert failure_cause(engine) == "torch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB"
+    cpu = log_facts(
+        "(VllmWorker-0 pid=47) ERROR 12-01 02:29:49 [multiproc_executor.py:953] ValueError: Available memory on "
+        "node 0 (14.75/16.46 GiB) on startup is less than desired CPU memory utilization (0.9, 14.82 GiB).\n"
+        "(EngineCore pid=25) ERROR 12-01 02:29:51 [core.py:1510] Exception: WorkerProc initialization failed due "
+        "to an exception in a background process. See stack trace for root cause.\n"
+    )
+    assert failure_cause(cpu).startswith("ValueError: Available memory on node 0")  # not the engine's pointer to it
     assert failure_cause(log_facts((H200X2 / "logs" / "vllm-06e8df1cfcf2.log").read_text())) is None  # an ok cell
 
 

@@ -91,3 +91,11 @@ def test_multi_gpu_cells_keep_flashinfer_allreduce_fusion_off():
     assert run_vllm.with_multi_gpu_safety({"block_size": 32}, 1) == {"block_size": 32}
     two = run_vllm.with_multi_gpu_safety({"compilation_config": {"pass_config": {"fuse_norm_quant": True}}}, 2)
     assert two == {"compilation_config": {"pass_config": {"fuse_norm_quant": True, "fuse_allreduce_rms": False}}}
+
+
+def test_cpu_cells_size_their_kv_cache_to_the_workload():
+    """shisa-7b: 32 layers x 8 KV heads x 128 wide = 128 KiB a token at fp32 per K and V; twice over for headroom."""
+    shisa = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096}
+    assert run_vllm.cpu_kv_cache_bytes(shisa, context=512, batch_size=8) == 2 * 2 * 32 * 8 * 128 * 4 * 512 * 8
+    tiny = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64}
+    assert run_vllm.cpu_kv_cache_bytes(tiny, context=256, batch_size=1) == 256 << 20  # the floor

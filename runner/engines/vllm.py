@@ -26,7 +26,9 @@ SETTINGS = {
     "tensor_parallel_size": Setting(1, "GPUs each layer is split over", type=int),
     "pipeline_parallel_size": Setting(1, "GPUs the layers are staged over", type=int),
     "quantization": Setting(None, "vLLM quantization method (null: none, or the checkpoint's own)", QUANTIZATIONS),
-    "gpu_memory_utilization": Setting(0.9, "share of each GPU vLLM reserves up front", type=(float, int)),
+    "gpu_memory_utilization": Setting(
+        0.9, "share of each GPU vLLM reserves up front (CPU cells: a KV cache sized to the workload)", type=(float, int)
+    ),
     "enforce_eager": Setting(False, "no CUDA graphs", type=bool),
     "max_model_len": Setting(
         None, "context size; null = prompt + new tokens, rounded up to 256", type=(int, type(None))
@@ -109,7 +111,7 @@ LOG_PATTERNS = {
     "awq_fallback": r"(Falling back to unoptimized AWQ kernels)",
     # the first exception an engine or worker process logged; the cell itself only sees
     # "EngineDeadError" or "Engine core initialization failed. See root cause above"
-    "process_error": r"(?m)^\((?:Worker|EngineCore)[^)]*\) ERROR [^\]]*\] ((?:\w+\.)*\w*(?:Error|Exception): .+)$",
+    "process_error": r"(?m)^\((?:\w*Worker|EngineCore)[^)]*\) ERROR [^\]]*\] ((?:\w+\.)*\w*(?:Error|Exception): .+)$",
 }
 
 
@@ -135,8 +137,11 @@ def notes(result: dict[str, Any]) -> list[str]:
     out = []
     if facts.get("weights_gib"):
         out.append("weights " + "+".join(f"{v:g}" for v in facts["weights_gib"]) + " GiB")
+    explicit = (result.get("engine_details") or {}).get("kv_cache_memory_bytes")
     if facts.get("kv_cache_gib"):
         out.append("KV cache " + "+".join(f"{v:g}" for v in facts["kv_cache_gib"]) + " GiB")
+    elif explicit:
+        out.append(f"KV cache {explicit / 2**30:.3g} GiB (set, not a share of memory)")
     if result["cell"]["settings"].get("quantization") and facts.get("linear_kernel"):
         out.append("kernel " + "/".join(facts["linear_kernel"]))
     quantised = ((result.get("prepare") or {}).get("quantised_by")) or {}
@@ -151,9 +156,15 @@ def notes(result: dict[str, Any]) -> list[str]:
     return out
 
 
+# An error that only says the real one is elsewhere (an engine reporting its worker's failure).
+POINTS_ELSEWHERE = r"see (?:the )?(?:stack trace|root cause)|initialization failed due to an exception"
+
+
 def failure_cause(facts: dict[str, list[Any]]) -> str | None:
     """The first exception a vLLM engine or worker process raised (the cell's own error only says it died)."""
-    return facts["process_error"][0][:300] if facts.get("process_error") else None
+    own = [e for e in facts.get("process_error", []) if not re.search(POINTS_ELSEWHERE, e, re.IGNORECASE)]
+    found = own or facts.get("process_error")
+    return found[0][:300] if found else None
 
 
 VLLM = Engine(
