@@ -56,6 +56,12 @@ def group_exists(pgid: int) -> bool:
     return True
 
 
+def interruptible() -> None:
+    """SIGINT back to its default in the runner: a shell's background job (`pytest &`) inherits it ignored,
+    and Python then raises no KeyboardInterrupt, as POSIX intends for nohup'd jobs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(condition, runner: subprocess.Popen, what: str, output: Path | None = None):
     """Poll condition() until it returns something truthy; fail if the runner exits first."""
     deadline = time.monotonic() + DEADLINE_S
@@ -84,6 +90,7 @@ def test_interrupt_keeps_finished_stops_running_skips_rest(runner_cli, repo, mod
             stdout=out,
             stderr=err,
             start_new_session=True,
+            preexec_fn=interruptible,
         )
     try:
         wait_for(lambda: (folder / "cells" / f"{first}.json").is_file(), runner, "the first result", stdout_path)
@@ -176,6 +183,7 @@ def test_interrupt_just_as_a_cell_starts_does_not_let_it_run(runner_cli, repo, m
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=interruptible,
     )
     try:
         # opening the write end without blocking succeeds only once the worker has the read end open
