@@ -17,7 +17,7 @@ DEBIAN_MIRROR ?= http://deb.debian.org/debian
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_CPP_CMAKE_ARGS ?= $(if $(HAS_GPU),-DGGML_CUDA=on,-DGGML_NATIVE=off)
 
-.PHONY: help setup setup-llamacpp run test lint format clean base-image images-check
+.PHONY: help setup setup-python setup-llamacpp run test test-fast lint format clean base-image images-check
 
 help:  ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z%-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,7 +25,9 @@ help:  ## list targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-setup: $(BIN)/python $(VENV)/llama.cpp/BUILD_INFO  ## create .venv: the runner, the Transformers and llama.cpp engines, test tools
+setup: setup-python $(VENV)/llama.cpp/BUILD_INFO  ## create .venv: the runner, the Transformers and llama.cpp engines, test tools
+
+setup-python: $(BIN)/python  ## only the Python side of setup: the runner, torch + transformers, test tools (no llama.cpp build)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[transformers,test]'
@@ -47,14 +49,17 @@ run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU
 	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi
 	$(BIN)/python -m runner $(MATRIX) $(ARGS)
 
-test: setup lint  ## lint, then unit, CPU end-to-end and executor tests
+test: setup lint  ## lint, then every test: unit, real engines on the tiny model, Docker (CI runs this)
 	$(BIN)/python -m pytest -q tests
 
-lint: setup  ## ruff lint and format check
+test-fast: setup-python lint  ## lint, then the unit tier only (no Docker, no real engine runs; about a minute)
+	$(BIN)/python -m pytest -q -m "not docker and not slow" tests
+
+lint: setup-python  ## ruff lint and format check
 	$(BIN)/ruff check runner entrypoints tests
 	$(BIN)/ruff format --check runner entrypoints tests
 
-format: setup  ## apply ruff's formatting and safe fixes
+format: setup-python  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix runner entrypoints tests
 	$(BIN)/ruff format runner entrypoints tests
 

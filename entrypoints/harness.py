@@ -17,10 +17,13 @@ this module does the rest the same way for all of them:
   GPU of the cell from before load to the end, plus the engine allocator's own
   peak where it has one; on CPU the peak RSS of the cell's process tree (engine
   workers included), labelled as such;
-* the result is schema-versioned and written atomically (temp file, rename).
+* the result is schema-versioned and written atomically (temp file, rename),
+  both from shared.py, the one file the runner loads too; a spec written by a
+  runner of another schema version fails the cell saying so.
 
 This file runs inside the engine's environment (a container or a venv) and
-imports nothing from the host-side runner.
+imports nothing from the host-side runner; it names no engine (what an engine
+records, such as its own environment variables, comes in the cell's spec).
 """
 
 from __future__ import annotations
@@ -43,15 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RESULT_SCHEMA_VERSION = 1
-# What keeps NVLink multicast off (the runner sets them for every cell); recorded in each result.
-SAFETY_ENV = (
-    "NCCL_NVLS_ENABLE",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
-    "NVSHMEM_DISABLE_NVLS",
-    "VLLM_ALLREDUCE_USE_SYMM_MEM",
-)
-ENGINE_ENV_PREFIXES = ("VLLM_", "GGML_", "LLAMA_", "CUDA_LAUNCH_BLOCKING", "PYTORCH_CUDA_ALLOC_CONF")
+from shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
+
+# Variables that change what runs on any CUDA engine; the cell's spec adds its engine's prefixes.
+RECORDED_ENV_PREFIXES = ("CUDA_LAUNCH_BLOCKING", "PYTORCH_CUDA_ALLOC_CONF")
 PROMPT_FILE = Path(__file__).with_name("prompt.txt")
 
 
@@ -68,13 +66,6 @@ class Timing:
     new_tokens: int
 
 
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    scratch.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
-    os.replace(scratch, path)
-
-
 def summarise(values: list[float]) -> dict[str, Any]:
     return {
         "median": statistics.median(values),
@@ -87,7 +78,8 @@ def summarise(values: list[float]) -> dict[str, Any]:
 
 
 def process_tree_rss_mib(root: int) -> float:
-    """Resident memory of a process and all its descendants (engines such as vLLM run workers), from /proc."""
+    """Resident memory of a process and all its descendants, from /proc (some engines run their model in
+    worker processes)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -263,6 +255,16 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
+def check_spec(spec: dict[str, Any]) -> None:
+    """The spec comes from a runner that reads this harness's results, or the cell fails saying so."""
+    found = spec.get("schema_version")
+    if found != RESULT_SCHEMA_VERSION:
+        raise CellUnsupported(
+            f"the runner wrote a schema {found!r} spec and this harness writes schema {RESULT_SCHEMA_VERSION}: "
+            "the engine's image or entrypoints come from another checkout; rebuild the image (make image-ENGINE)"
+        )
+
+
 def _prepare(engine: Any, spec: dict[str, Any], result: dict[str, Any]) -> None:
     engine.check()
     _check_engine_version(engine, spec["cell"])
@@ -341,6 +343,7 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            check_spec(spec)
             engine = engine_class(spec)
             _prepare(engine, spec, result)  # conversions run before memory sampling starts
             sampler.start()
@@ -351,7 +354,7 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
         if engine is not None and result["status"] == "ok":
             _reference(engine, result)
     result["warnings"] = sorted({f"{w.category.__name__}: {w.message}"[:300] for w in caught}) + logged.summary()
-    result["environment"] = _environment(engine)
+    result["environment"] = _environment(engine, spec.get("recorded_env_prefixes") or [])
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(args.output, result)
     print(f"[{spec['cell']['id']}] {result['status']}: {result['reason'] or _headline(result)}", flush=True)
@@ -380,7 +383,8 @@ def _headline(result: dict[str, Any]) -> str:
     return f"{tps:.2f} tok/s, peak {result['memory']['peak_mib']:.0f} MiB ({result['memory']['kind']})"
 
 
-def _environment(engine: Any) -> dict[str, Any]:
+def _environment(engine: Any, engine_prefixes: list[str]) -> dict[str, Any]:
+    prefixes = (*RECORDED_ENV_PREFIXES, *engine_prefixes)
     env = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -389,8 +393,8 @@ def _environment(engine: Any) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "multi_gpu_safety_env": {name: os.environ.get(name) for name in SAFETY_ENV},
-        # engine switches set from outside (VLLM_USE_FLASHINFER_SAMPLER=0, GGML_CUDA_...): they change what runs
-        "engine_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENGINE_ENV_PREFIXES)},
+        # engine switches set from outside (the spec names the engine's prefixes): they change what runs
+        "engine_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes)},
         **driver_info(),
     }
     try:

@@ -7,15 +7,15 @@ through ``LLAMA_CPP_HOME``, so converter, quantiser and inference are one
 llama.cpp. Files live in ``<derived>/gguf/<model>-<key>/<type>.gguf``, where
 the key hashes the checkpoint's fingerprint (file names, sizes and times, from
 the runner) and the build's BUILD_INFO: a second run converts nothing, a changed
-checkpoint or llama.cpp converts again. Each file is written under a scratch
-name and renamed into place, under a file lock, so concurrent cells build it once.
+checkpoint or llama.cpp converts again. shared.build_once writes each file under
+a scratch name and renames it into place, under a file lock, so concurrent cells
+build it once.
 
 This file runs inside the engine's environment and imports nothing from the runner.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from shared import build_once
 
 CONVERTER_TYPES = ("f16", "bf16")
 LOG_TAIL_CHARS = 1500
@@ -117,17 +119,10 @@ class GgufCache:
     def get(self, quant: str) -> Path:
         """The GGUF of this type, built (with the f16 it comes from) if the cache lacks it."""
         final = self.path(quant)
-        if final.exists():
-            return final
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / f".{quant}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not final.exists():
-                self._build(quant, final)
+        build_once(final, lambda scratch: self._build(quant, scratch))
         return final
 
-    def _build(self, quant: str, final: Path) -> None:
-        scratch = final.with_name(f".{final.name}.{os.getpid()}.partial")
+    def _build(self, quant: str, scratch: Path) -> None:
         log = self.folder / f"{quant}.log"
         if quant in CONVERTER_TYPES:
             env = dict(os.environ)
@@ -150,8 +145,7 @@ class GgufCache:
             command = [str(self.toolchain.quantizer), str(source), str(scratch), quant.upper(), threads]
             step = "llama-quantize"
             seconds = _run(step, command, log)
-        os.replace(scratch, final)
-        self.built.append({"type": quant, "by": step, "seconds": round(seconds, 2), "bytes": final.stat().st_size})
+        self.built.append({"type": quant, "by": step, "seconds": round(seconds, 2), "bytes": scratch.stat().st_size})
 
 
 def gguf_for(model: dict[str, Any], quant: str, derived: Path) -> tuple[Path, dict[str, Any]]:

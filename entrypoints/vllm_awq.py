@@ -9,9 +9,9 @@ CPython 3.11's language reference, PSF License: the source of the synthetic
 tokenizer's corpus, runner/models/corpus/), so no dataset is downloaded. The result
 lives in ``<derived>/awq-llm-compressor/<model>-<key>/``, where the key hashes
 the checkpoint's fingerprint, the quantiser's release, this recipe and the
-calibration text: a second cell (or run) quantises nothing. It is written under
-a scratch name and renamed into place, under a file lock, so concurrent cells
-build it once. The output is a compressed-tensors checkpoint, which vLLM reads
+calibration text: a second cell (or run) quantises nothing. shared.build_once
+writes it under a scratch name and renames it into place, under a file lock, so
+concurrent cells build it once. The output is a compressed-tensors checkpoint, which vLLM reads
 by its own config (the cell then passes no ``quantization`` name to vLLM).
 
 Synthetic checkpoints never come here: the runner writes their AWQ layout
@@ -21,7 +21,6 @@ environment and imports nothing from the runner.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +30,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from shared import build_once
 
 HERE = Path(__file__).resolve().parent
 QUANTISE_SCRIPT = HERE / "vllm_awq_quantise.py"
@@ -124,25 +125,19 @@ def awq_checkpoint(model: dict[str, Any], derived: Path) -> tuple[Path, dict[str
     source = Path(model["path"])
     key = cache_key(model.get("fingerprint") or str(source), version)
     final = derived / "awq-llm-compressor" / f"{_safe(model.get('name') or source.name)}-{key}"
-    built_now = False
-    seconds = None
-    if not (final / RECORD).exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with open(final.parent / f".{final.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (final / RECORD).exists():
-                scratch = final.parent / f".building-{final.name}"
-                shutil.rmtree(scratch, ignore_errors=True)
-                print(f"quantising {source} to AWQ 4-bit with llm-compressor {version} into {final}", flush=True)
-                t0 = time.perf_counter()
-                _quantise(python, source, scratch, final.parent / f"{final.name}.log")
-                seconds = round(time.perf_counter() - t0, 1)
-                scratch.rename(final)
-                built_now = True
+    timing: dict[str, float] = {}
+
+    def quantise(scratch: Path) -> None:
+        print(f"quantising {source} to AWQ 4-bit with llm-compressor {version} into {final}", flush=True)
+        t0 = time.perf_counter()
+        _quantise(python, source, scratch, final.parent / f"{final.name}.log")
+        timing["seconds"] = round(time.perf_counter() - t0, 1)
+
+    built_now = build_once(final, quantise, marker=RECORD)
     record = json.loads((final / RECORD).read_text())
     return final, {
         "awq_checkpoint": str(final),
         "cache_hit": not built_now,
-        "seconds": seconds,
+        "seconds": timing.get("seconds"),
         "quantised_by": record,
     }

@@ -22,16 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-from runner.build import BuildOptions, ensure_images, image_key, image_spec
+from runner.build import BuildOptions, ensure_images, image_spec
 from runner.errors import UserError
-from runner.executors import LocalExecutor
-from runner.executors.docker import DockerExecutor, daemon_problem, image_exists, require_daemon
+from runner.executors import EXECUTORS, make_executor
+from runner.executors.docker import daemon_problem, image_exists, require_daemon
 from runner.expand import Cell, expand, find_baseline
 from runner.images import FLAVOURS, image_tag, load_specs, stale_dockerfiles, write_dockerfiles
+from runner.job import Executor, ExecutorOptions
 from runner.matrix import load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
-from runner.results import read_result, write_json_atomic
+from runner.results import read_result
 from runner.session import cell_paths, refresh_log_facts, run_cells
+from runner.shared import write_json_atomic
 from runner.table import render
 
 
@@ -107,7 +109,7 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<matrix name>)")
     parser.add_argument(
         "--executor",
-        choices=("auto", "docker", "local"),
+        choices=("auto", *sorted(EXECUTORS)),
         default=os.environ.get("BENCH_EXECUTOR", "auto"),
         help="where cells run: docker (one container per cell), local (a subprocess with this machine's "
         "engines), auto (docker if a daemon answers, else local; the default; env BENCH_EXECUTOR)",
@@ -225,6 +227,9 @@ def _build(args: argparse.Namespace) -> int:
     tags = ensure_images(wanted, specs, options, build_missing=True, exists=image_exists)
     for key in sorted(tags):
         print(f"{key[0]} ({' '.join(key[1:])}): {tags[key]}")
+    unwired = {key[0]: specs[key[:2]].not_wired for key in tags if specs[key[:2]].not_wired}
+    for engine, why in sorted(unwired.items()):
+        print(f"note: {engine}: {why}")
     return 0
 
 
@@ -242,7 +247,7 @@ def _list(cells: list[Cell], baseline: Cell) -> None:
         print(f"{cell.id}  [{where}]  {cell.software}: {'; '.join(cell.label)}{mark}")
 
 
-def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path):
+def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path) -> Executor:
     """The executor this run uses, with a line saying which and why."""
     kind = args.executor
     if kind == "auto":
@@ -250,12 +255,10 @@ def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path):
         kind = "local" if problem else "docker"
         why = f"no Docker daemon answered: {problem}" if problem else "a Docker daemon answered"
         print(f"executor: {kind} ({why}; choose with --executor)", flush=True)
-    if kind == "local":
-        return LocalExecutor(python=args.python)
-    require_daemon()
-    needed = {image_key(c.engine, c.gpus, c.engine_version) for c in chosen}
-    tags = ensure_images(needed, load_specs(), build_options(args), not args.no_build, exists=image_exists)
-    return DockerExecutor(tags, folder)
+    elif kind not in EXECUTORS:  # argparse checks --executor, not a default from BENCH_EXECUTOR
+        raise UserError(f"BENCH_EXECUTOR={kind}: unknown executor; choose one of auto, {', '.join(sorted(EXECUTORS))}")
+    options = ExecutorOptions(folder, chosen, args.python, build_options(args), build_missing=not args.no_build)
+    return make_executor(kind, options)
 
 
 def _run(args: argparse.Namespace) -> int:

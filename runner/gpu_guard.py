@@ -1,7 +1,7 @@
 """Never measure on a busy GPU: before a GPU cell starts, wait until its GPUs are free.
 
-An engine can leave processes behind that hold most of a card (vLLM's engine and
-worker processes may outlive their parent); the next cell would then measure on
+An engine can leave processes behind that hold most of a card (its worker
+processes may outlive their parent); the next cell would then measure on
 a card already in use, or fail with a misleading error. The executors kill a
 cell's whole process group; this guard checks what the driver says before the
 next cell starts: every GPU of the cell must show at most ``BUSY_MIB`` in use

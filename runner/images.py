@@ -22,12 +22,13 @@ from typing import Any
 import jinja2
 import yaml
 
+from runner.engines import ENGINES
 from runner.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "images"
 ENTRYPOINTS_DIR = REPO / "entrypoints"
-SHARED_ENTRYPOINT_FILES = ("harness.py", "prompt.txt")
+SHARED_ENTRYPOINT_FILES = ("harness.py", "shared.py", "prompt.txt")  # in every image
 FLAVOURS = ("gpu", "cpu")
 IMAGE_REPOSITORY = "inference-matrix"
 
@@ -50,9 +51,10 @@ class ImageSpec:
     build_files: tuple[str, ...] = ()  # files of images/<engine>/ the build uses, at /build-context/files/
     env: dict[str, str] = field(default_factory=dict)  # ENV of the final image
     unverified_pins: str | None = None
+    not_wired: str | None = None  # why no cell can use this image yet (its engine has no description)
     engine_package: str = ""  # the requirement an engine_version replaces (empty: versions not offered)
-    # a second venv over the engine's, for a tool whose pins conflict with the engine's (vLLM's AWQ
-    # quantiser): {path, purpose, module (imported by the smoke test), requirements}
+    # a second venv over the engine's, for a tool whose pins conflict with the engine's (a quantiser that
+    # pins other versions of the engine's dependencies): {path, purpose, module (smoke-tested), requirements}
     side_venv: dict[str, Any] | None = None
 
     @property
@@ -67,6 +69,7 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
     for path in sorted(images_dir.glob("*/image.yaml")):
         raw = yaml.safe_load(path.read_text())
         engine = path.parent.name
+        _check_wired(path, engine, raw.get("not_wired"))
         for flavour, body in raw["flavours"].items():
             if flavour not in FLAVOURS:
                 raise UserError(f"{path}: flavours.{flavour}: unknown flavour; use one of {', '.join(FLAVOURS)}")
@@ -76,6 +79,7 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
                 description=raw["description"],
                 smoke_test=raw["smoke_test"],
                 unverified_pins=raw.get("unverified_pins"),
+                not_wired=raw.get("not_wired"),
                 base_image=body["base_image"],
                 requirements=tuple(body["requirements"]),
                 apt_runtime=tuple(body.get("apt_runtime", ())),
@@ -91,6 +95,17 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
                 side_venv=_side_venv(path, flavour, body.get("side_venv", raw.get("side_venv"))),
             )
     return specs
+
+
+def _check_wired(path: Path, engine: str, not_wired: str | None) -> None:
+    """An image folder names its engine (runner.engines) or says, in not_wired, that it has none yet."""
+    if engine in ENGINES and not_wired:
+        raise UserError(f"{path}: not_wired: {engine} has an engine description now; remove the key")
+    if engine not in ENGINES and not not_wired:
+        raise UserError(
+            f"{path}: no engine named {engine!r} in runner/engines; add its description, or say why not in a "
+            "'not_wired:' line"
+        )
 
 
 SIDE_VENV_KEYS = ("path", "purpose", "module", "requirements")
@@ -142,10 +157,10 @@ def requirements_text(spec: ImageSpec) -> str:
 
 
 def entrypoint_files(engine: str) -> list[Path]:
-    """What of entrypoints/ goes into an engine's image: the shared harness and its own files."""
-    found = {*ENTRYPOINTS_DIR.glob(f"run_{engine}*.py"), *ENTRYPOINTS_DIR.glob(f"{engine}_*")}
-    own = sorted(p for p in found if p.is_file())  # its helpers and their data (vllm_awq_calibration.txt)
-    return [ENTRYPOINTS_DIR / name for name in SHARED_ENTRYPOINT_FILES] + own
+    """What of entrypoints/ goes into an engine's image: the shared files and the files its description
+    names (an image folder with no engine description yet gets the shared files alone)."""
+    own = ENGINES[engine].files if engine in ENGINES else ()
+    return [ENTRYPOINTS_DIR / name for name in (*SHARED_ENTRYPOINT_FILES, *own)]
 
 
 def build_files(spec: ImageSpec) -> list[Path]:

@@ -10,33 +10,45 @@ interrupted cell into its result the same way for every executor.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from runner.job import Job
+from runner.shared import RESULT_SCHEMA_VERSION
+
 STATUSES = ("ok", "failed", "timeout", "oom", "skipped")
 TAIL_CHARS = 4000
 
 
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    scratch.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(scratch, path)
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_result(path: Path) -> dict[str, Any] | None:
-    """The result at path, or None if absent or unreadable."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
+    """The result at path, or None if absent, unreadable or of another schema version."""
+    document = _read_json(path)
+    if not isinstance(document, dict) or document.get("schema_version") != RESULT_SCHEMA_VERSION:
         return None
     return document
+
+
+def schema_problem(path: Path) -> str | None:
+    """Why a result file the runner cannot read was written by another harness, or None."""
+    document = _read_json(path)
+    if not isinstance(document, dict) or "schema_version" not in document:
+        return None
+    found = document["schema_version"]
+    if found == RESULT_SCHEMA_VERSION:
+        return None
+    return (
+        f"the cell's harness wrote result schema {found!r}, this runner reads {RESULT_SCHEMA_VERSION}: "
+        "its image or entrypoints come from another checkout; rebuild the image (make image-ENGINE)"
+    )
 
 
 def failure(
@@ -44,7 +56,7 @@ def failure(
 ) -> dict[str, Any]:
     assert status in STATUSES
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": RESULT_SCHEMA_VERSION,
         "cell": cell,
         "model": model,
         "workload": workload,
@@ -89,25 +101,27 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def not_started(job: dict[str, Any]) -> dict[str, Any]:
+def not_started(job: Job) -> dict[str, Any]:
     """The result of a cell that an interrupt kept from starting."""
-    spec = job["spec"]
+    spec = job.spec
     reason = "interrupted: the run was stopped before this cell started"
     return {**failure(spec["cell"], spec["model"], spec["workload"], "failed", reason), "exit_code": None}
 
 
-def outcome(job: dict[str, Any], code: int, timed_out: bool, interrupted: bool) -> dict[str, Any]:
+def outcome(job: Job, code: int, timed_out: bool, interrupted: bool) -> dict[str, Any]:
     """The cell's result from its exit code, its own report and its log (shared by every executor).
 
     A cell that finished ok before an interrupt reached it keeps its measurement.
     """
-    cell = job["spec"]["cell"]
-    log_tail = tail(Path(job["log_path"]).read_text(errors="replace"))
-    fallback = failure(cell, job["spec"]["model"], job["spec"]["workload"], "failed", "")
+    log_tail = tail(job.log_path.read_text(errors="replace"))
+    fallback = failure(job.cell, job.spec["model"], job.spec["workload"], "failed", "")
     if timed_out:
-        reason = f"timeout: no result after {job['timeout_s']} s; the cell was killed"
+        reason = f"timeout: no result after {job.timeout_s} s; the cell was killed"
         return {**fallback, "status": "timeout", "reason": reason, "exit_code": code, "log_tail": log_tail}
-    result = reconcile(read_result(job["result_path"]), code, log_tail, fallback)
+    child = read_result(job.child_result_path)
+    if child is None and (problem := schema_problem(job.child_result_path)):
+        return {**fallback, "reason": problem, "exit_code": code, "log_tail": log_tail}
+    result = reconcile(child, code, log_tail, fallback)
     if interrupted and result["status"] != "ok":
         reason = "interrupted: the run was stopped while this cell ran; the cell was killed"
         return {**fallback, "reason": reason, "exit_code": code, "log_tail": log_tail}

@@ -15,9 +15,12 @@ from typing import Any
 from runner.engines import ENGINES
 from runner.expand import Cell
 from runner.gpu_guard import GpuGuard
+from runner.job import Executor, Job
 from runner.matrix import Matrix
-from runner.results import failure, read_result, write_json_atomic
+from runner.models import derived
+from runner.results import failure, read_result
 from runner.scheduler import run_scheduled
+from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
 
 def cell_paths(folder: Path, cell: Cell) -> dict[str, Path]:
@@ -28,22 +31,35 @@ def cell_paths(folder: Path, cell: Cell) -> dict[str, Path]:
     }
 
 
-def _job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any]) -> dict[str, Any]:
+def cell_spec(cell: Cell, matrix: Matrix, model: dict[str, Any]) -> dict[str, Any]:
+    """What the cell's child reads: the cell, its model and workload, and what its harness records."""
+    return {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "cell": cell.to_json(),
+        "model": model,
+        "workload": cell.workload(matrix),
+        "recorded_env_prefixes": list(ENGINES[cell.engine].recorded_env_prefixes),
+    }
+
+
+def make_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any]) -> Job:
+    """The cell's job, its spec written to spec/<id>.json; the child writes to a scratch path."""
     paths = cell_paths(folder, cell)
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"cell": cell.to_json(), "model": model, "workload": cell.workload(matrix)}
+    spec = cell_spec(cell, matrix, model)
     paths["spec_path"].write_text(json.dumps(spec, indent=2) + "\n")
-    # the child writes to a scratch path; the runner publishes the reconciled result
-    scratch = folder / "cells" / f".{cell.id}.child.json"
-    return {
-        **paths,
-        "result_path": scratch,
-        "final_path": paths["result_path"],
-        "spec": spec,
-        "entrypoint": ENGINES[cell.engine].entrypoint,
-        "timeout_s": cell.timeout_s,
-    }
+    engine = ENGINES[cell.engine]
+    return Job(
+        spec=spec,
+        spec_path=paths["spec_path"],
+        child_result_path=folder / "cells" / f".{cell.id}.child.json",
+        result_path=paths["result_path"],
+        log_path=paths["log_path"],
+        entrypoint=engine.entrypoint,
+        timeout_s=cell.timeout_s,
+        env={**SAFETY_ENV, **engine.cell_env},
+    )
 
 
 def run_cells(
@@ -51,7 +67,7 @@ def run_cells(
     cells: list[Cell],
     model: dict[str, Any],
     folder: Path,
-    executor: Any,
+    executor: Executor,
     max_parallel: int = 1,
     force: bool = False,
     log=print,
@@ -66,7 +82,8 @@ def run_cells(
 
     def run_one(cell: Cell) -> dict[str, Any]:
         try:
-            cell_model, problem = ENGINES[cell.engine].cell_model(cell.settings, model, log), None
+            kind = ENGINES[cell.engine].derived_checkpoint(cell.settings)
+            cell_model, problem = derived.cell_model(kind, model, log), None
         except Exception as exc:  # making a derived checkpoint broke: this cell fails, the matrix goes on
             cell_model, problem = model, f"could not make this cell's checkpoint: {type(exc).__name__}: {exc}"
         previous = read_result(cell_paths(folder, cell)["result_path"])
@@ -74,15 +91,15 @@ def run_cells(
         if previous and previous.get("status") == "ok" and same_model and not force:
             log(f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)})")
             return previous
-        job = _job(folder, cell, matrix, cell_model)
+        job = make_job(folder, cell, matrix, cell_model)
         busy = None if problem else guard.wait_until_free(cell.gpus)
         log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell)}")
         started = time.time()
         if problem or busy:
-            result = failure(job["spec"]["cell"], cell_model, job["spec"]["workload"], "failed", problem or busy)
+            result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem or busy)
         else:
             result = executor.run(job)
-            facts = log_facts(cell, job["log_path"])
+            facts = log_facts(cell, job.log_path)
             if facts:
                 result["engine_log"] = facts
             cause = ENGINES[cell.engine].failure_cause(facts)
@@ -90,13 +107,12 @@ def run_cells(
                 result["reason"] = f"{result.get('reason') or 'failed'}; root cause: {cause}"
         result["wall_s"] = time.time() - started
         result["executor"] = executor.name
-        write_json_atomic(job["final_path"], result)
-        job["result_path"].unlink(missing_ok=True)
+        write_json_atomic(job.result_path, result)
+        job.child_result_path.unlink(missing_ok=True)
         log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
         return result
 
-    stop = getattr(executor, "stop_all", None)
-    return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel, on_interrupt=stop)
+    return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel, on_interrupt=executor.stop_all)
 
 
 def log_facts(cell: Cell, log_path: Path) -> dict[str, Any]:

@@ -53,7 +53,8 @@ def _notes(result: dict[str, Any]) -> str:
 
 
 def _engine_notes(result: dict[str, Any]) -> list[str]:
-    """What an engine's own tool and checks add: its reference figure, a tokenizer that disagrees."""
+    """What an engine's own benchmark tool measured (every engine's ``reference`` block) and what its
+    description adds (runner.engines: notes)."""
     notes = []
     reference = result.get("reference") or {}
     if reference.get("decode_tokens_per_s"):
@@ -63,9 +64,6 @@ def _engine_notes(result: dict[str, Any]) -> list[str]:
         )
     elif reference.get("error"):
         notes.append(f"{reference.get('tool', 'reference')} failed: {reference['error']}"[:160])
-    check = (result.get("engine_details") or {}).get("tokenizer_check") or {}
-    if check.get("compared") and not check.get("agrees"):
-        notes.append(f"tokenizer differs from transformers' at token {check.get('first_difference')}")
     engine = ENGINES.get(result["cell"].get("engine"))
     if engine:
         notes.extend(engine.notes(result))
@@ -165,11 +163,11 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
     devices = (first.get("memory") or {}).get("devices") or []
     if env:
         hardware = ", ".join(sorted({d["name"] for d in devices})) or f"CPU ({env.get('cpu_count')} cores)"
-        versions = [f"{k} {env[k]}" for k in ("driver", "torch", "transformers") if env.get(k)]
+        versions = [f"{k} {env[k]}" for k in ("driver", "torch") if env.get(k)]
         engines = {}
         for r in results:
             version = (r.get("environment") or {}).get("engine_version")
-            if version and r["cell"]["engine"] != "transformers":
+            if version:
                 engines.setdefault(r["cell"]["software"], version)
         versions += [f"{software} {version}" for software, version in engines.items()]
         lines.append(f"Hardware: {hardware}" + (f"; {', '.join(versions)}" if versions else ""))

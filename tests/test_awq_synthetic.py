@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from runner.engines.vllm import VLLM
-from runner.models import awq_synthetic
+from runner.models import awq_synthetic, derived
 from runner.models.architectures import ARCHITECTURES
 from runner.models.fingerprint import fingerprint
 
@@ -118,12 +118,25 @@ def test_materialise_builds_once_and_follows_the_source(tmp_path, tiny_model):
 
 def test_vllm_cells_pick_their_checkpoint(tmp_path, tiny_model):
     settings = VLLM.resolve({"quantization": "awq"})
+    assert VLLM.derived_checkpoint(settings) == "awq"
+    assert VLLM.derived_checkpoint(VLLM.resolve({"quantization": "awq_marlin"})) == "awq"
+    assert VLLM.derived_checkpoint(VLLM.resolve({"quantization": "fp8"})) is None
+
+    def for_cell(s, model):
+        return derived.cell_model(VLLM.derived_checkpoint(s), model, lambda _: None)
+
     model = model_record(tiny_model, tmp_path)
-    derived = VLLM.cell_model(settings, model, lambda _: None)
-    assert Path(derived["path"]).parent == tmp_path / "derived" / "awq"
-    assert derived["quantised_from"] == str(tiny_model) and derived["synthetic"] is True
-    assert derived["fingerprint"] == fingerprint(Path(derived["path"]))
-    assert VLLM.cell_model(VLLM.resolve({}), model, print) is model  # no AWQ: the matrix's model
-    assert VLLM.cell_model(settings, derived, print) is derived  # already AWQ: used as it is
+    made = for_cell(settings, model)
+    assert Path(made["path"]).parent == tmp_path / "derived" / "awq"
+    assert made["derived_from"] == str(tiny_model) and made["synthetic"] is True
+    assert made["name"] == f"{model['name']} (AWQ 4-bit)"
+    assert made["fingerprint"] == fingerprint(Path(made["path"]))
+    assert for_cell(VLLM.resolve({}), model) is model  # no AWQ: the matrix's model
+    assert for_cell(settings, made) is made  # already AWQ: used as it is
     real = model_record(tiny_model, tmp_path, synthetic=False)
-    assert VLLM.cell_model(settings, real, print) is real  # a real checkpoint: the cell quantises it (vllm_awq)
+    assert for_cell(settings, real) is real  # a real checkpoint: the cell quantises it (vllm_awq)
+
+
+def test_an_unknown_derived_kind_names_the_known_ones(tmp_path, tiny_model):
+    with pytest.raises(ValueError, match="no maker for derived checkpoints of kind 'exl2'; known: awq"):
+        derived.cell_model("exl2", model_record(tiny_model, tmp_path))

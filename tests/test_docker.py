@@ -21,6 +21,8 @@ import pytest
 from runner.executors.docker import daemon_problem
 from runner.images import image_tag, load_specs
 
+pytestmark = pytest.mark.docker  # needs a Docker daemon; builds the CPU images
+
 MATRICES = Path(__file__).parent / "fixtures" / "matrices"
 MATRIX_CPU_ENGINES = ("transformers", "llamacpp", "vllm")
 
@@ -224,9 +226,11 @@ def test_unreachable_daemon(runner_cli, tmp_path, model_store):
     assert auto.stdout.startswith("executor: local (no Docker daemon answered:")
 
 
-@pytest.mark.parametrize("engine", ["ctranslate2", "vllm", "llamacpp"])
+@pytest.mark.parametrize("engine", ["vllm", "llamacpp"])
 def test_other_cpu_flavours_build_and_import(cpu_image, runner_cli, engine):
-    """Each CPU image builds on the local base; its build ends by importing the engine (the image's smoke test)."""
+    """Each wired engine's CPU image builds on the local base; its build ends by importing the engine (the
+    image's smoke test). Image folders with no engine description yet (images/*/image.yaml: not_wired) are
+    not built here: a build would say nothing about an engine no cell can run."""
     done = runner_cli("build", engine, "--flavour", "cpu", timeout=2400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     tag = image_tag(load_specs()[(engine, "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU"))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the CPU matrix for real: Transformers, llama.cpp and vLLM cells
+
 FIXTURE_DIR = "tests/fixtures/matrices"
 # settings that cannot run on this CPU-only machine, and the word their Notes must name
 EXPECTED_FAILURES = {

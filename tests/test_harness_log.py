@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+from runner.shared import RESULT_SCHEMA_VERSION
+
 REPEATED = "MatMul8bitLt: inputs will be cast from torch.float32 to float16 during quantization"
 
 FILTER_SCRIPT = textwrap.dedent(
@@ -80,6 +82,7 @@ def test_repeated_warning_printed_once_and_counted(repo):
 
 def test_harness_run_records_the_summary_in_the_result(repo, tmp_path):
     spec = {
+        "schema_version": RESULT_SCHEMA_VERSION,
         "cell": {"id": "fake-cell", "gpus": [], "settings": {}},
         "model": {"path": "/nowhere"},
         "workload": {"prompt_tokens": 8, "new_tokens": 4, "batch_size": 1, "warmup": 0, "repetitions": 2},

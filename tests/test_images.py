@@ -9,18 +9,49 @@ import pytest
 
 from runner import build as build_module
 from runner.build import BuildOptions, build_command, ensure_images
+from runner.engines import ENGINES
 from runner.errors import UserError
 from runner.executors.docker import gpus_argument, model_mount, run_command
-from runner.images import ENTRYPOINTS_DIR, entrypoint_files, image_tag, load_specs, render, stale_dockerfiles
+from runner.images import (
+    ENTRYPOINTS_DIR,
+    SHARED_ENTRYPOINT_FILES,
+    entrypoint_files,
+    image_tag,
+    load_specs,
+    render,
+    stale_dockerfiles,
+)
+from runner.job import Job
+from runner.shared import SAFETY_ENV
 
 SPECS = load_specs()
-ENGINES = {"transformers", "vllm", "llamacpp", "exllamav2", "ctranslate2", "mlc", "gptfast"}
-CPU_ENGINES = {"transformers", "vllm", "llamacpp", "ctranslate2"}
+IMAGE_FOLDERS = {"transformers", "vllm", "llamacpp", "exllamav2", "ctranslate2", "mlc", "gptfast"}
+CPU_FLAVOURS = {"transformers", "vllm", "llamacpp", "ctranslate2"}
+NOT_WIRED = {"exllamav2", "ctranslate2", "mlc", "gptfast"}  # image folders whose engine has no description yet
 
 
-def test_every_engine_has_a_gpu_image_and_the_cpu_builds_a_cpu_flavour():
-    assert {engine for engine, flavour in SPECS if flavour == "gpu"} == ENGINES
-    assert {engine for engine, flavour in SPECS if flavour == "cpu"} == CPU_ENGINES
+def test_every_image_folder_has_a_gpu_flavour_and_the_cpu_builds_a_cpu_flavour():
+    assert {engine for engine, flavour in SPECS if flavour == "gpu"} == IMAGE_FOLDERS
+    assert {engine for engine, flavour in SPECS if flavour == "cpu"} == CPU_FLAVOURS
+
+
+def test_an_image_folder_names_its_engine_or_says_it_has_none_yet():
+    assert {engine for (engine, _), spec in SPECS.items() if spec.not_wired} == NOT_WIRED
+    assert NOT_WIRED.isdisjoint(ENGINES) and set(ENGINES) >= IMAGE_FOLDERS - NOT_WIRED
+    for engine in NOT_WIRED:
+        assert "runs no cell" in SPECS[(engine, "gpu")].not_wired
+        assert [p.name for p in entrypoint_files(engine)] == list(SHARED_ENTRYPOINT_FILES)
+
+
+def test_an_image_folder_without_engine_or_reason_is_refused(tmp_path):
+    for name, extra in (("tool", ""), ("vllm", "not_wired: later\n")):
+        folder = tmp_path / name / "images" / name
+        folder.mkdir(parents=True)
+        body = "description: d\nsmoke_test: pass\nflavours:\n  cpu: {base_image: b, requirements: [x==1]}\n"
+        (folder / "image.yaml").write_text(extra + body)
+        expected = "add its description, or say why not" if name == "tool" else "has an engine description now"
+        with pytest.raises(UserError, match=expected):
+            load_specs(tmp_path / name / "images")
 
 
 def test_committed_dockerfiles_are_what_the_template_renders():
@@ -79,7 +110,7 @@ def test_vllm_images_carry_the_awq_quantiser_in_a_venv_of_its_own():
 def test_a_side_venv_needs_its_keys_and_pins(tmp_path):
     engine = tmp_path / "images" / "tool"
     engine.mkdir(parents=True)
-    body = "description: d\nsmoke_test: pass\nflavours:\n  cpu: {base_image: b, requirements: [x==1]}\n"
+    body = "not_wired: t\ndescription: d\nsmoke_test: pass\nflavours:\n  cpu: {base_image: b, requirements: [x==1]}\n"
     (engine / "image.yaml").write_text(body + "side_venv: {path: /opt/t, purpose: p, module: t, requirements: [t]}\n")
     with pytest.raises(UserError, match=r"image.yaml: side_venv \(cpu\): needs path, purpose, module, requirements"):
         load_specs(tmp_path / "images")
@@ -94,11 +125,11 @@ def test_final_stage_carries_no_build_secrets():
     assert "# syntax" not in text  # a syntax directive would make BuildKit pull a frontend image
 
 
-def test_image_gets_only_its_own_entrypoints():
-    names = [p.name for p in entrypoint_files("transformers")]
-    assert names[:2] == ["harness.py", "prompt.txt"]
-    assert "run_transformers.py" in names
-    assert all(n in ("harness.py", "prompt.txt") or n.startswith("run_transformers") for n in names)
+def test_image_gets_the_shared_files_and_the_files_its_description_names():
+    for engine in ENGINES.values():
+        names = [p.name for p in entrypoint_files(engine.name)]
+        assert names == ["harness.py", "shared.py", "prompt.txt", *engine.files]
+    assert [p.name for p in entrypoint_files("transformers")][3:] == ["run_transformers.py"]
 
 
 def test_tag_is_stable_and_changes_with_what_goes_in(monkeypatch, tmp_path):
@@ -171,16 +202,20 @@ def test_ensure_images_refuses_missing_with_no_build_and_names_them():
         ensure_images({("exllamav2", "cpu")}, SPECS, options, build_missing=False, exists=lambda tag: True)
 
 
-def _job(tmp_path: Path, gpus: list[int], source: str = "synthetic", path: str = "/store/m") -> dict:
-    return {
-        "spec": {
+def _job(tmp_path: Path, gpus: list[int], source: str = "synthetic", path: str = "/store/m") -> Job:
+    return Job(
+        spec={
             "cell": {"id": "transformers-abc", "engine": "transformers", "gpus": gpus},
             "model": {"source": source, "path": path},
         },
-        "entrypoint": "run_transformers.py",
-        "spec_path": tmp_path / "spec" / "c.json",
-        "result_path": tmp_path / "cells" / ".c.child.json",
-    }
+        spec_path=tmp_path / "spec" / "c.json",
+        child_result_path=tmp_path / "cells" / ".c.child.json",
+        result_path=tmp_path / "cells" / "c.json",
+        log_path=tmp_path / "logs" / "c.log",
+        entrypoint="run_transformers.py",
+        timeout_s=60,
+        env={**SAFETY_ENV, "ENGINE_SWITCH": "1"},
+    )
 
 
 def test_docker_run_command_for_two_gpus(tmp_path):
@@ -191,6 +226,8 @@ def test_docker_run_command_for_two_gpus(tmp_path):
     assert command[command.index("--network") + 1] == "none"
     assert "CUDA_VISIBLE_DEVICES=0,1" in command
     assert "NCCL_NVLS_ENABLE=0" in command and "NVSHMEM_DISABLE_NVLS=1" in command
+    assert all(f"{name}={value}" in command for name, value in SAFETY_ENV.items())
+    assert "ENGINE_SWITCH=1" in command  # the job's engine variables too
     assert "/store/m:/store/m:ro" in command
     assert f"{tmp_path}:{tmp_path}:rw" in command
     image_at = command.index("img:1")

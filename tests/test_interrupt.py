@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real runs interrupted mid-matrix
+
 MATRIX = "tests/fixtures/matrices/e2e_interrupt.yaml"
 INTERRUPTED_LINE = "interrupted: finished cells are kept in the run folder; rerun to measure the rest"
 # guards against a hung test only; nothing is asserted about how long anything takes

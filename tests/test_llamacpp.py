@@ -13,6 +13,8 @@ import pytest
 
 from runner.models import synthetic
 
+pytestmark = pytest.mark.slow  # real llama.cpp cells on the tiny model
+
 MATRIX = "tests/fixtures/matrices/llamacpp_cpu.yaml"
 
 

@@ -3,7 +3,7 @@ process-group cleanup and the child's environment.
 
 runner.executors.local.ENTRYPOINTS is pointed at a tmp folder holding a script named
 like the engine's entrypoint (run_transformers.py); the job comes from
-runner.session._job exactly as a real run builds it.
+runner.session.make_job exactly as a real run builds it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ import pytest
 from runner import results
 from runner.executors import LocalExecutor, local
 from runner.expand import expand
+from runner.job import Job
 from runner.matrix import parse_matrix
-from runner.session import _job, cell_paths
+from runner.session import cell_paths
+from runner.session import make_job as session_job
+from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV
 from runner.table import rows
 
 MODEL = {"source": "synthetic", "name": "tiny-mistral", "path": "/nowhere/tiny", "synthetic": True}
@@ -101,7 +104,7 @@ def entrypoints(tmp_path, monkeypatch):
     return write
 
 
-def make_job(tmp_path: Path, gpus: list[int] | None = None, timeout_s: int = 60) -> dict:
+def make_job(tmp_path: Path, gpus: list[int] | None = None, timeout_s: int = 60) -> Job:
     raw = {
         "version": 1,
         "model": {"synthetic": "tiny-mistral"},
@@ -111,29 +114,32 @@ def make_job(tmp_path: Path, gpus: list[int] | None = None, timeout_s: int = 60)
     }
     matrix = parse_matrix(raw, tmp_path / "m.yaml")
     cell = expand(matrix)[0]
-    return _job(tmp_path / "run", cell, matrix, MODEL)
+    return session_job(tmp_path / "run", cell, matrix, MODEL)
 
 
 def test_job_shape(tmp_path):
     job = make_job(tmp_path, gpus=[1], timeout_s=7)
-    cell_id = job["spec"]["cell"]["id"]
+    cell_id = job.spec["cell"]["id"]
     run = tmp_path / "run"
-    assert job["spec_path"] == run / "spec" / f"{cell_id}.json"
-    assert job["log_path"] == run / "logs" / f"{cell_id}.log"
-    assert job["final_path"] == run / "cells" / f"{cell_id}.json"
-    assert job["result_path"] == run / "cells" / f".{cell_id}.child.json"
-    assert job["entrypoint"] == "run_transformers.py"
-    assert job["timeout_s"] == 7
-    assert json.loads(job["spec_path"].read_text()) == job["spec"]
-    assert job["spec"]["model"] == MODEL
-    assert job["spec"]["workload"] == {
+    assert job.spec_path == run / "spec" / f"{cell_id}.json"
+    assert job.log_path == run / "logs" / f"{cell_id}.log"
+    assert job.result_path == run / "cells" / f"{cell_id}.json"
+    assert job.child_result_path == run / "cells" / f".{cell_id}.child.json"
+    assert job.entrypoint == "run_transformers.py"
+    assert job.timeout_s == 7
+    assert json.loads(job.spec_path.read_text()) == job.spec
+    assert job.spec["model"] == MODEL
+    assert job.spec["workload"] == {
         "prompt_tokens": 8,
         "new_tokens": 8,
         "batch_size": 1,
         "warmup": 0,
         "repetitions": 1,
     }
-    assert job["spec"]["cell"]["gpus"] == [1]
+    assert job.spec["cell"]["gpus"] == [1]
+    assert job.spec["schema_version"] == RESULT_SCHEMA_VERSION
+    assert job.spec["recorded_env_prefixes"] == []  # HF Transformers records no engine variables
+    assert job.env == SAFETY_ENV  # and sets none of its own
 
 
 def test_ok_result_exit_zero(tmp_path, entrypoints):
@@ -144,11 +150,11 @@ def test_ok_result_exit_zero(tmp_path, entrypoints):
     assert result["reason"] is None
     assert result["exit_code"] == 0
     assert result["metrics"]["tokens_per_s"]["median"] == 12.5
-    assert result["cell"] == job["spec"]["cell"]
+    assert result["cell"] == job.spec["cell"]
     assert "log_tail" not in result
-    log = job["log_path"].read_text()
+    log = job.log_path.read_text()
     script = local.ENTRYPOINTS / "run_transformers.py"
-    assert log.splitlines()[0] == f"$ {sys.executable} {script} --spec {job['spec_path']} --output {job['result_path']}"
+    assert log.splitlines()[0] == f"$ {sys.executable} {script} --spec {job.spec_path} --output {job.child_result_path}"
     assert log.splitlines()[1] == "# CUDA_VISIBLE_DEVICES="
     assert "all good" in log
 
@@ -180,11 +186,11 @@ def test_exit_two_without_result(tmp_path, entrypoints):
     assert result["reason"] == "exit code 2, no result written: RuntimeError: weights missing"
     assert result["exit_code"] == 2
     assert result["metrics"] == {}
-    assert result["cell"] == job["spec"]["cell"]
+    assert result["cell"] == job.spec["cell"]
     assert result["model"] == MODEL
     assert result["schema_version"] == 1
     assert "RuntimeError: weights missing" in result["log_tail"]
-    assert "RuntimeError: weights missing" in job["log_path"].read_text()
+    assert "RuntimeError: weights missing" in job.log_path.read_text()
 
 
 def test_exit_zero_without_result(tmp_path, entrypoints):
@@ -207,8 +213,8 @@ def test_garbage_result_is_no_result(tmp_path, entrypoints):
 def test_stale_result_from_an_earlier_attempt_is_not_trusted(tmp_path, entrypoints):
     entrypoints("sys.exit(3)\n")
     job = make_job(tmp_path)
-    stale = {**job["spec"], "schema_version": 1, "status": "ok", "reason": None, "metrics": {}}
-    job["result_path"].write_text(json.dumps(stale))
+    stale = {**job.spec, "schema_version": 1, "status": "ok", "reason": None, "metrics": {}}
+    job.child_result_path.write_text(json.dumps(stale))
     result = LocalExecutor().run(job)
     assert result["status"] == "failed"
     assert result["reason"].startswith("exit code 3, no result written")
@@ -256,7 +262,7 @@ def test_timeout_kills_the_process_group(timed_out):
     assert result["reason"] == "timeout: no result after 2 s; the cell was killed"
     assert result["exit_code"] == -signal.SIGTERM
     assert result["metrics"] == {}
-    assert result["cell"] == job["spec"]["cell"]
+    assert result["cell"] == job.spec["cell"]
     assert "sleeping forever" in result["log_tail"]
     assert gone(sleeper), "the child's own child outlived the cell"
 
@@ -328,7 +334,7 @@ def test_child_environment(tmp_path, entrypoints, monkeypatch):
     assert env["NCCL_NVLS_ENABLE"] == "0"
     assert env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
     assert env["NVSHMEM_DISABLE_NVLS"] == "1"
-    assert env["VLLM_ALLREDUCE_USE_SYMM_MEM"] == "0"
+    assert {name: env[name] for name in SAFETY_ENV} == SAFETY_ENV
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["TOKENIZERS_PARALLELISM"] == "false"
     assert env["BENCH_TEST_MARKER"] == "inherited"
@@ -336,7 +342,7 @@ def test_child_environment(tmp_path, entrypoints, monkeypatch):
     assert info["stdin_read"] == ""
     assert info["cwd"] == str(local.ENTRYPOINTS)
     assert info["own_group"] and info["own_session"]
-    assert job["log_path"].read_text().splitlines()[1] == "# CUDA_VISIBLE_DEVICES=3,1"
+    assert job.log_path.read_text().splitlines()[1] == "# CUDA_VISIBLE_DEVICES=3,1"
 
 
 def test_cpu_cell_hides_every_gpu(tmp_path, entrypoints, monkeypatch):
@@ -349,11 +355,11 @@ def test_cpu_cell_hides_every_gpu(tmp_path, entrypoints, monkeypatch):
 
 def test_cell_environment_does_not_touch_its_base():
     base = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "5"}
-    env = local.cell_environment((0, 2), base)
+    env = local.cell_environment((0, 2), {"NCCL_NVLS_ENABLE": "0"}, base)
     assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
-    assert env["PATH"] == "/bin"
+    assert env["PATH"] == "/bin" and env["NCCL_NVLS_ENABLE"] == "0"
     assert base == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "5"}
-    assert local.cell_environment((), {})["CUDA_VISIBLE_DEVICES"] == ""
+    assert local.cell_environment((), {}, {})["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_paths_used_by_session_and_executor_agree(tmp_path):
@@ -371,6 +377,6 @@ def test_paths_used_by_session_and_executor_agree(tmp_path):
         )
     )[0]
     paths = cell_paths(tmp_path / "run", cell)
-    assert paths["result_path"] == job["final_path"]
-    assert paths["spec_path"] == job["spec_path"]
-    assert paths["log_path"] == job["log_path"]
+    assert paths["result_path"] == job.result_path
+    assert paths["spec_path"] == job.spec_path
+    assert paths["log_path"] == job.log_path

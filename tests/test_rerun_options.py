@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real Transformers cells, run once per module
+
 MATRIX = "tests/fixtures/matrices/e2e_rerun.yaml"
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from runner.results import SCHEMA_VERSION, STATUSES, failure, read_result, reconcile, tail, write_json_atomic
+from runner.results import STATUSES, failure, read_result, reconcile, schema_problem, tail
+from runner.shared import RESULT_SCHEMA_VERSION, write_json_atomic
 
 CELL = {"id": "transformers-000000000000", "software": "HF Transformers", "label": ["FP32"], "gpus": []}
 MODEL = {"source": "synthetic", "name": "tiny-mistral", "synthetic": True}
@@ -20,7 +21,7 @@ def fallback() -> dict:
 
 def child(status: str = "ok", reason: str | None = None) -> dict:
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": RESULT_SCHEMA_VERSION,
         "cell": CELL,
         "model": MODEL,
         "workload": WORKLOAD,
@@ -139,6 +140,18 @@ def test_read_result_rejects_garbage(tmp_path, text):
     path = tmp_path / "r.json"
     path.write_text(text)
     assert read_result(path) is None
+
+
+def test_a_result_of_another_schema_says_so(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"schema_version": RESULT_SCHEMA_VERSION + 1, "status": "ok"}))
+    assert read_result(path) is None
+    problem = schema_problem(path)
+    assert problem.startswith(f"the cell's harness wrote result schema {RESULT_SCHEMA_VERSION + 1}, this runner reads")
+    assert "rebuild the image" in problem
+    for text in (json.dumps(child()), "{not json", json.dumps({"status": "ok"})):
+        path.write_text(text)
+        assert schema_problem(path) is None  # readable, or not a result at all: nothing to say about schemas
 
 
 def test_read_result_not_utf8(tmp_path):

@@ -62,7 +62,13 @@ def ok(cid: str, label: list[str], tps: list[float], mem: float, warnings: list[
         },
         "memory": {"kind": "process-tree-peak-rss", "peak_mib": mem, "nvml_error": None},
         "warnings": warnings or [],
-        "environment": {"python": "3.11", "cpu_count": 2, "torch": "2.13.0+cpu", "transformers": "5.17.0"},
+        "environment": {
+            "python": "3.11",
+            "cpu_count": 2,
+            "torch": "2.13.0+cpu",
+            "transformers": "5.17.0",
+            "engine_version": "5.17.0",
+        },
         "exit_code": 0,
     }
 
@@ -214,7 +220,7 @@ def test_render_writes_md_csv_json_with_every_row(tmp_path):
     assert "100.00 (80.00–120.00)" in md
     assert "failed: ImportError: FlashAttention2 missing" in md
     assert "Model: tiny-mistral (from synthetic; SYNTHETIC random weights" in md
-    assert "Hardware: CPU (2 cores); torch 2.13.0+cpu, transformers 5.17.0" in md
+    assert "Hardware: CPU (2 cores); torch 2.13.0+cpu, HF Transformers 5.17.0" in md
     # the printed text is the same table for a terminal
     assert sum(line.startswith("| HF Transformers") for line in printed.splitlines()) == len(results)
     assert "FP32; attn_implementation=eager (baseline)" in printed

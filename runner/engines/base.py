@@ -35,29 +35,44 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 @dataclass(frozen=True)
 class Engine:
-    """An inference engine the matrix can use."""
+    """An inference engine the matrix can use: everything the runner knows about it, and nothing more.
+
+    A description declares; it never imports its engine (that happens only in the
+    entrypoint, inside the engine's environment) nor anything heavy, so the runner
+    can list, validate and label cells on any machine.
+    """
 
     name: str
     software: str
-    entrypoint: str
+    entrypoint: str  # its script in entrypoints/, run as the cell
     settings: dict[str, Setting]
     label: Callable[[dict[str, Any]], list[str]]
+    # The entrypoint's own files beside it in entrypoints/ (helpers and their data): its image copies
+    # them with the entrypoint and the shared files (runner.images.entrypoint_files).
+    helpers: tuple[str, ...] = ()
     # Cross-setting check of one cell: (settings, gpus) -> why the cell is invalid, or None.
     check: Callable[[dict[str, Any], tuple[int, ...]], str | None] = field(default=lambda settings, gpus: None)
-    # The model record a cell reads, from the matrix's: (settings, model, log) -> model. An engine
-    # whose setting needs another checkpoint (AWQ of a synthetic model) derives it here, host-side,
-    # once per store; if that raises, the cell fails with the error and the matrix goes on.
-    cell_model: Callable[[dict[str, Any], dict[str, Any], Callable[[str], None]], dict[str, Any]] = field(
-        default=lambda settings, model, log: model
-    )
+    # The kind of checkpoint a cell reads instead of the matrix's (settings -> kind, or None for the
+    # matrix's own): made on the host by runner.models.derived, once per store.
+    derived_checkpoint: Callable[[dict[str, Any]], str | None] = field(default=lambda settings: None)
+    # Variables set for every cell of this engine, beside the shared safety ones (runner.shared).
+    cell_env: dict[str, str] = field(default_factory=dict)
+    # Prefixes of variables that switch this engine's behaviour: the harness records every such
+    # variable a cell saw (with the safety variables) in the result.
+    recorded_env_prefixes: tuple[str, ...] = ()
     # Facts the engine prints only in its log (it may run its model in other processes):
     # cell log text -> {name: [every value, in order]}; kept in the result as ``engine_log``.
     log_facts: Callable[[str], dict[str, list[Any]]] = field(default=lambda text: {})
-    # Short notes for the table from one ok result (its engine_log, engine_details).
+    # Short notes for the table from one ok result (its engine_log, engine_details, prepare).
     notes: Callable[[dict[str, Any]], list[str]] = field(default=lambda result: [])
     # A failed cell's root cause, from its engine_log, when the error the harness caught only
-    # points elsewhere (vLLM's engine says "see stack trace above" for a worker's exception).
+    # points elsewhere (an engine that reports its worker's exception as "see stack trace above").
     failure_cause: Callable[[dict[str, list[Any]]], str | None] = field(default=lambda facts: None)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Its files in entrypoints/: the entrypoint and its helpers."""
+        return (self.entrypoint, *self.helpers)
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with the given settings (already validated by name)."""

@@ -79,11 +79,22 @@ def check(s: dict[str, Any], gpus: tuple[int, ...]) -> str | None:
     return None
 
 
+def notes(result: dict[str, Any]) -> list[str]:
+    """Whether llama.cpp's tokenizer (read from the GGUF) split the prompt text as transformers' does."""
+    check = (result.get("engine_details") or {}).get("tokenizer_check") or {}
+    if check.get("compared") and not check.get("agrees"):
+        return [f"tokenizer differs from transformers' at token {check.get('first_difference')}"]
+    return []
+
+
 LLAMACPP = Engine(
     name="llamacpp",
     software="llama.cpp",
     entrypoint="run_llamacpp.py",
+    helpers=("llamacpp_gguf.py", "llamacpp_bench.py"),
     settings=SETTINGS,
     label=label,
     check=check,
+    recorded_env_prefixes=("GGML_", "LLAMA_"),
+    notes=notes,
 )

@@ -2,20 +2,19 @@
 
 Any other vLLM engine argument goes in ``engine_args``; the entrypoint checks its
 names against the pinned vLLM's own EngineArgs, so a typo fails the cell with a
-did-you-mean instead of being ignored. AWQ cells get an AWQ checkpoint
-(``cell_model``); what vLLM reports only in its workers' log (weights, KV cache,
-kernels) is read back from the cell log (``log_facts``) and shown in Notes.
+did-you-mean instead of being ignored. AWQ cells read an AWQ checkpoint
+(``derived_checkpoint``: a synthetic model's is written by runner.models.derived,
+a real one is quantised in the cell by entrypoints/vllm_awq.py); what vLLM reports
+only in its workers' log (weights, KV cache, kernels) is read back from the cell
+log (``log_facts``) and shown in Notes.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from runner.engines.base import Engine, Setting
-from runner.models import awq_synthetic
-from runner.models.fingerprint import fingerprint
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
 
@@ -80,24 +79,9 @@ def check(s: dict[str, Any], gpus: tuple[int, ...]) -> str | None:
 AWQ_METHODS = ("awq", "awq_marlin")
 
 
-def cell_model(s: dict[str, Any], model: dict[str, Any], log) -> dict[str, Any]:
-    """AWQ cells of a synthetic model read an AWQ layout of it, written here once per store.
-
-    A real checkpoint stays as it is: an AWQ export is read as such, an unquantised
-    one is quantised by llm-compressor in the engine's environment (entrypoints/vllm_awq.py).
-    """
-    if s["quantization"] not in AWQ_METHODS or not model.get("synthetic"):
-        return model
-    if awq_synthetic.is_awq_checkpoint(Path(model["path"])):
-        return model
-    folder = awq_synthetic.materialise(model, log=log)
-    return {
-        **model,
-        "name": f"{model['name']} (AWQ 4-bit)",
-        "path": str(folder),
-        "fingerprint": fingerprint(folder),
-        "quantised_from": model["path"],
-    }
+def derived_checkpoint(s: dict[str, Any]) -> str | None:
+    """AWQ cells read an AWQ checkpoint (runner.models.derived makes a synthetic model's)."""
+    return "awq" if s["quantization"] in AWQ_METHODS else None
 
 
 # What vLLM's workers log and nothing else reports (one line per worker on several GPUs).
@@ -174,7 +158,11 @@ VLLM = Engine(
     settings=SETTINGS,
     label=label,
     check=check,
-    cell_model=cell_model,
+    helpers=("vllm_awq.py", "vllm_awq_quantise.py", "vllm_awq_calibration.txt"),
+    derived_checkpoint=derived_checkpoint,
+    # vLLM's symmetric-memory all-reduce uses NVLink multicast: off, like the shared safety variables
+    cell_env={"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"},
+    recorded_env_prefixes=("VLLM_",),
     log_facts=log_facts,
     notes=notes,
     failure_cause=failure_cause,

@@ -19,9 +19,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runner.build import image_key
+from runner.build import ensure_images, image_key
 from runner.errors import UserError
-from runner.executors.local import SAFE_MULTI_GPU_ENV
+from runner.images import load_specs
+from runner.job import ExecutorOptions, Job
 from runner.results import not_started, outcome
 
 CONTAINER_ENTRYPOINTS = "/bench/entrypoints"
@@ -79,8 +80,8 @@ def model_mount(model: dict[str, Any]) -> Path:
     return path
 
 
-def run_command(job: dict[str, Any], image: str, run_folder: Path) -> list[str]:
-    cell, model = job["spec"]["cell"], job["spec"]["model"]
+def run_command(job: Job, image: str, run_folder: Path) -> list[str]:
+    cell, model = job.cell, job.spec["model"]
     gpus = cell["gpus"]
     command = ["docker", "run", "--name", container_name(cell["id"]), "--network", "none"]
     command += ["--user", f"{os.getuid()}:{os.getgid()}"]
@@ -88,7 +89,7 @@ def run_command(job: dict[str, Any], image: str, run_folder: Path) -> list[str]:
         command += ["--gpus", gpus_argument(gpus)]
     command += ["--ipc", "host"] if len(gpus) > 1 else ["--shm-size", SHM_SIZE]
     environment = {
-        **SAFE_MULTI_GPU_ENV,
+        **job.env,
         # inside the container the cell's GPUs are numbered from 0
         "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(gpus))),
         "HF_HUB_OFFLINE": "1",
@@ -98,10 +99,10 @@ def run_command(job: dict[str, Any], image: str, run_folder: Path) -> list[str]:
         command += ["--env", f"{name}={value}"]
     mount = model_mount(model)
     command += ["--volume", f"{mount}:{mount}:ro", "--volume", f"{run_folder}:{run_folder}:rw"]
-    if model.get("derived_dir"):  # where engines keep what they convert from the checkpoint (GGUF, ...)
+    if model.get("derived_dir"):  # where engines keep what they convert from the checkpoint
         command += ["--volume", f"{model['derived_dir']}:{model['derived_dir']}:rw"]
-    script = f"{CONTAINER_ENTRYPOINTS}/{job['entrypoint']}"
-    return [*command, image, "python3", script, "--spec", str(job["spec_path"]), "--output", str(job["result_path"])]
+    script = f"{CONTAINER_ENTRYPOINTS}/{job.entrypoint}"
+    return [*command, image, "python3", script, "--spec", str(job.spec_path), "--output", str(job.child_result_path)]
 
 
 def _remove(name: str) -> None:
@@ -125,15 +126,15 @@ class DockerExecutor:
         for name in names:
             subprocess.run(["docker", "kill", name], capture_output=True, stdin=subprocess.DEVNULL)
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        cell = job["spec"]["cell"]
+    def run(self, job: Job) -> dict[str, Any]:
+        cell = job.cell
         image = self.images[image_key(cell["engine"], cell["gpus"], cell.get("engine_version"))]
         name = container_name(cell["id"])
         _remove(name)  # a container left by an earlier, killed run
         command = run_command(job, image, self.run_folder)
-        job["result_path"].unlink(missing_ok=True)
+        job.child_result_path.unlink(missing_ok=True)
         timed_out = False
-        with open(job["log_path"], "w") as log:
+        with open(job.log_path, "w") as log:
             log.write("$ " + " ".join(shlex.quote(a) for a in command) + "\n")
             log.flush()
             with self._lock:
@@ -142,7 +143,7 @@ class DockerExecutor:
                 self._names.add(name)
                 process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             try:
-                process.wait(timeout=job["timeout_s"])
+                process.wait(timeout=job.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 subprocess.run(["docker", "kill", name], capture_output=True, stdin=subprocess.DEVNULL)
@@ -150,3 +151,11 @@ class DockerExecutor:
         _remove(name)
         self._names.discard(name)
         return outcome(job, process.returncode, timed_out=timed_out, interrupted=self.interrupted)
+
+
+def from_options(options: ExecutorOptions) -> DockerExecutor:
+    """A docker executor once the daemon answers and every image the cells need exists (built if allowed)."""
+    require_daemon()
+    needed = {image_key(c.engine, c.gpus, c.engine_version) for c in options.cells}
+    tags = ensure_images(needed, load_specs(), options.build_options, options.build_missing, exists=image_exists)
+    return DockerExecutor(tags, options.run_folder)

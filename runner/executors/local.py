@@ -18,24 +18,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from runner.job import ExecutorOptions, Job
 from runner.results import not_started, outcome
 
 ENTRYPOINTS = Path(__file__).resolve().parents[2] / "entrypoints"
 KILL_GRACE_S = 10
 
-# NVLink multicast can take a shared host's GPUs out of service: keep it off in every child
-# (vLLM's symmetric-memory all-reduce uses it too).
-SAFE_MULTI_GPU_ENV = {
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
-}
 
-
-def cell_environment(gpus: tuple[int, ...], base: dict[str, str] | None = None) -> dict[str, str]:
+def cell_environment(
+    gpus: tuple[int, ...], job_env: dict[str, str], base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """This process's environment (or base) with the job's variables (safety, engine's) and the cell's GPUs."""
     env = dict(os.environ if base is None else base)
-    env.update(SAFE_MULTI_GPU_ENV)
+    env.update(job_env)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     env["PYTHONUNBUFFERED"] = "1"
@@ -77,13 +72,13 @@ class LocalExecutor:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Run the job (cell, spec path, result path, log path, timeout) and return its result."""
-        cell = job["spec"]["cell"]
-        script = ENTRYPOINTS / job["entrypoint"]
-        command = [self.python, str(script), "--spec", str(job["spec_path"]), "--output", str(job["result_path"])]
-        job["result_path"].unlink(missing_ok=True)
-        with open(job["log_path"], "w") as log:
+    def run(self, job: Job) -> dict[str, Any]:
+        """Run the job's entrypoint in a child process group and return the cell's result."""
+        cell = job.cell
+        script = ENTRYPOINTS / job.entrypoint
+        command = [self.python, str(script), "--spec", str(job.spec_path), "--output", str(job.child_result_path)]
+        job.child_result_path.unlink(missing_ok=True)
+        with open(job.log_path, "w") as log:
             log.write(f"$ {' '.join(command)}\n# CUDA_VISIBLE_DEVICES={','.join(map(str, cell['gpus']))}\n")
             log.flush()
             with self._lock:  # an interrupt either finds this process or stops it from starting
@@ -94,17 +89,21 @@ class LocalExecutor:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=cell_environment(tuple(cell["gpus"])),
+                    env=cell_environment(tuple(cell["gpus"]), job.env),
                     start_new_session=True,
                     cwd=ENTRYPOINTS,
                 )
                 self._running.add(process)
             timed_out = False
             try:
-                process.wait(timeout=job["timeout_s"])
+                process.wait(timeout=job.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
             _kill_group(process)
             self._running.discard(process)
             code = process.returncode
         return outcome(job, code, timed_out=timed_out, interrupted=self.interrupted)
+
+
+def from_options(options: ExecutorOptions) -> LocalExecutor:
+    return LocalExecutor(python=options.python)

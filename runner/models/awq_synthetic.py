@@ -27,8 +27,8 @@ from typing import Any
 
 from runner.models import random_safetensors, synthetic
 from runner.models.architectures import parameter_shapes
-from runner.models.build_once import build_once
 from runner.models.random_safetensors import Tensor
+from runner.shared import build_once
 
 BITS = 4
 PACK = 32 // BITS
@@ -120,9 +120,10 @@ def materialise(model: dict[str, Any], log=print) -> Path:
     source = Path(model["path"])
     key = _key(model)
     final = Path(model["derived_dir"]) / "awq" / f"{source.name}-{key}"
-    return build_once(
+    build_once(
         final,
-        synthetic.MARKER,
         lambda scratch: _build(scratch, source, key),
-        lambda: log(f"writing a synthetic AWQ 4-bit checkpoint of {model['name']} into {final}"),
+        marker=synthetic.MARKER,
+        announce=lambda: log(f"writing a synthetic AWQ 4-bit checkpoint of {model['name']} into {final}"),
     )
+    return final

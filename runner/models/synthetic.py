@@ -16,7 +16,7 @@ from typing import Any
 
 from runner.models import random_safetensors, tokenizer_train
 from runner.models.architectures import ARCHITECTURES, parameter_count, parameter_shapes
-from runner.models.build_once import build_once
+from runner.shared import build_once
 
 SEED = 0
 MARKER = "synthetic.json"
@@ -60,9 +60,10 @@ def materialise(architecture: str, store: Path, log=print) -> Path:
     key = store_key(architecture)
     final = store / "synthetic" / f"{architecture}-{key}"
     count = parameter_count(ARCHITECTURES[architecture])
-    return build_once(
+    build_once(
         final,
-        MARKER,
         lambda scratch: _build(scratch, architecture, key),
-        lambda: log(f"materialising synthetic {architecture} ({count / 1e6:,.1f} M parameters) into {final}"),
+        marker=MARKER,
+        announce=lambda: log(f"materialising synthetic {architecture} ({count / 1e6:,.1f} M parameters) into {final}"),
     )
+    return final

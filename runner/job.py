@@ -1,0 +1,57 @@
+"""What the runner hands an executor for one cell, and what every executor offers in return.
+
+A Job names its files apart: the spec the child reads, the scratch path the
+child writes its own report to, the result path where the runner publishes the
+reconciled result, and the log. An executor runs a job and returns the
+reconciled result; stop_all() stops every running cell and starts no other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from runner.build import BuildOptions
+    from runner.expand import Cell
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: dict[str, Any]  # what the child reads: cell, model, workload, schema version, what to record
+    spec_path: Path
+    child_result_path: Path  # scratch: the child's own report, before the runner reconciles it
+    result_path: Path  # the cell's published result (cells/<id>.json)
+    log_path: Path
+    entrypoint: str  # the engine's script in entrypoints/
+    timeout_s: int
+    env: dict[str, str]  # variables set for this cell: the safety variables and the engine's own
+
+    @property
+    def cell(self) -> dict[str, Any]:
+        return self.spec["cell"]
+
+
+class Executor(Protocol):
+    name: str
+    interrupted: bool
+
+    def run(self, job: Job) -> dict[str, Any]:
+        """Run the cell and return its result (status, reason, metrics), never raising for a cell's failure."""
+        ...
+
+    def stop_all(self) -> None:
+        """Stop every running cell and start no other (the run was interrupted)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """What a run gives the executor it chooses; each executor takes what it needs."""
+
+    run_folder: Path
+    cells: list[Cell]  # the cells this run will hand it (the docker executor prepares their images)
+    python: str | None = None  # local: the interpreter that has the engines (default: the runner's)
+    build_options: dict[str, BuildOptions] = field(default_factory=dict)  # docker: per image flavour
+    build_missing: bool = True  # docker: build missing images (False: refuse and name them)
