@@ -7,8 +7,8 @@
 * ``SAFETY_ENV``: the variables that keep NVLink multicast off (it can take a
   shared host's GPUs out of service). Every executor sets them for every cell,
   and the harness records them in each result.
-* ``write_json_atomic()``: a document written to a scratch file, then renamed
-  into place, so a reader never sees half of it.
+* ``write_json_atomic()``, ``write_text_atomic()``: a file written under a
+  scratch name, then renamed into place, so a reader never sees half of it.
 * ``build_once()``: a file or folder of the model store made once, under a file
   lock, written under a scratch name and renamed into place: synthetic
   checkpoints on the host; the engines' converted and quantised models inside
@@ -38,12 +38,17 @@ SAFETY_ENV = {
 }
 
 
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write document as indented JSON to path through a scratch file in the same folder."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to path through a scratch file in the same folder, renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    scratch.write_text(json.dumps(document, indent=2) + "\n")
+    scratch.write_text(text)
     os.replace(scratch, path)
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write document as indented JSON to path, atomically."""
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
 
 
 def is_built(final: Path, marker: str | None) -> bool:

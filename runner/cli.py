@@ -29,9 +29,10 @@ from runner.executors.docker import daemon_problem, image_exists, require_daemon
 from runner.expand import Cell, expand, find_baseline
 from runner.images import FLAVOURS, image_tag, load_specs, stale_dockerfiles, write_dockerfiles
 from runner.job import Executor, ExecutorOptions
-from runner.matrix import load_matrix
+from runner.matrix import Matrix, load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
 from runner.results import read_result
+from runner.run_lock import run_folder_lock
 from runner.session import cell_paths, refresh_log_facts, run_cells
 from runner.shared import write_json_atomic
 from runner.table import render
@@ -104,7 +105,13 @@ def build_options(args: argparse.Namespace) -> dict[str, BuildOptions]:
 
 
 def parse_run_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runner", description="Run an inference benchmark matrix.")
+    parser = argparse.ArgumentParser(
+        prog="python -m runner",
+        description="Run an inference benchmark matrix.",
+        epilog="other commands: `python -m runner build [ENGINE ...]` builds engine images; "
+        "`python -m runner images --render|--check` regenerates or checks images/*/Dockerfile* "
+        "(each takes --help)",
+    )
     parser.add_argument("matrix", type=Path, help="matrix YAML file (see matrix.yaml)")
     parser.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<matrix name>)")
     parser.add_argument(
@@ -234,10 +241,18 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def select(cells: list[Cell], only: list[str]) -> list[Cell]:
+    """The cells whose id, engine name, displayed software name or settings label contains any of only."""
     if not only:
         return cells
-    text = {c.id: f"{c.id} {c.engine} {' '.join(c.label)}".lower() for c in cells}
-    return [c for c in cells if any(o.lower() in text[c.id] for o in only)]
+    text = {c.id: f"{c.id} {c.engine} {c.software} {' '.join(c.label)}".lower() for c in cells}
+    chosen = [c for c in cells if any(o.lower() in text[c.id] for o in only)]
+    if not chosen:
+        engines = ", ".join(dict.fromkeys(f"{c.engine} ({c.software})" for c in cells))
+        raise UserError(
+            f"--only {' '.join(only)}: no cell matches; give part of a cell id, an engine ({engines}) or a "
+            f"setting as --list shows it, e.g. --only {cells[0].id}"
+        )
+    return chosen
 
 
 def _list(cells: list[Cell], baseline: Cell) -> None:
@@ -269,17 +284,29 @@ def _run(args: argparse.Namespace) -> int:
     if args.list:
         _list(chosen, baseline)
         return 0
-    if not chosen:
-        raise UserError(f"--only {' '.join(args.only)}: no cell matches; see --list")
     if args.parallel < 1:
         raise UserError("--parallel: give a number >= 1")
     folder = (args.output or Path("runs") / matrix.name).resolve()
     if args.table_only:
         return _table(folder, cells, {}, baseline, refresh=True)
+    model = resolve_model(matrix.model, args.store, matrix.path)  # a bad model leaves no run folder behind
     folder.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(folder):
+        return _run_in(folder, args, matrix, cells, chosen, baseline, model)
+
+
+def _run_in(
+    folder: Path,
+    args: argparse.Namespace,
+    matrix: Matrix,
+    cells: list[Cell],
+    chosen: list[Cell],
+    baseline: Cell,
+    model: dict,
+) -> int:
+    """Run the chosen cells into folder (held by this runner), render the table, choose the exit code."""
     executor = _executor(args, chosen, folder)
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
-    model = resolve_model(matrix.model, args.store, matrix.path)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force)

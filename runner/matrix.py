@@ -24,6 +24,7 @@ that release of the engine (the docker executor builds one image per release).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def load_matrix(path: str | Path) -> Matrix:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: byte {exc.start}: not UTF-8 text; save the file as UTF-8") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to read; a matrix is a few levels of mappings and lists") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1}" if mark else f"position {getattr(exc, 'position', '?')}"
@@ -173,7 +176,7 @@ def parse_matrix(raw: Any, path: Path) -> Matrix:
     engines = _engines(w, w.mapping(top["engines"], "engines"), defaults)
     matrix = Matrix(
         path=path,
-        name=str(top.get("name") or path.stem),
+        name=_name(w, top.get("name"), path),
         model=_model(w, w.mapping(top["model"], "model")),
         workload=_workload(w, w.mapping(top.get("workload", {}), "workload")),
         engines=engines,
@@ -181,6 +184,15 @@ def parse_matrix(raw: Any, path: Path) -> Matrix:
         defaults=defaults,
     )
     return matrix
+
+
+def _name(w: _Where, given: Any, path: Path) -> str:
+    """The run's default folder name (runs/<name>): a plain folder name, never a path."""
+    if given is None:
+        return path.stem
+    if not isinstance(given, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", given):
+        raise w.fail("name", f"{given!r} is not a plain folder name; use letters, digits, '.', '_' and '-' (or -o DIR)")
+    return given
 
 
 def _model(w: _Where, table: dict[str, Any]) -> ModelSpec:

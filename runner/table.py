@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from runner.engines import ENGINES
+from runner.shared import write_text_atomic
 
 COLUMNS = ["Software", "Settings", "Avg Tok/s", "Max Mem (MiB)", "Speed X", "Max mem %", "Notes"]
 
@@ -220,10 +221,10 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
             "",
         ]
     )
-    (folder / "table.md").write_text(markdown)
+    write_text_atomic(folder / "table.md", markdown)
     csv_frame = frame.assign(Settings=[" / ".join(s) for s in frame["Settings"]])
-    csv_frame.to_csv(folder / "table.csv", index=False)
-    csv_frame.to_json(folder / "table.json", orient="records", indent=2)
+    write_text_atomic(folder / "table.csv", csv_frame.to_csv(index=False))
+    write_text_atomic(folder / "table.json", csv_frame.to_json(orient="records", indent=2))
     printed = tabulate(
         display_frame(frame, "; "), headers="keys", tablefmt="github", showindex=False, disable_numparse=True
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from runner.executors.docker import daemon_problem
 from runner.images import image_tag, load_specs
+from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV
 
 pytestmark = pytest.mark.docker  # needs a Docker daemon; builds the CPU images
 
@@ -80,7 +82,7 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
     for row in rows:
         log = (folder / "logs" / f"{row['Cell']}.log").read_text()
         first = log.splitlines()[0]
-        assert first.startswith(f"$ docker run --name inference-matrix-{row['Cell']} --network none")
+        assert re.match(rf"\$ docker run --name inference-matrix-{row['Cell']}-[0-9a-f]{{8}} --network none", first)
         engine = row["Cell"].rsplit("-", 1)[0]
         assert image_tag(load_specs()[(engine, "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU")) in first
         assert "--gpus" not in first
@@ -235,5 +237,8 @@ def test_other_cpu_flavours_build_and_import(cpu_image, runner_cli, engine):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     tag = image_tag(load_specs()[(engine, "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU"))
     assert f"{engine} (cpu): {tag}" in done.stdout
-    check = docker("run", "--rm", "--network", "none", tag, "python3", "-c", "import harness; print('harness ok')")
-    assert check.stdout.strip() == "harness ok", check.stderr
+    # the image's harness and shared.py agree with this runner: the same schema version and safety variables
+    script = "import json, harness, shared; print(json.dumps([harness.RESULT_SCHEMA_VERSION, shared.SAFETY_ENV]))"
+    check = docker("run", "--rm", "--network", "none", tag, "python3", "-c", script)
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout) == [RESULT_SCHEMA_VERSION, SAFETY_ENV]

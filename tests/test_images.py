@@ -219,8 +219,9 @@ def _job(tmp_path: Path, gpus: list[int], source: str = "synthetic", path: str =
 
 
 def test_docker_run_command_for_two_gpus(tmp_path):
-    command = run_command(_job(tmp_path, [0, 1]), "img:1", tmp_path)
-    assert command[:4] == ["docker", "run", "--name", "inference-matrix-transformers-abc"]
+    command = run_command(_job(tmp_path, [0, 1]), "img:1", tmp_path, "t0k3n")
+    assert command[:4] == ["docker", "run", "--name", "inference-matrix-transformers-abc-t0k3n"]
+    assert command[command.index("--label") + 1] == f"inference-matrix.run-folder={tmp_path}"
     assert command[command.index("--gpus") + 1] == '"device=0,1"'
     assert command[command.index("--ipc") + 1] == "host"
     assert command[command.index("--network") + 1] == "none"
@@ -242,11 +243,11 @@ def test_docker_run_command_for_two_gpus(tmp_path):
 
 
 def test_docker_run_command_for_one_gpu_and_for_cpu(tmp_path):
-    one = run_command(_job(tmp_path, [3]), "img:1", tmp_path)
+    one = run_command(_job(tmp_path, [3]), "img:1", tmp_path, "t0k3n")
     assert one[one.index("--gpus") + 1] == '"device=3"'
     assert "CUDA_VISIBLE_DEVICES=0" in one  # the container numbers its GPUs from 0
     assert "--shm-size" in one and "--ipc" not in one
-    cpu = run_command(_job(tmp_path, []), "img:1", tmp_path)
+    cpu = run_command(_job(tmp_path, []), "img:1", tmp_path, "t0k3n")
     assert "--gpus" not in cpu
     assert "CUDA_VISIBLE_DEVICES=" in cpu
     assert gpus_argument([0, 1, 2]) == '"device=0,1,2"'

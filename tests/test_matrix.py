@@ -78,6 +78,8 @@ MISTAKES = [
         ["2 cells of engine 'transformers'", "{'dtype': 'fp32'}", "give settings that pick exactly one cell"],
     ),
     ("err_invalid_yaml.yaml", "line 3", ["not valid YAML", "expected ',' or '}'"]),
+    ("err_name_is_a_path.yaml", "name", ["'../../../tmp/escape' is not a plain folder name", "(or -o DIR)"]),
+    ("err_nested_too_deep.yaml", None, ["nested too deeply to read"]),
     ("err_top_level_list.yaml", "(top level)", ["expected a mapping, got list"]),
     # a key given twice: YAML would silently keep the last one; the line is the second occurrence
     ("err_duplicate_engine.yaml", "line 8", ["not valid YAML", "key 'transformers' given twice", "merge"]),
@@ -277,3 +279,21 @@ def test_parse_errors_direct(raw, message):
     with pytest.raises(UserError) as caught:
         parse_matrix(raw, Path("m.yaml"))
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_only_takes_displayed_names_and_a_miss_lists_what_there_is(runner_cli):
+    shown = runner_cli("matrix-cpu.yaml", "--list", "--only", "llama.cpp", timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 3 and all("llama.cpp:" in line for line in lines)  # fp16, q8_0, q4_k_m
+    missed = runner_cli("matrix-cpu.yaml", "--list", "--only", "exllama", timeout=60)
+    assert missed.returncode == 1 and missed.stdout == ""
+    assert missed.stderr.startswith("error: --only exllama: no cell matches; give part of a cell id, an engine (")
+    assert "llamacpp (llama.cpp)" in missed.stderr and "vllm (vLLM)" in missed.stderr
+
+
+def test_help_names_the_other_commands(runner_cli):
+    done = runner_cli("--help", timeout=60)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "python -m runner build [ENGINE ...]" in text and "python -m runner images --render|--check" in text

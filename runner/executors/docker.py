@@ -1,18 +1,23 @@
 """Docker executor: one container per cell, named after it, on exactly the cell's GPUs.
 
 `docker run` gets the engine's image (built beforehand, see runner/build.py),
+a name unique to this runner (the cell id and a token of the run), a label naming
+the run folder,
 `--gpus '"device=0,1"'` with the cell's devices (none for CPU cells), the IPC /
 shared-memory settings multi-GPU engines need, the model mounted read-only, and
 the run folder and the store's folder of converted models read-write, all at the
 same paths as on the host (so the cell's spec needs no rewriting), the invoking
 user's uid:gid (result files stay yours) and no network. The container's stdout
 and stderr go to the cell's log. A timeout or an interrupt kills and removes the
-container; it is removed in every case.
+container; it is removed in every case. A runner killed before it could do that
+leaves its containers labelled with the folder: the next runner on the folder
+(which holds the folder's lock, runner/run_lock.py) removes them first.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import subprocess
 import threading
@@ -27,6 +32,7 @@ from runner.results import not_started, outcome
 
 CONTAINER_ENTRYPOINTS = "/bench/entrypoints"
 SHM_SIZE = "16g"
+FOLDER_LABEL = "inference-matrix.run-folder"
 
 
 def daemon_problem() -> str | None:
@@ -68,8 +74,9 @@ def gpus_argument(gpus: list[int]) -> str:
     return f'"device={",".join(str(g) for g in gpus)}"'
 
 
-def container_name(cell_id: str) -> str:
-    return f"inference-matrix-{cell_id}"
+def container_name(cell_id: str, run_token: str) -> str:
+    """Unique per runner: two runners (on two folders) may run the same cell at once."""
+    return f"inference-matrix-{cell_id}-{run_token}"
 
 
 def model_mount(model: dict[str, Any]) -> Path:
@@ -80,10 +87,11 @@ def model_mount(model: dict[str, Any]) -> Path:
     return path
 
 
-def run_command(job: Job, image: str, run_folder: Path) -> list[str]:
+def run_command(job: Job, image: str, run_folder: Path, run_token: str) -> list[str]:
     cell, model = job.cell, job.spec["model"]
     gpus = cell["gpus"]
-    command = ["docker", "run", "--name", container_name(cell["id"]), "--network", "none"]
+    command = ["docker", "run", "--name", container_name(cell["id"], run_token), "--network", "none"]
+    command += ["--label", f"{FOLDER_LABEL}={run_folder}"]
     command += ["--user", f"{os.getuid()}:{os.getgid()}"]
     if gpus:
         command += ["--gpus", gpus_argument(gpus)]
@@ -109,12 +117,24 @@ def _remove(name: str) -> None:
     subprocess.run(["docker", "rm", "--force", name], capture_output=True, stdin=subprocess.DEVNULL)
 
 
+def leftover_containers(run_folder: Path) -> list[str]:
+    """Containers an earlier runner on this folder started and never removed (it was killed)."""
+    done = subprocess.run(
+        ["docker", "ps", "--all", "--filter", f"label={FOLDER_LABEL}={run_folder}", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return [name for name in done.stdout.split() if name]
+
+
 class DockerExecutor:
     name = "docker"
 
-    def __init__(self, images: dict[tuple, str], run_folder: Path):
+    def __init__(self, images: dict[tuple, str], run_folder: Path, run_token: str | None = None):
         self.images = images  # runner.build.image_key of a cell -> tag
         self.run_folder = run_folder
+        self.run_token = run_token or secrets.token_hex(4)
         self.interrupted = False
         self._lock = threading.Lock()
         self._names: set[str] = set()
@@ -129,9 +149,8 @@ class DockerExecutor:
     def run(self, job: Job) -> dict[str, Any]:
         cell = job.cell
         image = self.images[image_key(cell["engine"], cell["gpus"], cell.get("engine_version"))]
-        name = container_name(cell["id"])
-        _remove(name)  # a container left by an earlier, killed run
-        command = run_command(job, image, self.run_folder)
+        name = container_name(cell["id"], self.run_token)
+        command = run_command(job, image, self.run_folder, self.run_token)
         job.child_result_path.unlink(missing_ok=True)
         timed_out = False
         with open(job.log_path, "w") as log:
@@ -156,6 +175,9 @@ class DockerExecutor:
 def from_options(options: ExecutorOptions) -> DockerExecutor:
     """A docker executor once the daemon answers and every image the cells need exists (built if allowed)."""
     require_daemon()
+    for name in leftover_containers(options.run_folder):  # this runner holds the folder: none of them is live
+        print(f"removing container {name}, left in this run folder by a runner that was killed", flush=True)
+        _remove(name)
     needed = {image_key(c.engine, c.gpus, c.engine_version) for c in options.cells}
     tags = ensure_images(needed, load_specs(), options.build_options, options.build_missing, exists=image_exists)
     return DockerExecutor(tags, options.run_folder)
