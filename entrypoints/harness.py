@@ -16,7 +16,8 @@ this module does the rest the same way for all of them:
 * memory: NVML device-level used memory (what nvidia-smi shows) sampled on every
   GPU of the cell from before load to the end, plus the engine allocator's own
   peak where it has one; on CPU the peak RSS of the cell's process tree (engine
-  workers included), labelled as such;
+  workers included), labelled as such; a GPU cell whose NVML cannot be read
+  reports no memory and why (kind ``unmeasured``), never the host's RSS;
 * the result is schema-versioned and written atomically (temp file, rename),
   both from shared.py, the one file the runner loads too; a spec written by a
   runner of another schema version fails the cell saying so.
@@ -54,7 +55,13 @@ PROMPT_FILE = Path(__file__).with_name("prompt.txt")
 
 
 class CellUnsupported(Exception):
-    """This setting cannot run here; the message becomes the row's Notes."""
+    """This setting cannot run in this environment (an engine or package not installed, no CUDA GPU, another
+    engine release): status ``unsupported``, shown as "not run here: <message>", not counted as a failure."""
+
+
+class CellInvalid(Exception):
+    """This cell cannot work anywhere as given (settings that contradict each other or the workload, a
+    malformed spec): a failed row whose reason is the message, with the fix."""
 
 
 @dataclass
@@ -171,6 +178,8 @@ class MemorySampler:
             self._thread.join()
             self.sample()
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.error:  # a GPU cell whose device memory could not be read: no number rather than a wrong one
+            return {"kind": "unmeasured", "peak_mib": None, "reason": self.error, "host_peak_rss_mib": rss_mib}
         if self.devices:
             return {
                 "kind": "nvml-device-used",
@@ -195,6 +204,14 @@ def _nvml_handle(pynvml: Any, entry: str) -> Any:
     if entry.isdigit():
         return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
     return pynvml.nvmlDeviceGetHandleByUUID(entry)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((ln.split(":", 1)[1].strip() for ln in info if ln.lower().startswith("model name")), "")
+    except OSError:
+        return platform.processor()
 
 
 def driver_info() -> dict[str, Any]:
@@ -259,7 +276,7 @@ def check_spec(spec: dict[str, Any]) -> None:
     """The spec comes from a runner that reads this harness's results, or the cell fails saying so."""
     found = spec.get("schema_version")
     if found != RESULT_SCHEMA_VERSION:
-        raise CellUnsupported(
+        raise CellInvalid(
             f"the runner wrote a schema {found!r} spec and this harness writes schema {RESULT_SCHEMA_VERSION}: "
             "the engine's image or entrypoints come from another checkout; rebuild the image (make image-ENGINE)"
         )
@@ -362,8 +379,11 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
 
 
 def _record_failure(result: dict[str, Any], exc: BaseException) -> None:
-    result["status"] = "oom" if _is_oom(exc) else "failed"
-    result["reason"] = str(exc) if isinstance(exc, CellUnsupported) else _one_line(exc)
+    if isinstance(exc, CellUnsupported):
+        result["status"] = "unsupported"
+    else:
+        result["status"] = "oom" if _is_oom(exc) else "failed"
+    result["reason"] = str(exc) if isinstance(exc, CellUnsupported | CellInvalid) else _one_line(exc)
     result["traceback"] = traceback.format_exc()[-4000:]
 
 
@@ -380,7 +400,10 @@ def _reference(engine: Any, result: dict[str, Any]) -> None:
 
 def _headline(result: dict[str, Any]) -> str:
     tps = result["metrics"]["tokens_per_s"]["median"]
-    return f"{tps:.2f} tok/s, peak {result['memory']['peak_mib']:.0f} MiB ({result['memory']['kind']})"
+    memory = result["memory"]
+    if memory["peak_mib"] is None:
+        return f"{tps:.2f} tok/s, memory not measured ({memory['reason']})"
+    return f"{tps:.2f} tok/s, peak {memory['peak_mib']:.0f} MiB ({memory['kind']})"
 
 
 def _environment(engine: Any, engine_prefixes: list[str]) -> dict[str, Any]:
@@ -391,6 +414,8 @@ def _environment(engine: Any, engine_prefixes: list[str]) -> dict[str, Any]:
         "machine": platform.machine(),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "multi_gpu_safety_env": {name: os.environ.get(name) for name in SAFETY_ENV},
         # engine switches set from outside (the spec names the engine's prefixes): they change what runs

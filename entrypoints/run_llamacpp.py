@@ -107,12 +107,10 @@ class Engine:
                 "or `make setup-llamacpp` for the local executor"
             )
         if self.workload["batch_size"] != 1:
-            raise harness.CellUnsupported(
-                "llama-cpp-python's Llama generates one sequence at a time: batch_size must be 1"
-            )
+            raise harness.CellInvalid("llama-cpp-python's Llama generates one sequence at a time: batch_size must be 1")
         needed = self.workload["prompt_tokens"] + self.workload["new_tokens"]
         if self.n_ctx < needed:
-            raise harness.CellUnsupported(
+            raise harness.CellInvalid(
                 f"n_ctx {self.n_ctx} is smaller than prompt + new tokens ({needed}); raise n_ctx or leave it null"
             )
         if self.gpus and not llama_cpp.llama_supports_gpu_offload():
@@ -123,7 +121,7 @@ class Engine:
     def prepare(self) -> dict[str, Any]:
         derived = self.spec["model"].get("derived_dir")
         if not derived:
-            raise harness.CellUnsupported("the cell spec has no model.derived_dir to keep GGUF files in")
+            raise harness.CellInvalid("the cell spec has no model.derived_dir to keep GGUF files in")
         try:
             self.gguf, record = llamacpp_gguf.gguf_for(self.spec["model"], self.settings["quant"], Path(derived))
         except llamacpp_gguf.ToolchainMissing as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import time
 from typing import Any
 
@@ -60,12 +61,17 @@ class Engine:
                     "(removed in optimum 2.0; transformers' native SDPA replaces it)"
                 ) from None
         if self.settings["bnb_compute_dtype"] and self.settings["quantization"] != "bnb-4bit":
-            raise harness.CellUnsupported(
+            raise harness.CellInvalid(
                 "bitsandbytes has no compute dtype for this setting: BitsAndBytesConfig takes "
                 "bnb_4bit_compute_dtype for 4-bit only; 8-bit matmuls compute in the model dtype"
             )
         if self.settings["quantization"] != "none" and not self.cuda:
             raise harness.CellUnsupported("bitsandbytes quantization needs a CUDA GPU in this tool")
+        if self.settings["attention"] == "flash_attention_2":
+            if importlib.util.find_spec("flash_attn") is None:
+                raise harness.CellUnsupported("flash_attention_2 needs the flash-attn package, not installed here")
+            if not self.cuda:
+                raise harness.CellUnsupported("flash_attention_2 needs a CUDA GPU")
 
     def synchronize(self) -> None:
         if self.cuda:

@@ -87,7 +87,7 @@ class Engine:
         known = {f.name for f in dataclasses.fields(EngineArgs)}
         problem = unknown_engine_args(list(self.settings["engine_args"]), known, vllm.__version__)
         if problem:
-            raise harness.CellUnsupported(problem)
+            raise harness.CellInvalid(problem)
 
     def prepare(self) -> dict[str, Any] | None:
         """An AWQ cell on an unquantised checkpoint: quantise it once (vllm_awq), before memory is sampled."""
@@ -97,13 +97,13 @@ class Engine:
         if found == "awq":
             return None
         if found is not None:
-            raise harness.CellUnsupported(
+            raise harness.CellInvalid(
                 f"quantization={self.quantization!r} but the checkpoint is already quantised ({found}); "
                 f"set quantization to null (vLLM reads the checkpoint's own) or point model.path at an AWQ export"
             )
         derived = self.spec["model"].get("derived_dir")
         if not derived:
-            raise harness.CellUnsupported("the cell spec has no model.derived_dir to keep the AWQ checkpoint in")
+            raise harness.CellInvalid("the cell spec has no model.derived_dir to keep the AWQ checkpoint in")
         try:
             path, record = vllm_awq.awq_checkpoint(self.spec["model"], Path(derived))
         except vllm_awq.QuantiserMissing as exc:

@@ -31,7 +31,7 @@ from runner.images import FLAVOURS, image_tag, load_specs, stale_dockerfiles, wr
 from runner.job import Executor, ExecutorOptions
 from runner.matrix import Matrix, load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
-from runner.results import read_result
+from runner.results import FAILURES, read_result
 from runner.run_lock import run_folder_lock
 from runner.session import cell_paths, refresh_log_facts, run_cells
 from runner.shared import write_json_atomic
@@ -139,7 +139,9 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--table-only", action="store_true", help="render the table from the results already in the run folder"
     )
-    parser.add_argument("--strict", action="store_true", help="exit 3 if any cell did not succeed")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 3 if a cell failed (timeout and oom too; not run here does not)"
+    )
     _build_arguments(parser)
     return parser.parse_args(argv)
 
@@ -317,9 +319,16 @@ def _run_in(
         raise
     _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
     _table(folder, cells, {r["cell"]["id"]: r for r in results}, baseline)
-    failed = [r for r in results if r["status"] != "ok"]
-    print(f"this run: {len(results) - len(failed)} ok, {len(failed)} not ok")
+    print(f"this run: {summary(results)}")
+    failed = [r for r in results if r["status"] in FAILURES]
     return 3 if failed and args.strict else 0
+
+
+def summary(results: list[dict]) -> str:
+    """How the run's cells ended: ok, not run here (unsupported), and failed (failed, timeout, oom)."""
+    ok = sum(r["status"] == "ok" for r in results)
+    unsupported = sum(r["status"] == "unsupported" for r in results)
+    return f"{ok} ok, {unsupported} not run here, {len(results) - ok - unsupported} failed"
 
 
 def _table(folder: Path, cells: list[Cell], fresh: dict[str, dict], baseline: Cell, refresh: bool = False) -> int:

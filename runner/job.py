@@ -45,6 +45,11 @@ class Executor(Protocol):
         """Stop every running cell and start no other (the run was interrupted)."""
         ...
 
+    def environment(self, cell: Cell) -> str:
+        """What the cell's engine runs in, as one comparable line: its image tag, or the local interpreter
+        with a digest of its installed packages and the cell's entrypoint files (runner/reuse.py)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ExecutorOptions:

@@ -1,6 +1,8 @@
 """Result documents: one schema-versioned JSON per cell, written atomically, never overwritten by worse news.
 
-A result has a status (ok, failed, timeout, oom, skipped) and a reason. The
+A result has a status (ok, unsupported, failed, timeout, oom, skipped) and a
+reason; unsupported means the setting cannot run in this environment (an engine
+or package missing, no CUDA GPU), which is not a failure. The
 child's JSON is trusted only together with its exit code: a non-zero exit is
 never an ok result, and a child that wrote nothing or garbage is its own kind
 of failure with the log's tail kept. outcome() turns a finished, timed-out or
@@ -18,7 +20,10 @@ from typing import Any
 from runner.job import Job
 from runner.shared import RESULT_SCHEMA_VERSION
 
-STATUSES = ("ok", "failed", "timeout", "oom", "skipped")
+STATUSES = ("ok", "unsupported", "failed", "timeout", "oom", "skipped")
+# what a row with each status says before its reason ("unsupported": the setting cannot run here, not a failure)
+STATUS_WORDS = {"unsupported": "not run here"}
+FAILURES = ("failed", "timeout", "oom")  # what --strict counts
 TAIL_CHARS = 4000
 
 

@@ -2,7 +2,8 @@
 
 Per cell the folder gets spec/<id>.json (what the child reads), cells/<id>.json
 (the result, written atomically) and logs/<id>.log. An ok result already in
-the folder for the same cell id is kept and not re-measured unless forced.
+the folder for the same cell id is kept only when everything else it was
+measured with still holds (runner/reuse.py), unless forced.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 from runner.engines import ENGINES
 from runner.expand import Cell
 from runner.gpu_guard import GpuGuard
+from runner.host import hardware_of
 from runner.job import Executor, Job
 from runner.matrix import Matrix
 from runner.models import derived
+from runner.provenance import tool_version
 from runner.results import failure, read_result
+from runner.reuse import measured_with, why_not_reuse
 from runner.scheduler import run_scheduled
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
@@ -81,16 +85,18 @@ def run_cells(
     guard = guard or GpuGuard(log=log)
 
     def run_one(cell: Cell) -> dict[str, Any]:
-        try:
-            kind = ENGINES[cell.engine].derived_checkpoint(cell.settings)
-            cell_model, problem = derived.cell_model(kind, model, log), None
-        except Exception as exc:  # making a derived checkpoint broke: this cell fails, the matrix goes on
-            cell_model, problem = model, f"could not make this cell's checkpoint: {type(exc).__name__}: {exc}"
+        cell_model, problem = _cell_model(cell, model, log)
+        wanted = measured_with(cell_model, executor.name, executor.environment(cell), hardware_of(cell.gpus))
         previous = read_result(cell_paths(folder, cell)["result_path"])
-        same_model = previous and previous.get("model", {}).get("path") == cell_model["path"]
-        if previous and previous.get("status") == "ok" and same_model and not force:
-            log(f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)})")
+        why = "--force" if force and previous else why_not_reuse(previous, wanted)
+        if why is None:
+            log(
+                f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)}): same checkpoint, engine "
+                "environment, executor and hardware"
+            )
             return previous
+        if previous is not None:
+            log(f"[{cell.id}] measuring again: {why}")
         job = make_job(folder, cell, matrix, cell_model)
         busy = None if problem else guard.wait_until_free(cell.gpus)
         log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell)}")
@@ -98,21 +104,38 @@ def run_cells(
         if problem or busy:
             result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem or busy)
         else:
-            result = executor.run(job)
-            facts = log_facts(cell, job.log_path)
-            if facts:
-                result["engine_log"] = facts
-            cause = ENGINES[cell.engine].failure_cause(facts)
-            if result["status"] != "ok" and cause and cause not in (result.get("reason") or ""):
-                result["reason"] = f"{result.get('reason') or 'failed'}; root cause: {cause}"
+            result = _execute(cell, job, executor)
         result["wall_s"] = time.time() - started
         result["executor"] = executor.name
+        result["measured_with"] = wanted
+        result["runner"] = tool_version()
         write_json_atomic(job.result_path, result)
         job.child_result_path.unlink(missing_ok=True)
         log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
         return result
 
     return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel, on_interrupt=executor.stop_all)
+
+
+def _cell_model(cell: Cell, model: dict[str, Any], log) -> tuple[dict[str, Any], str | None]:
+    """The checkpoint the cell reads (its engine's derived kind, if any), and why it could not be made."""
+    try:
+        kind = ENGINES[cell.engine].derived_checkpoint(cell.settings)
+        return derived.cell_model(kind, model, log), None
+    except Exception as exc:  # making a derived checkpoint broke: this cell fails, the matrix goes on
+        return model, f"could not make this cell's checkpoint: {type(exc).__name__}: {exc}"
+
+
+def _execute(cell: Cell, job: Job, executor: Executor) -> dict[str, Any]:
+    """Run the job; add what the engine said only in its log, and the root cause of a failure."""
+    result = executor.run(job)
+    facts = log_facts(cell, job.log_path)
+    if facts:
+        result["engine_log"] = facts
+    cause = ENGINES[cell.engine].failure_cause(facts)
+    if result["status"] != "ok" and cause and cause not in (result.get("reason") or ""):
+        result["reason"] = f"{result.get('reason') or 'failed'}; root cause: {cause}"
+    return result
 
 
 def log_facts(cell: Cell, log_path: Path) -> dict[str, Any]:

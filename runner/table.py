@@ -13,8 +13,11 @@ from typing import Any
 import pandas as pd
 
 from runner.engines import ENGINES
+from runner.provenance import describe
+from runner.results import STATUS_WORDS
 from runner.shared import write_text_atomic
 
+RSS_KINDS = ("process-tree-peak-rss", "process-peak-rss")  # CPU cells: host memory, marked "RSS" in the column
 COLUMNS = ["Software", "Settings", "Avg Tok/s", "Max Mem (MiB)", "Speed X", "Max mem %", "Notes"]
 
 
@@ -32,7 +35,8 @@ def _notes(result: dict[str, Any]) -> str:
     status = result.get("status", "failed")
     if status != "ok":
         reason = result.get("reason") or "no reason recorded"
-        return reason if reason.startswith(f"{status}:") else f"{status}: {reason}"
+        word = STATUS_WORDS.get(status, status)
+        return reason if reason.startswith(f"{word}:") else f"{word}: {reason}"
     notes = []
     gpus = result["cell"].get("gpus") or []
     if len(gpus) > 1:  # the seed said "4090+3090" here
@@ -44,7 +48,9 @@ def _notes(result: dict[str, Any]) -> str:
     if batch > 1 and total:  # Avg Tok/s is per request, as the seed's batch-1 figures are
         notes.append(f"batch {batch}: {total:.2f} tok/s in total")
     memory = result.get("memory") or {}
-    if memory.get("kind") == "process-tree-peak-rss":
+    if memory.get("kind") == "unmeasured":
+        notes.append(f"memory not measured: {memory.get('reason')}")
+    elif memory.get("kind") == "process-tree-peak-rss":
         notes.append("CPU: memory is the peak RSS of the cell's processes")
     elif memory.get("kind") == "process-peak-rss":  # results written before worker processes were counted
         notes.append("CPU: memory is process peak RSS")
@@ -88,6 +94,7 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
                 "Tok/s min": _stat(r, "tokens_per_s", "min") if ok else None,
                 "Tok/s max": _stat(r, "tokens_per_s", "max") if ok else None,
                 "Max Mem (MiB)": mem,
+                "Memory kind": (r.get("memory") or {}).get("kind"),
                 "Speed X": tps / base_tps if tps and base_tps else None,
                 "Max mem %": 100 * mem / base_mem if mem and base_mem else None,
                 "TTFT (ms)": 1000 * _stat(r, "ttft_s") if _stat(r, "ttft_s") else None,
@@ -96,6 +103,8 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
                 "Prepare (s)": r.get("metrics", {}).get("prepare_s"),
                 "Reference decode tok/s": (r.get("reference") or {}).get("decode_tokens_per_s"),
                 "Engine version": (r.get("environment") or {}).get("engine_version"),
+                "torch": (r.get("environment") or {}).get("torch"),
+                "Executor": r.get("executor"),
                 "Allocator peak (MiB)": ((r.get("metrics", {}).get("allocator") or {}).get("max_reserved_mib")),
                 "Status": r.get("status"),
                 "Notes": _notes(r),
@@ -104,6 +113,11 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame.from_records(records)
+
+
+def _text(value: Any) -> str:
+    """A text cell: empty for a missing value (never "nan" or "None")."""
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
 
 def _fmt(value: Any, digits: int) -> str:
@@ -122,7 +136,10 @@ def display_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
         f"{_fmt(t, 2)} ({_fmt(lo, 2)}–{_fmt(hi, 2)})" if t is not None and not pd.isna(t) else ""
         for t, lo, hi in zip(frame["Avg Tok/s"], frame["Tok/s min"], frame["Tok/s max"], strict=False)
     ]
-    shown["Max Mem (MiB)"] = [_fmt(v, 0) for v in frame["Max Mem (MiB)"]]
+    shown["Max Mem (MiB)"] = [
+        f"{_fmt(v, 0)} RSS" if kind in RSS_KINDS and _fmt(v, 0) else _fmt(v, 0)
+        for v, kind in zip(frame["Max Mem (MiB)"], frame["Memory kind"], strict=True)
+    ]
     shown["Speed X"] = [_fmt(v, 2) for v in frame["Speed X"]]
     shown["Max mem %"] = [_fmt(v, 0) for v in frame["Max mem %"]]
     shown["Notes"] = frame["Notes"]
@@ -138,7 +155,8 @@ def details_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
     shown["Load (s)"] = [_fmt(v, 1) for v in frame["Load (s)"]]
     shown["Prepare (s)"] = [_fmt(v, 1) for v in frame["Prepare (s)"]]
     shown["Reference decode tok/s"] = [_fmt(v, 2) for v in frame["Reference decode tok/s"]]
-    shown["Engine version"] = [v or "" for v in frame["Engine version"]]
+    for column in ("Engine version", "torch", "Executor"):
+        shown[column] = [_text(v) for v in frame[column]]
     shown["Allocator peak (MiB)"] = [_fmt(v, 0) for v in frame["Allocator peak (MiB)"]]
     shown["Status"] = frame["Status"]
     shown["Cell"] = frame["Cell"]
@@ -146,38 +164,79 @@ def details_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
 
 
 def caption(results: list[dict[str, Any]]) -> list[str]:
-    """What the numbers were measured on, said once above the table."""
+    """What the numbers were measured on, by what and when, said once above the table.
+
+    Anything that is not the same for every row (a version, the executor) is said to differ and
+    shown per row in the details table."""
     first = next((r for r in results if r.get("status") == "ok"), results[0] if results else None)
     if first is None:
         return []
     model, workload = first.get("model", {}), first.get("workload", {})
     weights = "SYNTHETIC random weights, real architecture and tokenizer" if model.get("synthetic") else "real weights"
-    lines = [
+    return [
         f"Model: {model.get('name')} (from {model.get('source')}; {weights})",
         (
             f"Workload: {workload.get('prompt_tokens')} prompt tokens, exactly {workload.get('new_tokens')} new tokens "
             f"(greedy, EOS ignored), batch {workload.get('batch_size')}, {workload.get('warmup')} warm-up, "
             f"{workload.get('repetitions')} timed repetitions"
         ),
-    ]
-    env = first.get("environment", {})
-    devices = (first.get("memory") or {}).get("devices") or []
-    if env:
-        hardware = ", ".join(sorted({d["name"] for d in devices})) or f"CPU ({env.get('cpu_count')} cores)"
-        versions = [f"{k} {env[k]}" for k in ("driver", "torch") if env.get(k)]
-        engines = {}
-        for r in results:
-            version = (r.get("environment") or {}).get("engine_version")
-            if version:
-                engines.setdefault(r["cell"]["software"], version)
-        versions += [f"{software} {version}" for software, version in engines.items()]
-        lines.append(f"Hardware: {hardware}" + (f"; {', '.join(versions)}" if versions else ""))
-    lines.append(
+        _when_and_by(results),
+        "Hardware: " + "; ".join(_one_or_differs("hardware", [_hardware(r) for r in results])),
+        "Software: " + ", ".join(_versions(results)),
         "Avg Tok/s: new tokens / generation time, median of repetitions (min–max). "
         "Max Mem: peak device memory in use (NVML, as nvidia-smi shows it), summed over the cell's GPUs; "
-        "on CPU, the peak RSS of the cell's processes (engine workers included)."
-    )
-    return lines
+        "on CPU (marked RSS), the peak RSS of the cell's processes (engine workers included).",
+    ]
+
+
+def _when_and_by(results: list[dict[str, Any]]) -> str:
+    times = sorted(r["finished_at"] for r in results if r.get("finished_at"))
+    when = f"{times[0][:16].replace('T', ' ')} to {times[-1][:16].replace('T', ' ')}" if times else "unknown dates"
+    runners = sorted({describe(r.get("runner")) for r in results})
+    by = runners[0] if len(runners) == 1 else "several runners: " + "; ".join(runners)
+    return f"Measured: {when}, by {by}"
+
+
+def _hardware(result: dict[str, Any]) -> str | None:
+    """What the cell ran on: as the runner recorded it, else from what the harness saw."""
+    recorded = (result.get("measured_with") or {}).get("hardware")
+    if recorded and recorded.startswith("GPUs: ") and "; driver " in recorded:
+        names, driver = recorded.removeprefix("GPUs: ").split("; driver ", 1)
+        return f"{' + '.join(dict.fromkeys(names.split(' + ')))}; driver {driver}"  # the kind of card, once
+    if recorded:
+        return recorded
+    env = result.get("environment") or {}
+    names = " + ".join(dict.fromkeys(d["name"] for d in (result.get("memory") or {}).get("devices") or []))
+    if names:
+        return f"{names}; driver {env['driver']}" if env.get("driver") else names
+    return f"CPU ({env['cpu_count']} cores)" if env.get("cpu_count") else None
+
+
+def _one_or_differs(what: str, values: list[str | None]) -> list[str]:
+    found = list(dict.fromkeys(v for v in values if v))
+    if len(found) > 1:
+        return [f"{what} differs by row: " + " | ".join(found)]
+    return found or [f"{what} not recorded"]
+
+
+def _versions(results: list[dict[str, Any]]) -> list[str]:
+    """torch, each engine's release and the executor: one value, or 'differs by row (Details)'."""
+    shown = []
+    per_key = {
+        "torch": [(r.get("environment") or {}).get("torch") for r in results],
+        "executor": [r.get("executor") for r in results],
+    }
+    for software in dict.fromkeys(r["cell"]["software"] for r in results):
+        per_key[software] = [
+            (r.get("environment") or {}).get("engine_version") for r in results if r["cell"]["software"] == software
+        ]
+    for key, values in per_key.items():
+        found = list(dict.fromkeys(v for v in values if v))
+        if len(found) == 1:
+            shown.append(f"{key} {found[0]}")
+        elif found:
+            shown.append(f"{key} differs by row ({', '.join(found)}; see Details)")
+    return shown
 
 
 def relative_columns_line(results: list[dict[str, Any]], baseline_id: str) -> str | None:

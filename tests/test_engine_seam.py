@@ -88,8 +88,10 @@ import sys
 import harness
 
 class Engine:
-    def __init__(self, spec): pass
-    def check(self): pass
+    def __init__(self, spec): self.raises = spec["cell"]["settings"].get("raises")
+    def check(self):
+        if self.raises:
+            raise getattr(harness, self.raises)(f"{self.raises} says why")
     def load(self): pass
     def synchronize(self): pass
     def tokenize(self, text): return [1] + [ord(c) for c in text[:40]]
@@ -207,3 +209,12 @@ def test_an_unknown_executor_from_the_environment_is_one_line(runner_cli, tmp_pa
     done = runner_cli("matrix-cpu.yaml", "-o", str(tmp_path), env={**os.environ, "BENCH_EXECUTOR": "dokcer"})
     assert done.returncode == 1
     assert done.stderr.strip() == ("error: BENCH_EXECUTOR=dokcer: unknown executor; choose one of auto, docker, local")
+
+
+def test_a_setting_this_environment_cannot_run_is_unsupported_not_failed(tmp_path):
+    cell = {"id": "fake-cell", "engine": "fake", "gpus": []}
+    code, result = run_fake_cell(tmp_path, {"cell": {**cell, "settings": {"raises": "CellUnsupported"}}}, {})
+    assert code == 1 and result["status"] == "unsupported" and result["reason"] == "CellUnsupported says why"
+    code, result = run_fake_cell(tmp_path, {"cell": {**cell, "settings": {"raises": "CellInvalid"}}}, {})
+    assert code == 1 and result["status"] == "failed" and result["reason"] == "CellInvalid says why"
+    assert "traceback" in result  # kept in the JSON, not shown in the table

@@ -38,3 +38,14 @@ def test_tree_rss_counts_worker_processes(monkeypatch):
     assert memory["peak_mib"] == max(memory["tree_peak_mib"], memory["own_peak_rss_mib"])
     assert memory["tree_peak_mib"] > memory["own_peak_rss_mib"] + 0.9 * HOLD_MIB - own_before
     assert harness.process_tree_rss_mib(os.getpid()) < with_worker - 0.9 * HOLD_MIB  # the worker is gone
+
+
+def test_a_gpu_cell_without_nvml_reports_no_memory_rather_than_host_rss(monkeypatch):
+    # no driver here (CI); on a GPU host, no GPU has this UUID: either way NVML cannot read the cell's GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-00000000-0000-0000-0000-000000000000")
+    sampler = harness.MemorySampler()
+    sampler.start()
+    memory = sampler.stop()
+    assert memory["kind"] == "unmeasured" and memory["peak_mib"] is None
+    assert memory["reason"].startswith("NVML unavailable: ")
+    assert memory["host_peak_rss_mib"] > 0  # kept, but not as the cell's memory

@@ -45,7 +45,7 @@ def run_copy(parallel_run, tmp_path) -> Path:
 def test_parallel_two_cpu_cells_run_one_after_the_other(parallel_run, runner_cli):
     done, folder = parallel_run
     first, second = cell_ids(runner_cli)
-    assert done.stdout.rstrip().endswith("this run: 2 ok, 0 not ok")
+    assert done.stdout.rstrip().endswith("this run: 2 ok, 0 not run here, 0 failed")
     # the runner's own log: the second cell starts only after the first has finished
     events = [" ".join(line.split()[:2]) for line in done.stdout.splitlines() if line.startswith("[transformers-")]
     assert events == [f"[{first}] running", f"[{first}] ok", f"[{second}] running", f"[{second}] ok"]
@@ -99,22 +99,24 @@ def test_table_only_on_an_empty_folder_is_one_line(runner_cli, tmp_path):
     assert list(folder.iterdir()) == []
 
 
-def test_earlier_result_on_another_model_is_measured_again(run_copy, runner_cli, model_store, tiny_model):
+def test_earlier_result_on_a_changed_checkpoint_is_measured_again(run_copy, runner_cli, model_store, tiny_model):
     folder = run_copy
     first, second = cell_ids(runner_cli)
     moved = result(folder, first)
     assert moved["status"] == "ok" and moved["model"]["path"] == str(tiny_model.resolve())
-    moved["model"]["path"] = "/somewhere/else/tiny-mistral"
+    assert moved["measured_with"]["model_fingerprint"] == moved["model"]["fingerprint"]
+    moved["measured_with"]["model_fingerprint"] = "a checkpoint since rewritten in place"
     (folder / "cells" / f"{first}.json").write_text(json.dumps(moved, indent=2) + "\n")
     kept_bytes = (folder / "cells" / f"{second}.json").read_bytes()
 
     done = runner_cli(MATRIX, "-o", str(folder), "--store", str(model_store), timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"[{first}] measuring again: the checkpoint changed" in done.stdout
     assert f"[{first}] running HF Transformers" in done.stdout
     assert f"[{first}] kept earlier" not in done.stdout
     assert f"[{second}] kept earlier ok result" in done.stdout
     assert f"[{second}] running" not in done.stdout
-    assert done.stdout.rstrip().endswith("this run: 2 ok, 0 not ok")
+    assert done.stdout.rstrip().endswith("this run: 2 ok, 0 not run here, 0 failed")
     remeasured = result(folder, first)
     assert remeasured["status"] == "ok"
     assert remeasured["model"]["path"] == str(tiny_model.resolve())

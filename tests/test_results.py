@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runner.results import STATUSES, failure, read_result, reconcile, schema_problem, tail
+from runner.results import FAILURES, STATUSES, failure, read_result, reconcile, schema_problem, tail
 from runner.shared import RESULT_SCHEMA_VERSION, write_json_atomic
 
 CELL = {"id": "transformers-000000000000", "software": "HF Transformers", "label": ["FP32"], "gpus": []}
@@ -40,7 +40,8 @@ def test_failure_document():
     assert doc["finished_at"]
     with pytest.raises(AssertionError):
         failure(CELL, MODEL, WORKLOAD, "exploded", "not a status")
-    assert STATUSES == ("ok", "failed", "timeout", "oom", "skipped")
+    assert STATUSES == ("ok", "unsupported", "failed", "timeout", "oom", "skipped")
+    assert FAILURES == ("failed", "timeout", "oom")  # what --strict counts: not "unsupported"
 
 
 def test_ok_child_exit_zero_is_ok():

@@ -11,9 +11,11 @@ import pytest
 from runner.executors import LocalExecutor, local
 from runner.expand import expand
 from runner.gpu_guard import GpuGuard, GpuUse
+from runner.host import hardware_of
 from runner.matrix import parse_matrix
 from runner.results import read_result
 from runner.session import cell_paths, run_cells
+from runner.shared import RESULT_SCHEMA_VERSION
 
 MODEL = {"source": "synthetic", "name": "tiny-mistral", "path": "/nowhere", "synthetic": True}
 
@@ -98,11 +100,23 @@ def test_run_cells_keeps_ok_reruns_failed_and_forces(setup):
     assert calls(folder) == [c.id for c in cells] + [bf16.id]
     assert [r["status"] for r in second] == ["ok", "ok", "ok"]
     assert second[0] == read_result(cell_paths(run, fp32)["result_path"])
-    assert f"[{fp32.id}] kept earlier ok result (FP32; attn_implementation=sdpa)" in messages
-    assert f"[{fp16.id}] kept earlier ok result (FP16; attn_implementation=sdpa)" in messages
+    same = "same checkpoint, engine environment, executor and hardware"
+    assert f"[{fp32.id}] kept earlier ok result (FP32; attn_implementation=sdpa): {same}" in messages
+    assert f"[{fp16.id}] kept earlier ok result (FP16; attn_implementation=sdpa): {same}" in messages
+    assert f"[{bf16.id}] measuring again: the earlier result was failed" in messages
+    assert second[1]["measured_with"] == {
+        "model_fingerprint": None,
+        "result_schema": RESULT_SCHEMA_VERSION,
+        "executor": "local",
+        "engine_environment": LocalExecutor().environment(bf16),
+        "hardware": hardware_of(()),
+    }
+    assert second[1]["measured_with"]["hardware"].startswith("CPU: ")
 
     # force: everything is measured again
+    messages.clear()
     forced = run_cells(matrix, cells, MODEL, run, LocalExecutor(), force=True, log=messages.append)
+    assert f"[{fp32.id}] measuring again: --force" in messages
     assert [r["status"] for r in forced] == ["ok", "ok", "ok"]
     assert calls(folder) == [c.id for c in cells] + [bf16.id] + [c.id for c in cells]
 
@@ -140,3 +154,39 @@ def test_a_busy_gpu_fails_its_cell_and_the_rest_go_on(tmp_path, monkeypatch):
     )
     assert calls(folder) == [cells[1].id]  # nothing was started on the busy GPU
     assert "waiting for GPU 0 to be free: GPU 0 has 70000 MiB in use (pid 4242 (69500 MiB))" in messages
+
+
+def test_a_result_is_kept_only_while_what_it_was_measured_with_holds(setup):
+    matrix, cells, run, folder = setup
+    fp32 = cells[0]
+    messages: list[str] = []
+
+    def again(model=MODEL) -> list[str]:
+        messages.clear()
+        run_cells(matrix, [fp32], model, run, LocalExecutor(), log=messages.append)
+        return [m.split("] ", 1)[1] for m in messages if m.startswith(f"[{fp32.id}] measuring again")]
+
+    run_cells(matrix, [fp32], MODEL, run, LocalExecutor(), log=messages.append)
+    assert again() == []  # nothing changed: kept
+    assert again({**MODEL, "fingerprint": "rewritten in place"}) == ["measuring again: the checkpoint changed"]
+    # the harness (any file the cell's image or interpreter would run) changed
+    (folder / "harness.py").write_text("# a newer harness\n")
+    assert again({**MODEL, "fingerprint": "rewritten in place"}) == [
+        "measuring again: the engine's image or environment changed"
+    ]
+    # a result an older runner wrote records nothing of this: measured again rather than trusted
+    path = cell_paths(run, fp32)["result_path"]
+    old = json.loads(path.read_text())
+    del old["measured_with"]
+    path.write_text(json.dumps(old))
+    assert again({**MODEL, "fingerprint": "rewritten in place"}) == [
+        "measuring again: the earlier result does not record what it was measured with (an older runner wrote it)"
+    ]
+    # another executor or other hardware
+    old = json.loads(path.read_text())
+    old["measured_with"]["executor"], old["measured_with"]["hardware"] = "docker", "GPUs: NVIDIA H100; driver 1"
+    path.write_text(json.dumps(old))
+    assert again({**MODEL, "fingerprint": "rewritten in place"}) == [
+        "measuring again: another executor; other hardware or driver"
+    ]
+    assert calls(folder) == [fp32.id] * 5

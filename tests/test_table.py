@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from runner.table import COLUMNS, render, rows
+from runner.table import COLUMNS, caption, details_frame, display_frame, render, rows
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def test_render_writes_md_csv_json_with_every_row(tmp_path):
     assert "100.00 (80.00–120.00)" in md
     assert "failed: ImportError: FlashAttention2 missing" in md
     assert "Model: tiny-mistral (from synthetic; SYNTHETIC random weights" in md
-    assert "Hardware: CPU (2 cores); torch 2.13.0+cpu, HF Transformers 5.17.0" in md
+    assert "Hardware: CPU (2 cores)  \nSoftware: torch 2.13.0+cpu, HF Transformers 5.17.0  \n" in md
     # the printed text is the same table for a terminal
     assert sum(line.startswith("| HF Transformers") for line in printed.splitlines()) == len(results)
     assert "FP32; attn_implementation=eager (baseline)" in printed
@@ -255,3 +255,53 @@ def test_multi_gpu_rows_say_which_gpus():
     assert got["split"]["Notes"] == "2 GPUs: 0+1"
     assert got["single"]["Notes"] == "GPU 1"  # the same cell on another card is told apart
     assert got["first"]["Notes"] == ""
+
+
+def test_memory_that_could_not_be_read_is_no_number_and_says_why():
+    blind = ok("blind", ["BF16"], [90.0, 90.0, 90.0], 0.0)
+    blind["memory"] = {"kind": "unmeasured", "peak_mib": None, "reason": "NVML unavailable: driver not loaded"}
+    frame = rows([BASE, blind], "base")
+    got = by_cell(frame)
+    assert pd.isna(got["blind"]["Max Mem (MiB)"]) and pd.isna(got["blind"]["Max mem %"])
+    assert got["blind"]["Notes"] == "memory not measured: NVML unavailable: driver not loaded"
+    shown = display_frame(frame, "; ")
+    assert list(shown["Max Mem (MiB)"]) == ["400 RSS", ""]  # CPU memory says so in its own column
+
+
+def test_gpu_memory_is_shown_as_a_plain_number():
+    card = ok("card", ["BF16"], [90.0, 90.0, 90.0], 16000.0)
+    card["memory"] = {"kind": "nvml-device-used", "peak_mib": 16000.0, "devices": [{"name": "NVIDIA H200"}]}
+    assert list(display_frame(rows([card], "card"), "; ")["Max Mem (MiB)"]) == ["16000"]
+
+
+def test_a_setting_not_runnable_here_says_so_rather_than_failed():
+    missing = failed("nofa", ["BF16", "attn_implementation=flash_attention_2"], "flash-attn not installed here")
+    missing["status"] = "unsupported"
+    got = by_cell(rows([BASE, missing], "base"))
+    assert got["nofa"]["Status"] == "unsupported"
+    assert got["nofa"]["Notes"] == "not run here: flash-attn not installed here"
+    assert pd.isna(got["nofa"]["Avg Tok/s"]) and pd.isna(got["nofa"]["Max Mem (MiB)"])
+
+
+def test_the_header_says_when_by_what_and_on_what_and_what_differs_by_row():
+    local, docker = ok("local", ["FP32"], [10.0, 10.0, 10.0], 1.0), ok("docker", ["BF16"], [12.0, 12.0, 12.0], 1.0)
+    local.update(executor="local", finished_at="2026-12-02T03:10:00+0000")
+    docker.update(executor="docker", finished_at="2026-12-02T04:20:00+0000")
+    for r in (local, docker):
+        r["runner"] = {"version": "0.1.0", "commit": "abc123def456"}
+        r["measured_with"] = {"hardware": "CPU: AMD EPYC 7B13, 2 logical cores"}
+    docker["environment"] = {**docker["environment"], "engine_version": "5.17.0", "torch": "2.11.0+cpu"}
+    local["environment"] = {**local["environment"], "engine_version": "5.24.0"}
+    lines = caption([local, docker])
+    assert lines[2] == "Measured: 2026-12-02 03:10 to 2026-12-02 04:20, by inference-matrix 0.1.0 (commit abc123def456)"
+    assert lines[3] == "Hardware: CPU: AMD EPYC 7B13, 2 logical cores"
+    assert lines[4] == (
+        "Software: torch differs by row (2.13.0+cpu, 2.11.0+cpu; see Details), executor differs by row "
+        "(local, docker; see Details), HF Transformers differs by row (5.24.0, 5.17.0; see Details)"
+    )
+    details = details_frame(rows([local, docker], "local"), "; ")
+    assert list(details["Executor"]) == ["local", "docker"]
+    assert list(details["torch"]) == ["2.13.0+cpu", "2.11.0+cpu"]
+    assert list(details["Engine version"]) == ["5.24.0", "5.17.0"]
+    failed_details = details_frame(rows([BASE, BROKEN], "base"), "; ")
+    assert "nan" not in failed_details.to_string() and "None" not in failed_details.to_string()

@@ -54,7 +54,7 @@ def test_awq_export_and_unquantised_cells_load_as_they_are(checkpoint, tmp_path)
 
 def test_checkpoint_quantised_otherwise_is_refused_with_the_fix(checkpoint, tmp_path):
     engine = cell_engine(with_quantisation(checkpoint, "gptq"), tmp_path / "derived")
-    with pytest.raises(harness.CellUnsupported, match=r"already quantised \(gptq\); set quantization to null"):
+    with pytest.raises(harness.CellInvalid, match=r"already quantised \(gptq\); set quantization to null"):
         engine.prepare()
 
 

@@ -22,13 +22,16 @@ import shlex
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.build import ensure_images, image_key
 from runner.errors import UserError
 from runner.images import load_specs
 from runner.job import ExecutorOptions, Job
 from runner.results import not_started, outcome
+
+if TYPE_CHECKING:
+    from runner.expand import Cell
 
 CONTAINER_ENTRYPOINTS = "/bench/entrypoints"
 SHM_SIZE = "16g"
@@ -138,6 +141,9 @@ class DockerExecutor:
         self.interrupted = False
         self._lock = threading.Lock()
         self._names: set[str] = set()
+
+    def environment(self, cell: Cell) -> str:
+        return f"image {self.images[image_key(cell.engine, cell.gpus, cell.engine_version)]}"
 
     def stop_all(self) -> None:
         with self._lock:

@@ -10,19 +10,30 @@ the cell ends or times out, so no engine worker outlives its cell.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from runner.engines import ENGINES
+from runner.images import SHARED_ENTRYPOINT_FILES
 from runner.job import ExecutorOptions, Job
 from runner.results import not_started, outcome
 
+if TYPE_CHECKING:
+    from runner.expand import Cell
+
 ENTRYPOINTS = Path(__file__).resolve().parents[2] / "entrypoints"
 KILL_GRACE_S = 10
+# every installed distribution of the cell's interpreter, name and version: an upgrade changes the environment
+PACKAGES_SCRIPT = (
+    "import importlib.metadata as m; "
+    "print(sorted({(d.metadata['Name'] or '').lower() + '==' + d.version for d in m.distributions()}))"
+)
 
 
 def cell_environment(
@@ -63,6 +74,25 @@ class LocalExecutor:
         self.interrupted = False
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
+        self._packages_digest: str | None = None
+
+    def environment(self, cell: Cell) -> str:
+        engine = ENGINES[cell.engine]
+        files = hashlib.sha256()
+        for name in (*SHARED_ENTRYPOINT_FILES, *engine.files):
+            path = ENTRYPOINTS / name
+            files.update(name.encode() + (path.read_bytes() if path.is_file() else b"(missing)"))
+        return f"local {self.python}; packages {self._packages()}; entrypoints {files.hexdigest()[:12]}"
+
+    def _packages(self) -> str:
+        """A digest of every distribution (name and version) the interpreter has installed, read once."""
+        if self._packages_digest is None:
+            done = subprocess.run(
+                [self.python, "-c", PACKAGES_SCRIPT], capture_output=True, text=True, stdin=subprocess.DEVNULL
+            )
+            listing = done.stdout if done.returncode == 0 else f"unreadable: {done.stderr[-300:]}"
+            self._packages_digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
+        return self._packages_digest
 
     def stop_all(self) -> None:
         """Stop every running cell and start no other (the run was interrupted)."""
