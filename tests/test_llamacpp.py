@@ -107,3 +107,42 @@ def test_llama_bench_of_the_same_build_runs_beside_each_cell(runs):
         assert reference["decode_tokens_per_s"] > 0 and reference["prefill_tokens_per_s"] > 0
         assert reference["decode_ratio"] > 0
         assert [r["n_gen"] for r in reference["raw"]] == [0, 20]
+
+
+GREEDY_CHECK = """
+import json, sys
+import run_llamacpp
+from run_llamacpp import llama_cpp
+
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_gpu_layers=0, verbose=False, seed=0)
+prompt = llm.tokenize(b"def fibonacci(n):\\n    return", add_bos=True, special=False)
+ours = [run_llamacpp.greedy_tokens(llm, prompt, 24)[0] for _ in range(2)]
+llm.reset()
+binding = []
+for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=False):
+    binding.append(token)
+    if len(binding) == 24:
+        break
+print(json.dumps({"ours": ours, "binding": binding}))
+"""
+
+
+def test_the_c_api_loop_gives_the_bindings_greedy_tokens(runs, repo):
+    """The cell's decode loop (llama_decode + llama.cpp's greedy sampler) picks exactly the tokens the
+    binding's own Llama.generate picks at temperature 0, and the same again on a second call (the KV cache
+    is emptied each time, so nothing of the first call is reused)."""
+    import subprocess
+    import sys
+
+    gguf = next((runs["store"] / "derived" / "gguf").iterdir()) / "q8_0.gguf"
+    done = subprocess.run(
+        [sys.executable, "-c", GREEDY_CHECK, str(gguf)],
+        cwd=repo / "entrypoints",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(got["binding"]) == 24
+    assert got["ours"] == [got["binding"], got["binding"]]
