@@ -3,10 +3,10 @@
 prepare() gets the GGUF from the model store (converting and quantising once,
 llamacpp_gguf.py). The binding loads the model and context (``Llama``); each
 repetition then runs llama.cpp's own loop through its C API, as llama-bench does,
-plus llama.cpp's greedy sampler: the KV cache emptied, the prompt decoded in
-batches of n_batch, then one ``llama_decode`` per new token, each token chosen by
-``llama_sampler_sample`` with a greedy-only sampler chain, exactly N tokens (EOS
-does not end it). No logits go through Python and no Python-side sampling runs
+plus llama.cpp's greedy sampler (``GreedyLoop``): the KV cache emptied, the
+prompt decoded in batches of n_batch, then one ``llama_decode`` per new token,
+each token chosen by ``llama_sampler_sample`` with a greedy-only sampler chain,
+exactly N tokens (EOS does not end it). No logits go through Python and no Python-side sampling runs
 (the binding's ``Llama.generate`` costed 0.3 ms a token on an H200: see
 results/README.md). Sampling reads the token back, so every clock reading comes
 after the device finished; the first sampled token closes prefill.
@@ -92,40 +92,51 @@ def transformers_token_ids(model_path: str, text_file: Path) -> list[int] | str:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def greedy_tokens(llm: Any, prompt: list[int], new_tokens: int) -> tuple[list[int], float, float]:
-    """llama.cpp's own decode loop with its greedy sampler: (tokens, seconds to the first, seconds in all).
+class GreedyLoop:
+    """llama.cpp's own decode loop with its greedy sampler, through the C API.
 
-    The KV cache is emptied first, so every call prefills the whole prompt (no prefix reuse).
+    One llama_batch is allocated for the context and filled as the binding fills its own
+    (explicit position, sequence 0, logits for the last token only); tokens come from a
+    greedy-only sampler chain (``llama_sampler_sample``). Nothing per token goes through
+    Python beyond the two C calls.
     """
-    ctx, n_batch = llm.ctx, llm.n_batch
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-    sampler = llama_cpp.llama_sampler_init_greedy()
-    one = (llama_cpp.llama_token * 1)()
-    tokens: list[int] = []
-    first = 0.0
-    try:
+
+    def __init__(self, llm: Any):
+        self.ctx, self.n_batch = llm.ctx, llm.n_batch
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.sampler = llama_cpp.llama_sampler_init_greedy()
+
+    def run(self, prompt: list[int], new_tokens: int) -> tuple[list[int], float, float]:
+        """(tokens, seconds to the first, seconds in all), from an emptied KV cache (no prefix reuse)."""
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        tokens: list[int] = []
+        first = 0.0
         start = time.perf_counter()
-        for at in range(0, len(prompt), n_batch):
-            chunk = prompt[at : at + n_batch]
-            _decode(ctx, (llama_cpp.llama_token * len(chunk))(*chunk), len(chunk))
+        for at in range(0, len(prompt), self.n_batch):
+            self._decode(prompt[at : at + self.n_batch], at)
         while True:
-            tokens.append(llama_cpp.llama_sampler_sample(sampler, ctx, -1))
+            tokens.append(llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1))
             if len(tokens) == 1:
                 first = time.perf_counter() - start
             if len(tokens) == new_tokens:
                 break
-            one[0] = tokens[-1]
-            _decode(ctx, one, 1)
-        total = time.perf_counter() - start
-    finally:
-        llama_cpp.llama_sampler_free(sampler)
-    return tokens, first, total
+            self._decode(tokens[-1:], len(prompt) + len(tokens) - 1)
+        return tokens, first, time.perf_counter() - start
 
+    def _decode(self, tokens: list[int], pos0: int) -> None:
+        batch = self.batch
+        batch.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos0 + i, 1, 0
+            batch.seq_id[i][0] = 0
+        batch.logits[len(tokens) - 1] = 1
+        code = llama_cpp.llama_decode(self.ctx, batch)
+        if code != 0:  # 1: no KV cache slot for the batch; < 0: an error
+            raise RuntimeError(f"llama_decode returned {code} for a batch of {len(tokens)} token(s)")
 
-def _decode(ctx: Any, ids: Any, count: int) -> None:
-    code = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ids, count))
-    if code != 0:  # 1: no KV cache slot for the batch; < 0: an error
-        raise RuntimeError(f"llama_decode returned {code} for a batch of {count} token(s)")
+    def close(self) -> None:
+        llama_cpp.llama_sampler_free(self.sampler)
+        llama_cpp.llama_batch_free(self.batch)
 
 
 class Engine:
@@ -137,6 +148,7 @@ class Engine:
         self.n_ctx = harness.context_length(self.settings["n_ctx"], self.workload)
         self.gguf: Path | None = None
         self.llm: Any = None
+        self.loop: GreedyLoop | None = None
         self.facts: dict[str, Any] = {}
         self.transformers_ids: list[int] | str = "not prepared"
 
@@ -189,6 +201,7 @@ class Engine:
             seed=0,
             verbose=True,  # llama.cpp's load report (buffers per device, offloaded layers) goes to the cell log
         )
+        self.loop = GreedyLoop(self.llm)
         self.facts = {
             "n_vocab": self.llm.n_vocab(),
             "n_ctx": self.llm.n_ctx(),
@@ -225,7 +238,7 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> harness.Timing:
         self.synchronize()
-        tokens, first, total = greedy_tokens(self.llm, prompts[0], new_tokens)
+        tokens, first, total = self.loop.run(prompts[0], new_tokens)
         return harness.Timing(total, first, len(tokens))
 
     def allocator_peak(self) -> dict[str, Any] | None:
@@ -235,6 +248,9 @@ class Engine:
         return self.facts
 
     def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None
         if self.llm is not None:
             self.llm.close()
             self.llm = None

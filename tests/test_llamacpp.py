@@ -116,7 +116,9 @@ from run_llamacpp import llama_cpp
 
 llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_gpu_layers=0, verbose=False, seed=0)
 prompt = llm.tokenize(b"def fibonacci(n):\\n    return", add_bos=True, special=False)
-ours = [run_llamacpp.greedy_tokens(llm, prompt, 24)[0] for _ in range(2)]
+loop = run_llamacpp.GreedyLoop(llm)
+ours = [loop.run(prompt, 24)[0] for _ in range(2)]
+loop.close()
 llm.reset()
 binding = []
 for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=False):
