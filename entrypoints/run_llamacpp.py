@@ -3,13 +3,11 @@
 prepare() gets the GGUF from the model store (converting and quantising once,
 llamacpp_gguf.py). The binding loads the model and context (``Llama``); each
 repetition then runs llama.cpp's own loop through its C API, as llama-bench does,
-plus llama.cpp's greedy sampler (``GreedyLoop``): the KV cache emptied, the
-prompt decoded in batches of n_batch, then one ``llama_decode`` per new token,
-each token chosen by ``llama_sampler_sample`` with a greedy-only sampler chain,
-exactly N tokens (EOS does not end it). No logits go through Python and no Python-side sampling runs
-(the binding's ``Llama.generate`` costed 0.3 ms a token on an H200: see
-results/README.md). Sampling reads the token back, so every clock reading comes
-after the device finished; the first sampled token closes prefill.
+plus a greedy pick (``GreedyLoop``): the KV cache emptied, the prompt decoded in
+batches of n_batch, then one ``llama_decode`` per new token, each token the
+argmax of the logits llama.cpp copied to the host, exactly N tokens (EOS does
+not end it). Reading the logits waits for the device, so every clock reading
+comes after it finished; the first token closes prefill.
 
 The prompt is tokenised by llama.cpp's own tokenizer from the GGUF; details()
 records whether it agrees with the checkpoint's transformers tokenizer (run in a
@@ -37,6 +35,7 @@ import llamacpp_gguf
 llamacpp_gguf.point_binding_at_build()  # before the import: the binding reads LLAMA_CPP_LIB_PATH once
 try:
     import llama_cpp
+    import numpy  # a dependency of llama-cpp-python
 except ImportError as exc:  # the cell fails with this reason; the rest of the matrix goes on
     llama_cpp = None
     IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
@@ -93,18 +92,19 @@ def transformers_token_ids(model_path: str, text_file: Path) -> list[int] | str:
 
 
 class GreedyLoop:
-    """llama.cpp's own decode loop with its greedy sampler, through the C API.
+    """llama.cpp's own decode loop through its C API, greedy, as llama-bench's tg runs it plus the pick.
 
     One llama_batch is allocated for the context and filled as the binding fills its own
-    (explicit position, sequence 0, logits for the last token only); tokens come from a
-    greedy-only sampler chain (``llama_sampler_sample``). Nothing per token goes through
-    Python beyond the two C calls.
+    (explicit position, sequence 0, logits for the last token only). The token is the argmax
+    of the logits row llama.cpp has copied to the host, read in place by numpy (the first
+    maximum, as llama.cpp's greedy sampler takes). llama.cpp's sampler chain would first build
+    a candidate array over the whole vocabulary every token: with shisa's 120,128 tokens that
+    cost 0.35 ms a token on an H200 host, 6 % of the decode (results/h200/llamacpp-decode/).
     """
 
     def __init__(self, llm: Any):
-        self.ctx, self.n_batch = llm.ctx, llm.n_batch
+        self.ctx, self.n_batch, self.n_vocab = llm.ctx, llm.n_batch, llm.n_vocab()
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self.sampler = llama_cpp.llama_sampler_init_greedy()
 
     def run(self, prompt: list[int], new_tokens: int) -> tuple[list[int], float, float]:
         """(tokens, seconds to the first, seconds in all), from an emptied KV cache (no prefix reuse)."""
@@ -115,13 +115,18 @@ class GreedyLoop:
         for at in range(0, len(prompt), self.n_batch):
             self._decode(prompt[at : at + self.n_batch], at)
         while True:
-            tokens.append(llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1))
+            tokens.append(self._pick())
             if len(tokens) == 1:
                 first = time.perf_counter() - start
             if len(tokens) == new_tokens:
                 break
             self._decode(tokens[-1:], len(prompt) + len(tokens) - 1)
         return tokens, first, time.perf_counter() - start
+
+    def _pick(self) -> int:
+        """The greedy token: llama_get_logits_ith waits for the device, so the clock reads after it."""
+        logits = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+        return int(numpy.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
 
     def _decode(self, tokens: list[int], pos0: int) -> None:
         batch = self.batch
@@ -135,7 +140,6 @@ class GreedyLoop:
             raise RuntimeError(f"llama_decode returned {code} for a batch of {len(tokens)} token(s)")
 
     def close(self) -> None:
-        llama_cpp.llama_sampler_free(self.sampler)
         llama_cpp.llama_batch_free(self.batch)
 
 
