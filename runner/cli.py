@@ -168,7 +168,19 @@ def parse_build_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGTERM, _interrupt)
+    _STOPPED_BY.clear()
+    # a signal the runner was started with ignored (a nohup'd or background job's SIGINT) stays ignored
+    stops = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {stop: signal.signal(stop, _interrupt) for stop in stops}
+    code = _main(argv)
+    for stop, handler in previous.items():
+        # after a stop, further signals are ignored until the process has exited (Python's shutdown would
+        # otherwise let a late second Ctrl-C kill it by signal, after everything was written)
+        signal.signal(stop, signal.SIG_IGN if "signal" in _STOPPED_BY else handler)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     try:
         if argv[:1] == ["build"]:
             return _build(parse_build_args(argv[1:]))
@@ -180,10 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished cells are kept in the run folder; rerun to measure the rest", file=sys.stderr)
-        return 130
+        return 128 + _STOPPED_BY.get("signal", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+
+
+_STOPPED_BY: dict[str, int] = {}
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """The first SIGINT / SIGTERM stops the run (KeyboardInterrupt); later ones are noted and ignored, so the
+    runner can finish stopping its cells, recording their rows and rendering the table."""
+    if "signal" in _STOPPED_BY:
+        print("still stopping: the running cells' rows and the table are being written", file=sys.stderr, flush=True)
+        return
+    _STOPPED_BY["signal"] = signum
     raise KeyboardInterrupt
 
 
@@ -316,6 +337,8 @@ def _run_in(
         _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
         with contextlib.suppress(UserError):
             _table(folder, cells, {}, baseline)
+        if args.force:
+            print("this run used --force: rerun without it to measure only the cells with no result", file=sys.stderr)
         raise
     _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
     _table(folder, cells, {r["cell"]["id"]: r for r in results}, baseline)

@@ -31,7 +31,8 @@ def run_scheduled(
     """Run run_one over items; return their outcomes in item order.
 
     On KeyboardInterrupt no new item starts, on_interrupt() is called (to stop
-    the running ones), the running items finish, and the interrupt propagates.
+    the running ones), the running items finish (a further interrupt only stops
+    them again), and the interrupt propagates.
     """
     outcomes: list[Any] = [None] * len(items)
     pending = list(range(len(items)))
@@ -72,9 +73,20 @@ def run_scheduled(
     except KeyboardInterrupt:
         if on_interrupt:
             on_interrupt()
-        for thread in threads:
-            thread.join()
+        _wait_for(threads, on_interrupt)
         raise
     if failures:
         raise failures[0]
     return outcomes
+
+
+def _wait_for(threads: list[threading.Thread], on_interrupt: Callable[[], None] | None) -> None:
+    """Let every running item wrap up (record its result, remove its container). A second Ctrl-C
+    meanwhile stops them again rather than leaving them half done."""
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt:
+                if on_interrupt:
+                    on_interrupt()

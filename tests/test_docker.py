@@ -244,3 +244,61 @@ def test_other_cpu_flavours_build_and_import(cpu_image, runner_cli, engine):
     check = docker("run", "--rm", "--network", "none", tag, "python3", "-c", script)
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout) == [RESULT_SCHEMA_VERSION, SAFETY_ENV]
+
+
+def test_ctrl_c_on_a_container_cell_keeps_the_row_and_leaves_no_container(
+    cpu_image, runner_cli, model_store, repo, tmp_path
+):
+    """Ctrl-C as a terminal sends it, twice: SIGINT to the runner's whole process group while a cell runs in
+    its container. The runner stops and removes the container itself, records that cell as interrupted,
+    keeps the finished one, renders the table and exits 130; no container is left behind (before, a second
+    Ctrl-C left the killed container behind, Exited 137, with no row)."""
+    import signal
+    import sys
+    import time
+
+    matrix = "tests/fixtures/matrices/e2e_interrupt.yaml"
+    first, second, _ = (line.split("  ", 1)[0] for line in runner_cli(matrix, "--list").stdout.splitlines())
+    folder = tmp_path / "run"
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            matrix,
+            "--executor",
+            "docker",
+            "-o",
+            str(folder),
+            "--store",
+            str(model_store),
+        ],
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not docker("ps", "--filter", f"name=inference-matrix-{second}-", "--format", "{{.Names}}").stdout:
+            assert runner.poll() is None and time.monotonic() < deadline, "the second cell's container never ran"
+            time.sleep(0.2)
+        os.killpg(runner.pid, signal.SIGINT)  # the whole group, as Ctrl-C does
+        time.sleep(0.3)
+        os.killpg(runner.pid, signal.SIGINT)  # and again, as an impatient user does while the runner cleans up
+        stdout, stderr = runner.communicate(timeout=300)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait(timeout=30)
+    assert runner.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    assert stderr.splitlines()[-1].startswith("interrupted: finished cells are kept")
+    assert leftover_containers() == []
+    rows = {row["Cell"]: row for row in read_table(folder)}
+    assert rows[first]["Status"] == "ok"
+    assert rows[second]["Status"] == "failed" and rows[second]["Notes"].startswith("failed: interrupted")
+    assert json.loads((folder / "cells" / f"{second}.json").read_text())["reason"].startswith("interrupted")
+    assert f"table: {folder.resolve() / 'table.md'} (2 of 3 cells have results)" in stdout

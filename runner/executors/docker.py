@@ -166,7 +166,11 @@ class DockerExecutor:
                 if self.interrupted:
                     return not_started(job)
                 self._names.add(name)
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                # its own session: a terminal's Ctrl-C reaches the runner, which stops the container itself
+                # (the docker client would forward the signal to the engine, which then dies without a result)
+                process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
             try:
                 process.wait(timeout=job.timeout_s)
             except subprocess.TimeoutExpired:
