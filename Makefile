@@ -27,23 +27,26 @@ $(BIN)/python:
 
 setup: setup-python $(VENV)/llama.cpp/BUILD_INFO  ## create .venv: the runner, the Transformers and llama.cpp engines, test tools
 
-setup-python: $(BIN)/python  ## only the Python side of setup: the runner, torch + transformers, test tools (no llama.cpp build)
+setup-python: $(VENV)/.installed  ## only the Python side of setup: the runner, torch + transformers, test tools (no llama.cpp build)
+
+# installed once, and again only when pyproject.toml changes (make -B setup-python forces it)
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[transformers,test]'
+	touch $@
 
 setup-llamacpp: $(VENV)/llama.cpp/BUILD_INFO  ## (re)build only llama.cpp into .venv (part of setup; a few minutes)
 
 $(VENV)/llama.cpp/BUILD_INFO: images/llamacpp/build-llama-cpp.sh | $(BIN)/python
-	@tmp=$$(mktemp -d) && set -e \
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && set -e \
 	 && $(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $$tmp \
 	 && tar -xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $$tmp \
 	 && echo "building llama.cpp $(LLAMA_CPP_PYTHON) into $(VENV)/llama.cpp ($(LLAMA_CPP_CMAKE_ARGS))" \
 	 && rm -rf $(VENV)/llama.cpp \
 	 && bash images/llamacpp/build-llama-cpp.sh $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON) $(VENV)/llama.cpp \
 	      $(LLAMA_CPP_CMAKE_ARGS) >$$tmp/build.log 2>&1 || { tail -30 $$tmp/build.log; exit 1; }; \
-	 CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/pip install -q $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz \
-	 && rm -rf $$tmp
+	 CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/pip install -q $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
 
 run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
 	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi

@@ -97,11 +97,24 @@ def build_image(spec: ImageSpec, options: BuildOptions, log=print) -> str:
         log(f"building {tag}: {' '.join(shown)}")
         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr)
     if done.returncode != 0:
+        base = options.base_image or spec.base_image
+        if not _local_image(base):
+            raise UserError(
+                f"images/{spec.engine}: docker build of {tag} failed: its base image {base} is not on this machine "
+                "and could not be pulled (no registry reachable?); build on a local base (make base-image, then "
+                "BENCH_BASE_IMAGE_CPU=inference-matrix/bookworm-base:local; README: 'Behind a proxy, or without a "
+                "registry') or run with --executor local"
+            )
         raise UserError(
             f"images/{spec.engine}: docker build of {tag} failed (exit {done.returncode}); see the build output above"
         )
     log(f"built {tag}")
     return tag
+
+
+def _local_image(name: str) -> bool:
+    done = subprocess.run(["docker", "image", "inspect", name], capture_output=True, stdin=subprocess.DEVNULL)
+    return done.returncode == 0
 
 
 def flavour_of(gpus: tuple[int, ...] | list[int]) -> str:

@@ -330,6 +330,8 @@ def _run_in(
     """Run the chosen cells into folder (held by this runner), render the table, choose the exit code."""
     executor = _executor(args, chosen, folder)
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
+    if args.parallel > 1 and any(not c.gpus for c in chosen):
+        print("note: --parallel runs cells on disjoint GPUs at once; CPU cells still run one at a time", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force)

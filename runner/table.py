@@ -26,6 +26,17 @@ def _stat(result: dict[str, Any], name: str, field: str = "median") -> float | N
     return value.get(field) if isinstance(value, dict) else None
 
 
+UNSTABLE_PCT = 10.0  # a row whose repetitions vary more than this (coefficient of variation) is flagged
+
+
+def _spread_pct(result: dict[str, Any]) -> float | None:
+    """The coefficient of variation of the row's tok/s over its repetitions, in %, as llama-bench's ±."""
+    value = result.get("metrics", {}).get("tokens_per_s")
+    if not isinstance(value, dict) or not value.get("mean") or value.get("stdev") is None:
+        return None
+    return 100 * value["stdev"] / value["mean"]
+
+
 def _memory(result: dict[str, Any]) -> float | None:
     memory = result.get("memory") or {}
     return memory.get("peak_mib") if result.get("status") == "ok" else None
@@ -54,6 +65,9 @@ def _notes(result: dict[str, Any]) -> str:
         notes.append("CPU: memory is the peak RSS of the cell's processes")
     elif memory.get("kind") == "process-peak-rss":  # results written before worker processes were counted
         notes.append("CPU: memory is process peak RSS")
+    spread = _spread_pct(result)
+    if spread is not None and spread > UNSTABLE_PCT:
+        notes.append(f"unstable: tok/s varies ±{spread:.1f}% between repetitions (CV over {UNSTABLE_PCT:.0f}%)")
     notes.extend(_engine_notes(result))
     notes.extend(w for w in result.get("warnings", []) if w.startswith(("UserWarning", "log: ")))
     return "; ".join(notes)[:400]
@@ -93,6 +107,7 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
                 "Avg Tok/s": tps,
                 "Tok/s min": _stat(r, "tokens_per_s", "min") if ok else None,
                 "Tok/s max": _stat(r, "tokens_per_s", "max") if ok else None,
+                "Spread (CV %)": _spread_pct(r) if ok else None,
                 "Max Mem (MiB)": mem,
                 "Memory kind": (r.get("memory") or {}).get("kind"),
                 "Speed X": tps / base_tps if tps and base_tps else None,
@@ -150,6 +165,7 @@ def details_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
     shown = pd.DataFrame()
     shown["Software"] = frame["Software"]
     shown["Settings"] = [settings_joiner.join(s) for s in frame["Settings"]]
+    shown["Spread (CV %)"] = [_fmt(v, 1) for v in frame["Spread (CV %)"]]
     shown["TTFT (ms)"] = [_fmt(v, 1) for v in frame["TTFT (ms)"]]
     shown["Decode tok/s"] = [_fmt(v, 2) for v in frame["Decode tok/s"]]
     shown["Load (s)"] = [_fmt(v, 1) for v in frame["Load (s)"]]

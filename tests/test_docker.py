@@ -302,3 +302,14 @@ def test_ctrl_c_on_a_container_cell_keeps_the_row_and_leaves_no_container(
     assert rows[second]["Status"] == "failed" and rows[second]["Notes"].startswith("failed: interrupted")
     assert json.loads((folder / "cells" / f"{second}.json").read_text())["reason"].startswith("interrupted")
     assert f"table: {folder.resolve() / 'table.md'} (2 of 3 cells have results)" in stdout
+
+
+def test_a_base_image_that_cannot_be_pulled_is_one_line_with_the_offline_fix(runner_cli, tmp_path):
+    """Docker answers but no registry does (this machine): the build's pull fails, and the runner says what
+    to do instead of leaving the user with Docker's 'no such host'."""
+    done = runner_cli("build", "transformers", "--flavour", "cpu", "--base-image", "cpu=inference-matrix/absent:1")
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: images/transformers: docker build of inference-matrix/transformers:cpu-")
+    assert "its base image inference-matrix/absent:1 is not on this machine and could not be pulled" in last
+    assert "make base-image" in last and "--executor local" in last

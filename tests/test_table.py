@@ -130,8 +130,13 @@ def test_speed_and_memory_relative_to_baseline():
 
 def test_ok_notes():
     got = by_cell(rows([BASE, FAST], "base"))
-    assert got["base"]["Notes"] == "CPU: memory is the peak RSS of the cell's processes"
+    # BASE's repetitions (80, 100, 120) spread ±20 %: flagged; FAST's (240, 250, 260) ±4 %: not
+    assert got["base"]["Notes"] == (
+        "CPU: memory is the peak RSS of the cell's processes; unstable: tok/s varies ±20.0% between repetitions "
+        "(CV over 10%)"
+    )
     assert got["fast"]["Notes"] == "CPU: memory is the peak RSS of the cell's processes; UserWarning: something odd"
+    assert got["base"]["Spread (CV %)"] == pytest.approx(20.0) and got["fast"]["Spread (CV %)"] == pytest.approx(4.0)
 
 
 def test_failed_rows_are_kept_with_reason_and_blank_numbers():
