@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.cpu_load import busy_share
 from runner.engines import ENGINES
 from runner.expand import Cell
 from runner.gpu_guard import GpuGuard
@@ -100,6 +101,7 @@ def run_cells(
         job = make_job(folder, cell, matrix, cell_model)
         busy = None if problem else guard.wait_until_free(cell.gpus)
         log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell)}")
+        load = None if cell.gpus or problem else busy_share()
         started = time.time()
         if problem or busy:
             result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem or busy)
@@ -109,6 +111,8 @@ def run_cells(
         result["executor"] = executor.name
         result["measured_with"] = wanted
         result["runner"] = tool_version()
+        if load is not None:
+            result["host_cpu_busy_before"] = round(load, 3)
         write_json_atomic(job.result_path, result)
         job.child_result_path.unlink(missing_ok=True)
         log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))

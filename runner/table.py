@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from runner.cpu_load import BUSY_SHARE
 from runner.engines import ENGINES
 from runner.provenance import describe
 from runner.results import STATUS_WORDS
@@ -65,6 +66,9 @@ def _notes(result: dict[str, Any]) -> str:
         notes.append("CPU: memory is the peak RSS of the cell's processes")
     elif memory.get("kind") == "process-peak-rss":  # results written before worker processes were counted
         notes.append("CPU: memory is process peak RSS")
+    busy = result.get("host_cpu_busy_before")
+    if busy is not None and busy > BUSY_SHARE:
+        notes.append(f"host CPU {100 * busy:.0f}% busy just before this cell")
     spread = _spread_pct(result)
     if spread is not None and spread > UNSTABLE_PCT:
         notes.append(f"unstable: tok/s varies ±{spread:.1f}% between repetitions (CV over {UNSTABLE_PCT:.0f}%)")

@@ -310,3 +310,11 @@ def test_the_header_says_when_by_what_and_on_what_and_what_differs_by_row():
     assert list(details["Engine version"]) == ["5.24.0", "5.17.0"]
     failed_details = details_frame(rows([BASE, BROKEN], "base"), "; ")
     assert "nan" not in failed_details.to_string() and "None" not in failed_details.to_string()
+
+
+def test_a_cpu_row_measured_on_a_busy_host_says_so():
+    busy, calm = ok("busy", ["FP32"], [10.0, 10.0, 10.0], 1.0), ok("calm", ["BF16"], [10.0, 10.0, 10.0], 1.0)
+    busy["host_cpu_busy_before"], calm["host_cpu_busy_before"] = 0.62, 0.05
+    got = by_cell(rows([busy, calm], "busy"))
+    assert got["busy"]["Notes"].endswith("; host CPU 62% busy just before this cell")
+    assert "busy" not in got["calm"]["Notes"]
