@@ -314,14 +314,39 @@ def _measure(engine: Any, spec: dict[str, Any], result: dict[str, Any]) -> None:
     prompts = prompt_ids(engine, workload["prompt_tokens"], workload["batch_size"])
     warmups = [engine.generate(prompts, new_tokens) for _ in range(workload["warmup"])]
     result["metrics"]["warmup_s"] = [w.total_s for w in warmups]
-    runs = [engine.generate(prompts, new_tokens) for _ in range(workload["repetitions"])]
+    runs, stopped = _repetitions(engine, prompts, workload)
     for run in runs:
         if run.new_tokens != new_tokens:
             raise RuntimeError(f"engine produced {run.new_tokens} new tokens, expected exactly {new_tokens}")
     result["metrics"].update(_rates(runs, new_tokens, workload["batch_size"]))
+    result["metrics"]["repetitions_run"] = len(runs)
+    result["metrics"]["repetitions_stopped"] = stopped
     result["metrics"]["allocator"] = engine.allocator_peak()
     if hasattr(engine, "details"):
         result["engine_details"] = engine.details()
+
+
+def _repetitions(engine: Any, prompts: list[list[int]], workload: dict[str, Any]) -> tuple[list[Timing], str]:
+    """The timed runs: `repetitions` of them, then (with max_repetitions) more while their tok/s vary by more
+    than target_cv_pct, as asv and pytest-benchmark repeat until stable; and why they stopped."""
+    new_tokens = workload["new_tokens"]
+    runs = [engine.generate(prompts, new_tokens) for _ in range(workload["repetitions"])]
+    most = workload.get("max_repetitions")
+    if not most:
+        return runs, "fixed count"
+    target = workload.get("target_cv_pct") or 5.0
+    while _cv_pct([new_tokens / r.total_s for r in runs]) > target:
+        if len(runs) >= most:
+            return runs, f"max_repetitions {most} reached with the spread above {target:g}%"
+        runs.append(engine.generate(prompts, new_tokens))
+    return runs, f"spread at or under {target:g}%"
+
+
+def _cv_pct(values: list[float]) -> float:
+    """Coefficient of variation in %; infinite for a single value (one run says nothing about its spread)."""
+    if len(values) < 2:
+        return float("inf")
+    return 100 * statistics.stdev(values) / statistics.fmean(values)
 
 
 def _rates(runs: list[Timing], new_tokens: int, batch: int) -> dict[str, Any]:

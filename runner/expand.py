@@ -71,7 +71,7 @@ def cell_id(
         "settings": settings,
         "gpus": list(gpus),
         "model": matrix.model.identity(),
-        "workload": {**matrix.workload.__dict__, "batch_size": batch_size},
+        "workload": {**matrix.workload.identity(), "batch_size": batch_size},
     }
     if engine_version:  # only when named, so cells on the pinned release keep their ids
         identity["engine_version"] = engine_version

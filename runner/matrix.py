@@ -59,6 +59,17 @@ class Workload:
     batch_size: int = 1
     warmup: int = 1
     repetitions: int = 3
+    # adaptive repetitions: after `repetitions`, repeat while tok/s varies by more than target_cv_pct
+    # (coefficient of variation), up to max_repetitions in all; None: exactly `repetitions`
+    max_repetitions: int | None = None
+    target_cv_pct: float = 5.0
+
+    def identity(self) -> dict[str, Any]:
+        """What a cell id hashes: the adaptive keys only when used (ids of fixed-count cells stay the same)."""
+        found = dict(self.__dict__)
+        if self.max_repetitions is None:
+            del found["max_repetitions"], found["target_cv_pct"]
+        return found
 
 
 @dataclass(frozen=True)
@@ -224,7 +235,22 @@ def _workload(w: _Where, table: dict[str, Any]) -> Workload:
         batch_size=w.integer(table, "workload", "batch_size", d.batch_size, 1),
         warmup=w.integer(table, "workload", "warmup", d.warmup, 0),
         repetitions=w.integer(table, "workload", "repetitions", d.repetitions, 1),
+        **_adaptive(w, table),
     )
+
+
+def _adaptive(w: _Where, table: dict[str, Any]) -> dict[str, Any]:
+    """max_repetitions (>= repetitions) and target_cv_pct (> 0), checked together."""
+    if "max_repetitions" not in table:
+        if "target_cv_pct" in table:
+            raise w.fail("workload.target_cv_pct", "only applies with max_repetitions; add max_repetitions: N")
+        return {}
+    repetitions = table.get("repetitions", Workload.repetitions)
+    most = w.integer(table, "workload", "max_repetitions", repetitions, max(repetitions, 1))
+    target = table.get("target_cv_pct", Workload.target_cv_pct)
+    if isinstance(target, bool) or not isinstance(target, int | float) or target <= 0:
+        raise w.fail("workload.target_cv_pct", f"expected a number > 0 (percent), got {target!r}")
+    return {"max_repetitions": most, "target_cv_pct": float(target)}
 
 
 def _gpus(w: _Where, value: Any, key: str) -> tuple[int, ...]:

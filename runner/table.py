@@ -112,6 +112,7 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
                 "Tok/s min": _stat(r, "tokens_per_s", "min") if ok else None,
                 "Tok/s max": _stat(r, "tokens_per_s", "max") if ok else None,
                 "Spread (CV %)": _spread_pct(r) if ok else None,
+                "Repetitions": len((r.get("metrics", {}).get("tokens_per_s") or {}).get("values") or []) or None,
                 "Max Mem (MiB)": mem,
                 "Memory kind": (r.get("memory") or {}).get("kind"),
                 "Speed X": tps / base_tps if tps and base_tps else None,
@@ -170,6 +171,7 @@ def details_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
     shown["Software"] = frame["Software"]
     shown["Settings"] = [settings_joiner.join(s) for s in frame["Settings"]]
     shown["Spread (CV %)"] = [_fmt(v, 1) for v in frame["Spread (CV %)"]]
+    shown["Repetitions"] = [_fmt(v, 0) for v in frame["Repetitions"]]
     shown["TTFT (ms)"] = [_fmt(v, 1) for v in frame["TTFT (ms)"]]
     shown["Decode tok/s"] = [_fmt(v, 2) for v in frame["Decode tok/s"]]
     shown["Load (s)"] = [_fmt(v, 1) for v in frame["Load (s)"]]
@@ -198,7 +200,7 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
         (
             f"Workload: {workload.get('prompt_tokens')} prompt tokens, exactly {workload.get('new_tokens')} new tokens "
             f"(greedy, EOS ignored), batch {workload.get('batch_size')}, {workload.get('warmup')} warm-up, "
-            f"{workload.get('repetitions')} timed repetitions"
+            f"{_repetitions(workload)}"
         ),
         _when_and_by(results),
         "Hardware: " + "; ".join(_one_or_differs("hardware", [_hardware(r) for r in results])),
@@ -207,6 +209,15 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
         "Max Mem: peak device memory in use (NVML, as nvidia-smi shows it), summed over the cell's GPUs; "
         "on CPU (marked RSS), the peak RSS of the cell's processes (engine workers included).",
     ]
+
+
+def _repetitions(workload: dict[str, Any]) -> str:
+    if workload.get("max_repetitions"):
+        return (
+            f"{workload.get('repetitions')} to {workload['max_repetitions']} timed repetitions "
+            f"(more while tok/s varied by over {workload.get('target_cv_pct'):g}%)"
+        )
+    return f"{workload.get('repetitions')} timed repetitions"
 
 
 def _when_and_by(results: list[dict[str, Any]]) -> str:

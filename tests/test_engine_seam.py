@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -88,14 +89,19 @@ import sys
 import harness
 
 class Engine:
-    def __init__(self, spec): self.raises = spec["cell"]["settings"].get("raises")
+    def __init__(self, spec):
+        self.raises = spec["cell"]["settings"].get("raises")
+        self.totals = spec["cell"]["settings"].get("totals")  # seconds per generate() call, the last repeated
     def check(self):
         if self.raises:
             raise getattr(harness, self.raises)(f"{self.raises} says why")
     def load(self): pass
     def synchronize(self): pass
     def tokenize(self, text): return [1] + [ord(c) for c in text[:40]]
-    def generate(self, prompts, new_tokens): return harness.Timing(0.5, 0.1, new_tokens)
+    def generate(self, prompts, new_tokens):
+        self.runs = getattr(self, "runs", 0) + 1
+        totals = self.totals or [0.5]
+        return harness.Timing(totals[min(self.runs, len(totals)) - 1], 0.1, new_tokens)
     def allocator_peak(self): return None
     def versions(self): return {"engine": "fake", "engine_version": "0"}
 
@@ -218,3 +224,49 @@ def test_a_setting_this_environment_cannot_run_is_unsupported_not_failed(tmp_pat
     code, result = run_fake_cell(tmp_path, {"cell": {**cell, "settings": {"raises": "CellInvalid"}}}, {})
     assert code == 1 and result["status"] == "failed" and result["reason"] == "CellInvalid says why"
     assert "traceback" in result  # kept in the JSON, not shown in the table
+
+
+def test_adaptive_repetitions_stop_when_the_spread_is_small_or_at_the_most(tmp_path):
+    cell = {"id": "fake-cell", "engine": "fake", "gpus": []}
+    adaptive = {"prompt_tokens": 8, "new_tokens": 4, "batch_size": 1, "warmup": 0, "repetitions": 2}
+    # steady from the start: the two fixed repetitions already agree
+    code, result = run_fake_cell(
+        tmp_path, {"cell": {**cell, "settings": {}}, "workload": {**adaptive, "max_repetitions": 6}}, {}
+    )
+    assert code == 0 and result["metrics"]["repetitions_run"] == 2
+    assert result["metrics"]["repetitions_stopped"] == "spread at or under 5%"
+    # a slower first run: more runs until the spread is under 5 % (4 runs: 7.27, 8, 8, 8 tok/s)
+    settings = {"totals": [0.55, 0.5, 0.5]}
+    workload = {**adaptive, "max_repetitions": 12}
+    code, result = run_fake_cell(tmp_path, {"cell": {**cell, "settings": settings}, "workload": workload}, {})
+    values = result["metrics"]["tokens_per_s"]["values"]
+    assert code == 0 and len(values) == 4 and values[1:] == [8.0, 8.0, 8.0]
+
+    def cv(v):
+        return statistics.stdev(v) / statistics.fmean(v)
+
+    assert cv(values) <= 0.05 < cv(values[:3])  # three runs were not enough, four were
+    # never steady: stops at max_repetitions and says so
+    settings = {"totals": [1.0, 0.5, 1.0, 0.5, 1.0, 0.5]}
+    workload = {**adaptive, "max_repetitions": 5}
+    code, result = run_fake_cell(tmp_path, {"cell": {**cell, "settings": settings}, "workload": workload}, {})
+    assert result["metrics"]["repetitions_run"] == 5
+    assert result["metrics"]["repetitions_stopped"] == "max_repetitions 5 reached with the spread above 5%"
+    # without max_repetitions: exactly `repetitions`, whatever the spread
+    code, result = run_fake_cell(tmp_path, {"cell": {**cell, "settings": settings}, "workload": adaptive}, {})
+    assert result["metrics"]["repetitions_run"] == 2 and result["metrics"]["repetitions_stopped"] == "fixed count"
+
+
+def test_adaptive_keys_enter_the_cell_id_only_when_used(tmp_path):
+    matrix, fixed = _cells(tmp_path, "transformers", {})
+    assert matrix.workload.max_repetitions is None
+    raw_matrix = {
+        "version": 1,
+        "model": {"synthetic": "tiny-mistral"},
+        "workload": {"prompt_tokens": 8, "new_tokens": 8, "warmup": 0, "repetitions": 1, "max_repetitions": 9},
+        "defaults": {"gpus": [], "timeout_s": 60},
+        "engines": {"transformers": {"include": [{}]}},
+    }
+    adaptive = expand(parse_matrix(raw_matrix, tmp_path / "m.yaml"))[0]
+    assert adaptive.id != fixed.id
+    assert "max_repetitions" not in matrix.workload.identity()

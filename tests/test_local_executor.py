@@ -135,6 +135,8 @@ def test_job_shape(tmp_path):
         "batch_size": 1,
         "warmup": 0,
         "repetitions": 1,
+        "max_repetitions": None,  # a fixed count: exactly `repetitions`
+        "target_cv_pct": 5.0,
     }
     assert job.spec["cell"]["gpus"] == [1]
     assert job.spec["schema_version"] == RESULT_SCHEMA_VERSION

@@ -80,6 +80,9 @@ MISTAKES = [
     ("err_invalid_yaml.yaml", "line 3", ["not valid YAML", "expected ',' or '}'"]),
     ("err_name_is_a_path.yaml", "name", ["'../../../tmp/escape' is not a plain folder name", "(or -o DIR)"]),
     ("err_nested_too_deep.yaml", None, ["nested too deeply to read"]),
+    ("err_target_cv_without_max.yaml", "workload.target_cv_pct", ["only applies with max_repetitions"]),
+    ("err_max_repetitions_below.yaml", "workload.max_repetitions", ["expected an integer >= 3, got 2"]),
+    ("err_target_cv_zero.yaml", "workload.target_cv_pct", ["expected a number > 0 (percent), got 0"]),
     ("err_top_level_list.yaml", "(top level)", ["expected a mapping, got list"]),
     # a key given twice: YAML would silently keep the last one; the line is the second occurrence
     ("err_duplicate_engine.yaml", "line 8", ["not valid YAML", "key 'transformers' given twice", "merge"]),
