@@ -300,3 +300,16 @@ def test_help_names_the_other_commands(runner_cli):
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
     assert "python -m runner build [ENGINE ...]" in text and "python -m runner images --render|--check" in text
+
+
+def test_a_missing_model_path_is_one_line_and_leaves_no_run_folder(runner_cli, tmp_path):
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("version: 1\nmodel: {path: no/such/ckpt}\nengines:\n  transformers:\n    axes: {dtype: [fp32]}\n")
+    folder = tmp_path / "run"
+    done = runner_cli(str(matrix), "-o", str(folder), timeout=60)
+    assert done.returncode == 1
+    assert (
+        done.stderr == f"error: {matrix}: model.path: {tmp_path / 'no/such/ckpt'} does not exist; give a "
+        "checkpoint folder (relative paths are from the matrix file's folder)\n"
+    )
+    assert not folder.exists()

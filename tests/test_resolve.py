@@ -90,10 +90,16 @@ def test_path_without_config_is_a_user_error(tmp_path):
     message = str(caught.value)
     assert message == f"{matrix}: model.path: {empty} has no config.json; point it at a checkpoint folder"
     assert "\n" not in message
+    with pytest.raises(UserError) as caught:
+        resolve_model(ModelSpec(path="no/such/ckpt"), tmp_path / "store", matrix)
+    assert str(caught.value) == (
+        f"{matrix}: model.path: {matrix.parent / 'no/such/ckpt'} does not exist; give a checkpoint folder "
+        "(relative paths are from the matrix file's folder)"
+    )
 
 
 def test_missing_path_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match=r"model\.path: .*nowhere has no config\.json"):
+    with pytest.raises(UserError, match=r"model\.path: .*nowhere does not exist"):
         resolve_model(ModelSpec(path="nowhere"), tmp_path / "store", tmp_path / "m.yaml")
 
 

@@ -50,6 +50,11 @@ def _record(spec: ModelSpec, store: Path, matrix_path: Path, log) -> dict[str, A
     if spec.path:
         given = Path(spec.path).expanduser()
         folder = given if given.is_absolute() else matrix_path.parent / given
+        if not folder.exists():
+            raise UserError(
+                f"{matrix_path}: model.path: {folder} does not exist; give a checkpoint folder (relative paths are "
+                "from the matrix file's folder)"
+            )
         if not (folder / "config.json").is_file():
             raise UserError(f"{matrix_path}: model.path: {folder} has no config.json; point it at a checkpoint folder")
         return {
