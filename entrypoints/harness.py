@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
+from shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, cpu_model, write_json_atomic
 
 # Variables that change what runs on any CUDA engine; the cell's spec adds its engine's prefixes.
 RECORDED_ENV_PREFIXES = ("CUDA_LAUNCH_BLOCKING", "PYTORCH_CUDA_ALLOC_CONF")
@@ -204,14 +204,6 @@ def _nvml_handle(pynvml: Any, entry: str) -> Any:
     if entry.isdigit():
         return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
     return pynvml.nvmlDeviceGetHandleByUUID(entry)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next((ln.split(":", 1)[1].strip() for ln in info if ln.lower().startswith("model name")), "")
-    except OSError:
-        return platform.processor()
 
 
 def driver_info() -> dict[str, Any]:

@@ -9,6 +9,7 @@
   and the harness records them in each result.
 * ``write_json_atomic()``, ``write_text_atomic()``: a file written under a
   scratch name, then renamed into place, so a reader never sees half of it.
+* ``cpu_model()``: the host CPU's model name, which results and reuse record;
 * ``build_once()``: a file or folder of the model store made once, under a file
   lock, written under a scratch name and renamed into place: synthetic
   checkpoints on the host; the engines' converted and quantised models inside
@@ -24,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import platform
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +51,18 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
     """Write document as indented JSON to path, atomically."""
     write_text_atomic(path, json.dumps(document, indent=2) + "\n")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's processor string where it has none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def is_built(final: Path, marker: str | None) -> bool:

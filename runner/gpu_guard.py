@@ -59,28 +59,29 @@ def _mib(field: str) -> float:
         return 0.0
 
 
-def read_gpus() -> dict[int, GpuUse] | None:
-    """What nvidia-smi says now, or None where it is missing or fails."""
+def nvidia_smi(query: str) -> str | None:
+    """nvidia-smi's CSV answer (no header, no units) to one --query-... argument; None where it is missing or fails."""
     if shutil.which("nvidia-smi") is None:
         return None
-
-    def query(what: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["nvidia-smi", what, "--format=csv,noheader,nounits"],
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=30,
             stdin=subprocess.DEVNULL,
         )
-
-    try:
-        gpus = query("--query-gpu=index,uuid,memory.used")
-        apps = query("--query-compute-apps=gpu_uuid,pid,used_memory")
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if gpus.returncode != 0:
+    return done.stdout if done.returncode == 0 else None
+
+
+def read_gpus() -> dict[int, GpuUse] | None:
+    """What nvidia-smi says now, or None where it is missing or fails."""
+    gpus = nvidia_smi("--query-gpu=index,uuid,memory.used")
+    if gpus is None:
         return None
-    return parse(gpus.stdout, apps.stdout if apps.returncode == 0 else "")
+    return parse(gpus, nvidia_smi("--query-compute-apps=gpu_uuid,pid,used_memory") or "")
 
 
 def busy_reason(state: dict[int, GpuUse], gpus: tuple[int, ...], busy_mib: float = BUSY_MIB) -> str | None:

@@ -10,25 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-import platform
-import shutil
-import subprocess
 from functools import cache
+
+from runner.gpu_guard import nvidia_smi
+from runner.shared import cpu_model
 
 
 @cache
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's processor string elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def cpu_description() -> str:
     return f"{cpu_model()}, {os.cpu_count()} logical cores"
 
@@ -36,21 +24,10 @@ def cpu_description() -> str:
 @cache
 def gpu_models() -> dict[int, dict[str, str]] | None:
     """nvidia-smi's index -> {name, driver}, or None where nvidia-smi is missing or fails."""
-    if shutil.which("nvidia-smi") is None:
+    answer = nvidia_smi("--query-gpu=index,name,driver_version")
+    if answer is None:
         return None
-    try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,name,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
-        return None
-    rows = [[f.strip() for f in row] for row in csv.reader(io.StringIO(done.stdout)) if len(row) == 3]
+    rows = [[f.strip() for f in row] for row in csv.reader(io.StringIO(answer)) if len(row) == 3]
     return {int(index): {"name": name, "driver": driver} for index, name, driver in rows}
 
 

@@ -156,11 +156,11 @@ def requirements_text(spec: ImageSpec) -> str:
     return "".join(f"{line}\n" for line in spec.requirements)
 
 
-def entrypoint_files(engine: str) -> list[Path]:
-    """What of entrypoints/ goes into an engine's image: the shared files and the files its description
+def entrypoint_files(engine: str, folder: Path | None = None) -> list[Path]:
+    """What of entrypoints/ (or folder) an engine's cells run: the shared files and the files its description
     names (an image folder with no engine description yet gets the shared files alone)."""
     own = ENGINES[engine].files if engine in ENGINES else ()
-    return [ENTRYPOINTS_DIR / name for name in (*SHARED_ENTRYPOINT_FILES, *own)]
+    return [(folder or ENTRYPOINTS_DIR) / name for name in (*SHARED_ENTRYPOINT_FILES, *own)]
 
 
 def build_files(spec: ImageSpec) -> list[Path]:

@@ -32,6 +32,15 @@ SAFETY_ENV: dict[str, str] = _shared.SAFETY_ENV
 write_json_atomic = _shared.write_json_atomic
 write_text_atomic = _shared.write_text_atomic
 build_once = _shared.build_once
+cpu_model = _shared.cpu_model
 is_built = _shared.is_built
 
-__all__ = ["RESULT_SCHEMA_VERSION", "SAFETY_ENV", "build_once", "is_built", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "RESULT_SCHEMA_VERSION",
+    "SAFETY_ENV",
+    "build_once",
+    "cpu_model",
+    "is_built",
+    "write_json_atomic",
+    "write_text_atomic",
+]

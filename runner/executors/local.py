@@ -19,8 +19,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.engines import ENGINES
-from runner.images import SHARED_ENTRYPOINT_FILES
+from runner.images import entrypoint_files
 from runner.job import ExecutorOptions, Job
 from runner.results import not_started, outcome
 
@@ -77,11 +76,9 @@ class LocalExecutor:
         self._packages_digest: str | None = None
 
     def environment(self, cell: Cell) -> str:
-        engine = ENGINES[cell.engine]
         files = hashlib.sha256()
-        for name in (*SHARED_ENTRYPOINT_FILES, *engine.files):
-            path = ENTRYPOINTS / name
-            files.update(name.encode() + (path.read_bytes() if path.is_file() else b"(missing)"))
+        for path in entrypoint_files(cell.engine, ENTRYPOINTS):
+            files.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"(missing)"))
         return f"local {self.python}; packages {self._packages()}; entrypoints {files.hexdigest()[:12]}"
 
     def _packages(self) -> str:
