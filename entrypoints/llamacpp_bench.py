@@ -1,12 +1,15 @@
 """llama.cpp's own benchmark, llama-bench, on a cell's GGUF and settings, and its figures beside the cell's.
 
-llama-bench times prompt processing (pp: the prompt's tokens in one batch, from
-an empty context) and text generation (tg: one token at a time, from an empty
-context) apart, in C++, with no sampling. The cell's prefill rate is prompt
-tokens over time to first token (prefill plus sampling one token through the
-Python binding); its decode rate covers the other N-1 tokens, each sampled and
-fed back through the binding. The ratios say how much of llama.cpp's own speed
-the binding keeps.
+llama-bench times prompt processing (pp: the prompt's tokens in one batch) and
+text generation (tg: one token at a time) apart, in C++, with no sampling, each
+from a context already holding ``-d`` tokens. It runs at depths 0 and the
+prompt length: pp from depth 0 is what a cell's prefill does, tg from the
+prompt's depth is what its decode does (the cell's N-1 decode steps attend to
+prompt + generated tokens, so llama-bench's tg from an empty context would
+compare shorter attention). The cell's prefill rate is prompt tokens over time
+to first token (prefill plus picking one token); its decode rate covers the
+other N-1 tokens, each picked and fed back. The ratios say how much of
+llama.cpp's own speed the cell's loop keeps.
 
 This file runs inside the engine's environment and imports nothing from the runner.
 """
@@ -49,6 +52,8 @@ def command(
         str(workload["prompt_tokens"]),
         "-n",
         str(workload["new_tokens"]),
+        "-d",
+        f"0,{workload['prompt_tokens']}",
         "-r",
         str(max(workload["repetitions"], 1)),
         "-ngl",
@@ -75,8 +80,11 @@ def command(
 
 def summarise(rows: list[dict[str, Any]], line: list[str], metrics: dict[str, Any]) -> dict[str, Any]:
     """llama-bench's pp and tg rows beside this cell's prefill and decode rates (ratio = cell / llama-bench)."""
-    prefill = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
-    decode = next(r for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
+    prefills = [r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0]
+    decodes = [r for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0]
+    # pp from an empty context; tg from the prompt's depth (rows of a llama-bench without -d have depth 0)
+    prefill = min(prefills, key=lambda r: r.get("n_depth", 0))
+    decode = max(decodes, key=lambda r: r.get("n_depth", 0))
     summary: dict[str, Any] = {
         "tool": "llama-bench",
         "command": line,
@@ -84,6 +92,7 @@ def summarise(rows: list[dict[str, Any]], line: list[str], metrics: dict[str, An
         "prefill_stdev": prefill["stddev_ts"],
         "decode_tokens_per_s": decode["avg_ts"],
         "decode_stdev": decode["stddev_ts"],
+        "decode_depth": decode.get("n_depth", 0),
         "raw": [{k: r[k] for k in KEPT_FIELDS if k in r} for r in rows],
     }
     ours = metrics.get("decode_tokens_per_s", {}).get("median")

@@ -13,7 +13,8 @@ The prompt is tokenised by llama.cpp's own tokenizer from the GGUF; details()
 records whether it agrees with the checkpoint's transformers tokenizer (run in a
 child process: this process never imports torch).
 reference() runs llama.cpp's ``llama-bench`` of the same build on the same GGUF
-and settings (pp = prompt tokens, tg = new tokens), after this process has
+and settings (pp = prompt tokens from an empty context, tg = new tokens from
+the prompt's depth: llamacpp_bench), after this process has
 freed the model, so both figures sit in one result.
 """
 

@@ -83,8 +83,9 @@ def _engine_notes(result: dict[str, Any]) -> list[str]:
     notes = []
     reference = result.get("reference") or {}
     if reference.get("decode_tokens_per_s"):
+        depth = f" from depth {reference['decode_depth']}" if reference.get("decode_depth") else ""
         notes.append(
-            f"{reference['tool']} decode {reference['decode_tokens_per_s']:.2f} tok/s "
+            f"{reference['tool']} decode {reference['decode_tokens_per_s']:.2f} tok/s{depth} "
             f"(this row's decode = {reference.get('decode_ratio', float('nan')):.2f}x)"
         )
     elif reference.get("error"):

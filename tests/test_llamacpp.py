@@ -106,7 +106,9 @@ def test_llama_bench_of_the_same_build_runs_beside_each_cell(runs):
         assert command[command.index("-ngl") + 1] == "0"
         assert reference["decode_tokens_per_s"] > 0 and reference["prefill_tokens_per_s"] > 0
         assert reference["decode_ratio"] > 0
-        assert [r["n_gen"] for r in reference["raw"]] == [0, 20]
+        # pp and tg at depths 0 and the prompt's: decode is compared with tg from the prompt's depth
+        assert sorted((r["n_gen"], r["n_depth"]) for r in reference["raw"]) == [(0, 0), (0, 24), (20, 0), (20, 24)]
+        assert reference["decode_depth"] == 24
 
 
 GREEDY_CHECK = """

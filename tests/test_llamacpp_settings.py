@@ -111,6 +111,7 @@ def test_bench_command_spells_out_every_setting():
         "-o": "json",
         "-p": "64",
         "-n": "256",
+        "-d": "0,64",
         "-r": "3",
         "-ngl": "999",
         "-fa": "1",
@@ -143,3 +144,19 @@ def test_summary_puts_llama_bench_beside_the_cell():
     assert summary["decode_ratio"] == pytest.approx(0.95)
     assert summary["prefill_ratio"] == pytest.approx((64 / 0.025) / 3200)
     assert summary["raw"][1]["samples_ts"] == [199, 201]
+
+
+def test_summary_compares_decode_at_the_prompts_depth():
+    # llama-bench -d 0,64: pp and tg at both depths; the cell prefills from 0 and decodes from 64
+    rows = [
+        {"n_prompt": 64, "n_gen": 0, "n_depth": 0, "avg_ts": 3200.0, "stddev_ts": 10.0},
+        {"n_prompt": 64, "n_gen": 0, "n_depth": 64, "avg_ts": 3000.0, "stddev_ts": 10.0},
+        {"n_prompt": 0, "n_gen": 256, "n_depth": 0, "avg_ts": 200.0, "stddev_ts": 1.0},
+        {"n_prompt": 0, "n_gen": 256, "n_depth": 64, "avg_ts": 190.0, "stddev_ts": 1.0},
+    ]
+    metrics = {"decode_tokens_per_s": {"median": 190.0}, "ttft_s": {"median": 0.025}}
+    summary = llamacpp_bench.summarise(rows, ["llama-bench"], metrics)
+    assert (summary["prefill_tokens_per_s"], summary["decode_tokens_per_s"]) == (3200.0, 190.0)
+    assert summary["decode_depth"] == 64
+    assert summary["decode_ratio"] == pytest.approx(1.0)
+    assert len(summary["raw"]) == 4
