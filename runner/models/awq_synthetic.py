@@ -38,14 +38,14 @@ GROUP_SIZES = (128, 64, 32)  # AWQ's usual 128 where every layer's input divides
 
 def group_size_for(config: dict[str, Any]) -> int:
     """The largest usual group size that divides every quantised layer's input size."""
-    inputs = {shape[1] for shape in _linear_shapes(config).values()}
+    inputs = {shape[1] for shape in linear_shapes(config).values()}
     for size in GROUP_SIZES:
         if all(n % size == 0 for n in inputs):
             return size
     raise ValueError(f"no AWQ group size in {GROUP_SIZES} divides the layer inputs {sorted(inputs)}")
 
 
-def _linear_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+def linear_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return {
         name: shape
         for name, shape in parameter_shapes(config).items()
@@ -55,7 +55,7 @@ def _linear_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def awq_tensors(config: dict[str, Any], group_size: int) -> dict[str, Tensor]:
     """Every tensor of the AWQ checkpoint, in file order."""
-    linear = _linear_shapes(config)
+    linear = linear_shapes(config)
     tensors: dict[str, Tensor] = {}
     for name, shape in parameter_shapes(config).items():
         if name not in linear:

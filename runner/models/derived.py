@@ -4,8 +4,8 @@ An engine description names the kind of checkpoint a cell needs
 (``Engine.derived_checkpoint``: settings -> kind, e.g. ``"awq"`` for vLLM's AWQ
 cells). Each kind has a maker here that says which model records it converts
 and writes the converted folder into the store's derived folder, once
-(runner.shared.build_once). Today that is a synthetic model's AWQ layout; the
-next engines add theirs (a synthetic model's GPTQ layout, ...) as one more entry.
+(runner.shared.build_once). Today those are a synthetic model's AWQ and GPTQ layouts;
+the next engines add theirs as one more entry.
 
 What a maker leaves alone, the cell gets as it is: a checkpoint already in that
 format, or a real checkpoint that the engine's own tools convert inside its
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.models import awq_synthetic
+from runner.models import awq_synthetic, gptq_synthetic
 from runner.models.fingerprint import fingerprint
 
 ModelRecord = dict[str, Any]
@@ -37,8 +37,13 @@ def _synthetic_not_awq(model: ModelRecord) -> bool:
     return bool(model.get("synthetic")) and not awq_synthetic.is_awq_checkpoint(Path(model["path"]))
 
 
+def _synthetic_not_gptq(model: ModelRecord) -> bool:
+    return bool(model.get("synthetic")) and not gptq_synthetic.is_gptq_checkpoint(Path(model["path"]))
+
+
 MAKERS: dict[str, Maker] = {
     "awq": Maker("AWQ 4-bit", _synthetic_not_awq, awq_synthetic.materialise),
+    "gptq": Maker("GPTQ 4-bit", _synthetic_not_gptq, gptq_synthetic.materialise),
 }
 
 

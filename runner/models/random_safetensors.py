@@ -36,12 +36,15 @@ class Tensor:
     fill: ``weight`` random sign, magnitude 2^-9..2^-6 (BF16, F16); ``ones`` 1.0;
     ``scale`` positive, 2^-12..2^-9 (F16: quantisation scales, so that a 4-bit code
     difference of up to 15 gives a weight of a trained model's size); ``bits``
-    uniformly random words (I32: packed 4-bit codes).
+    uniformly random words (I32: packed 4-bit codes); ``group_index`` (I32, one
+    dimension) each input channel's quantisation group in a random order, every
+    group holding ``group_size`` channels (GPTQ's ``g_idx`` with act-order).
     """
 
     shape: tuple[int, ...]
     dtype: str = "BF16"
     fill: str = "weight"
+    group_size: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -87,6 +90,11 @@ def _random_half(seed: list[int], count: int, dtype: str, fill: str) -> bytes:
 
 
 def _random_bytes(seed: list[int], count: int, tensor: Tensor) -> bytes:
+    if tensor.fill == "group_index":
+        if count != _numel(tensor.shape) or tensor.group_size < 1:
+            raise ValueError(f"group_index needs a one-chunk tensor and a group size, got {tensor}")
+        groups = np.arange(count, dtype=np.uint32) // tensor.group_size
+        return np.random.default_rng(seed).permutation(groups).astype("<u4").tobytes()
     if tensor.dtype == "I32":
         return np.random.default_rng(seed).integers(0, 2**32, size=count, dtype=np.uint32).astype("<u4").tobytes()
     return _random_half(seed, count, tensor.dtype, tensor.fill)

@@ -1,0 +1,272 @@
+"""ExLlamaV2 cell: an EXL2 model (made by ExLlamaV2's converter) or a GPTQ checkpoint, through its dynamic generator.
+
+Generation is one ExLlamaV2DynamicJob per sequence: greedy sampler settings,
+exactly N new tokens (max_new_tokens = N and no stop conditions, so EOS cannot
+end it), with the prefix cache's page table reset before each repetition so
+every repetition prefills its prompt as the first one did. The clock reads
+after ``torch.cuda.synchronize()``; the first streamed token closes prefill.
+Without flash-attn (2.5.7 or later) the generator runs unpaged, one sequence at
+a time, as ExLlamaV2 itself falls back; the mode is recorded.
+
+ExLlamaV2 builds its CUDA extension on first import (torch's JIT, nvcc); the
+build goes to ``TORCH_EXTENSIONS_DIR``, by default a folder of the model store,
+so it happens once per store, for the GPU's architecture only
+(``TORCH_CUDA_ARCH_LIST`` is set from the device unless given).
+
+reference() runs ExLlamaV2's own speed test (exllamav2_speed) on the same model
+after this process freed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.metadata
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import exllamav2_convert
+import exllamav2_speed
+import harness
+
+try:
+    import torch
+except ImportError as exc:  # the cell is reported as not run here; the rest of the matrix goes on
+    torch = None
+    IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
+
+
+def exllamav2_version() -> str | None:
+    try:
+        return importlib.metadata.version("exllamav2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def quantisation(model_dir: Path) -> str | None:
+    """The checkpoint's own quantisation: 'exl2', a quantization_config's method, or None."""
+    config = json.loads((model_dir / "config.json").read_text())
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method == "exl2" or ((model_dir / "measurement.json").exists() and any(model_dir.glob("*.safetensors"))):
+        return "exl2"
+    return method
+
+
+def extension_environment(derived: str | None) -> dict[str, str]:
+    """Where the JIT-built extension goes and for which GPU architecture (unless the environment says)."""
+    chosen: dict[str, str] = {}
+    if not os.environ.get("TORCH_EXTENSIONS_DIR") and derived:
+        chosen["TORCH_EXTENSIONS_DIR"] = str(Path(derived).parent / "torch-extensions")
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch is not None and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        chosen["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+    return chosen
+
+
+class Engine:
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.settings = spec["cell"]["settings"]
+        self.workload = spec["workload"]
+        self.gpus = spec["cell"]["gpus"]
+        self.model_dir = Path(spec["model"]["path"])
+        self.context = harness.context_length(self.settings["max_seq_len"], self.workload)
+        self.exl: Any = None  # the exllamav2 package, imported in check()
+        self.model: Any = None
+        self.cache: Any = None
+        self.tokenizer: Any = None
+        self.generator: Any = None
+        self.facts: dict[str, Any] = {}
+        self.extension: dict[str, Any] = {}
+
+    def check(self) -> None:
+        if torch is None:
+            raise harness.CellUnsupported(f"torch is not importable here ({IMPORT_PROBLEM}): use the exllamav2 image")
+        if not self.gpus or not torch.cuda.is_available():
+            raise harness.CellUnsupported("ExLlamaV2 runs on CUDA GPUs only")
+        if exllamav2_version() is None:
+            raise harness.CellUnsupported("exllamav2 is not installed here: use the exllamav2 image")
+        if self.workload["prompt_tokens"] + self.workload["new_tokens"] > self.context:
+            raise harness.CellInvalid(
+                f"max_seq_len {self.context} is smaller than prompt + new tokens; raise it or leave it null"
+            )
+        chosen = extension_environment(self.spec["model"].get("derived_dir"))
+        os.environ.update(chosen)
+        t0 = time.perf_counter()
+        import exllamav2  # builds (or loads) the CUDA extension
+
+        self.extension = {
+            "import_s": round(time.perf_counter() - t0, 2),
+            "set_here": chosen,
+            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR"),
+            "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST"),
+        }
+        self.exl = exllamav2
+
+    def prepare(self) -> dict[str, Any] | None:
+        found = quantisation(self.model_dir)
+        if self.settings["quant"] == "gptq":
+            if found != "gptq":
+                raise harness.CellInvalid(
+                    f"quant gptq needs a GPTQ checkpoint and {self.model_dir} is {found or 'not quantised'}: "
+                    "point model.path at a GPTQ export (4-bit; synthetic models get one written by the runner)"
+                )
+            return None
+        if found == "exl2":
+            return None  # an EXL2 export is read as it is
+        if found is not None:
+            raise harness.CellInvalid(
+                f"quant exl2 converts an unquantised checkpoint and {self.model_dir} is already {found}: "
+                "point model.path at the unquantised model (or at an EXL2 export)"
+            )
+        derived = self.spec["model"].get("derived_dir")
+        if not derived:
+            raise harness.CellInvalid("the cell spec has no model.derived_dir to keep EXL2 models in")
+        path, record = exllamav2_convert.exl2_for(self.spec["model"], self.settings, Path(derived), exllamav2_version())
+        self.model_dir = path
+        return record
+
+    def load(self) -> None:
+        from exllamav2 import (
+            ExLlamaV2,
+            ExLlamaV2Cache,
+            ExLlamaV2Cache_Q4,
+            ExLlamaV2Cache_Q6,
+            ExLlamaV2Cache_Q8,
+            ExLlamaV2Config,
+            ExLlamaV2Tokenizer,
+        )
+        from exllamav2.attn import has_flash_attn
+        from exllamav2.generator import ExLlamaV2DynamicGenerator
+
+        caches = {"fp16": ExLlamaV2Cache, "q8": ExLlamaV2Cache_Q8, "q6": ExLlamaV2Cache_Q6, "q4": ExLlamaV2Cache_Q4}
+        config = ExLlamaV2Config(str(self.model_dir))
+        config.max_seq_len = self.context
+        config.no_graphs = not self.settings["cuda_graphs"]
+        self.model = ExLlamaV2(config)
+        self.cache = caches[self.settings["cache"]](self.model, max_seq_len=self.context, lazy=True)
+        self.model.load_autosplit(self.cache)
+        self.tokenizer = ExLlamaV2Tokenizer(config)
+        paged = bool(has_flash_attn)
+        if not paged and self.workload["batch_size"] != 1:
+            raise harness.CellInvalid(
+                "without flash-attn ExLlamaV2's generator runs unpaged, one sequence at a time: batch_size must be 1"
+            )
+        self.generator = ExLlamaV2DynamicGenerator(
+            model=self.model, cache=self.cache, tokenizer=self.tokenizer, paged=paged, max_batch_size=None
+        )
+        weights = self._weights(config)
+        self.facts = {
+            "weights": weights,
+            "generator": "ExLlamaV2DynamicGenerator " + ("paged (flash-attn)" if paged else "unpaged (no flash-attn)"),
+            "context": self.context,
+            "cache": self.settings["cache"],
+            "model_dir": str(self.model_dir),
+            "model_bytes": sum(p.stat().st_size for p in self.model_dir.glob("*.safetensors")),
+            "extension": self.extension,
+        }
+
+    def _weights(self, config: Any) -> str:
+        """What the loaded weights are, in the converter's own words where it left them."""
+        quant = json.loads((self.model_dir / "config.json").read_text()).get("quantization_config") or {}
+        if quant.get("quant_method") == "exl2":
+            return f"EXL2 {quant.get('bits')} bpw (head {quant.get('head_bits')} bits), by ExLlamaV2's converter"
+        if quant.get("quant_method") == "gptq":
+            order = "act-order" if quant.get("desc_act") else "no act-order"
+            return f"GPTQ {quant.get('bits')}-bit, group {quant.get('group_size')}, {order}"
+        return "unquantised"
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def tokenize(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            from exllamav2 import ExLlamaV2Config, ExLlamaV2Tokenizer
+
+            self.tokenizer = ExLlamaV2Tokenizer(ExLlamaV2Config(str(self.model_dir)))
+        ids = self.tokenizer.encode(text, add_bos=True, encode_special_tokens=False)
+        return ids[0].tolist()
+
+    def generate(self, prompts: list[list[int]], new_tokens: int) -> harness.Timing:
+        from exllamav2.generator import ExLlamaV2DynamicJob, ExLlamaV2Sampler
+
+        self.generator.reset_page_table()  # no prefix reuse between repetitions
+        greedy = ExLlamaV2Sampler.Settings.greedy()
+        for prompt in prompts:
+            job = ExLlamaV2DynamicJob(
+                input_ids=torch.tensor([prompt], dtype=torch.long),
+                max_new_tokens=new_tokens,
+                gen_settings=greedy,
+                stop_conditions=None,
+            )
+            self.generator.enqueue(job)
+        self.synchronize()
+        start = time.perf_counter()
+        first: float | None = None
+        produced = 0
+        while self.generator.num_remaining_jobs():
+            for update in self.generator.iterate():
+                ids = update.get("token_ids") if update.get("stage") == "streaming" else None
+                if ids is not None and ids.numel():
+                    if first is None:
+                        self.synchronize()
+                        first = time.perf_counter() - start
+                    produced += ids.shape[-1]
+        self.synchronize()
+        total = time.perf_counter() - start
+        return harness.Timing(total, first, produced // len(prompts))
+
+    def allocator_peak(self) -> dict[str, Any] | None:
+        return {
+            "kind": "torch.cuda",
+            "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
+        }
+
+    def details(self) -> dict[str, Any]:
+        return self.facts
+
+    def close(self) -> None:
+        for name in ("generator", "cache"):
+            setattr(self, name, None)
+        if self.model is not None:
+            self.model.unload()
+            self.model = None
+        gc.collect()
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def versions(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"engine": "exllamav2", "engine_version": exllamav2_version() or ""}
+        if torch is not None:
+            found.update(torch=torch.__version__, torch_cuda=torch.version.cuda)
+            if torch.cuda.is_available():
+                found["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        for package in ("flash-attn", "safetensors", "tokenizers"):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                found[package] = importlib.metadata.version(package)
+        return found
+
+    def reference(self, result: dict[str, Any]) -> dict[str, Any]:
+        found = exllamav2_speed.script()
+        if found is None:
+            return {
+                "tool": exllamav2_speed.TOOL,
+                "error": "test_inference.py not found (the image fetches it; or set EXLLAMAV2_TEST_INFERENCE)",
+            }
+        command = exllamav2_speed.command(found, str(self.model_dir), self.context, self.settings["cuda_graphs"])
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL, cwd=found.parent
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or [""])[-1]
+            return {"tool": exllamav2_speed.TOOL, "command": command, "error": f"exit {done.returncode}: {last}"}
+        return exllamav2_speed.summarise(done.stdout, command, result["metrics"], self.settings["cache"])
+
+
+if __name__ == "__main__":
+    harness.main(Engine)

@@ -1,0 +1,111 @@
+"""ExLlamaV2: EXL2 (any bits per weight, made by its own converter) or GPTQ 4-bit, KV cache type, context, CUDA graphs.
+
+EXL2 cells convert the matrix's checkpoint with ExLlamaV2's own converter in the
+cell (entrypoints/exllamav2_convert.py): one measurement pass per checkpoint and
+calibration size, then one quantisation per bit rate, all cached in the model
+store. GPTQ cells read a GPTQ checkpoint: a synthetic model's is written by the
+runner (``derived_checkpoint``: runner.models.gptq_synthetic, random 4-bit codes
+in GPTQ's act-order layout), a real GPTQ export is read as it is. ExLlamaV2 is
+CUDA-only: CPU cells are reported as not run here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.engines.base import Engine, Setting
+
+QUANTS = ("exl2", "gptq")
+CACHES = ("fp16", "q8", "q6", "q4")
+HEAD_BITS = (6, 8)  # the converter's head-layer options (ExLlamaV2's qparams_headoptions, above 4 bits)
+# ExLlamaV2's converter defaults (convert.py): calibration rows and tokens per row, for the
+# measurement pass and for the quantisation pass.
+CALIBRATION_DEFAULTS = {"measurement_rows": 16, "measurement_length": 2048, "dataset_rows": 100, "length": 2048}
+
+SETTINGS = {
+    "quant": Setting("exl2", "weights: EXL2 made by ExLlamaV2's converter, or a GPTQ 4-bit checkpoint", QUANTS),
+    "bits": Setting(4.125, "EXL2 target bits per weight (2-8; the converter's default 4.125)", type=(float, int)),
+    "head_bits": Setting(6, "EXL2 bits of the LM head (the converter's default 6)", HEAD_BITS),
+    "measurement_rows": Setting(16, "EXL2 measurement pass: calibration rows", type=int),
+    "measurement_length": Setting(2048, "EXL2 measurement pass: tokens per calibration row", type=int),
+    "dataset_rows": Setting(100, "EXL2 quantisation pass: calibration rows", type=int),
+    "length": Setting(2048, "EXL2 quantisation pass: tokens per calibration row", type=int),
+    "cache": Setting("fp16", "KV cache: FP16, or ExLlamaV2's Q8 / Q6 / Q4 quantised cache", CACHES),
+    "max_seq_len": Setting(
+        None, "context (cache) size; null = prompt + new tokens, rounded up to 256", type=(int, type(None))
+    ),
+    "cuda_graphs": Setting(True, "ExLlamaV2's CUDA graphs for single-token forward passes", type=bool),
+}
+
+
+def _bits(value: float) -> str:
+    text = f"{float(value):g}"
+    return text if "." in text else f"{text}.0"
+
+
+def label(s: dict[str, Any]) -> list[str]:
+    if s["quant"] == "gptq":
+        lines = ["GPTQ 4-bit"]
+    else:
+        lines = [f"EXL2 {_bits(s['bits'])} bpw"]
+        if s["head_bits"] != 6:
+            lines.append(f"head {s['head_bits']} bits")
+        calibration = {k: s[k] for k in CALIBRATION_DEFAULTS}
+        if calibration != CALIBRATION_DEFAULTS:
+            lines.append(
+                f"calibration {s['measurement_rows']}x{s['measurement_length']} (measure), "
+                f"{s['dataset_rows']}x{s['length']} (quantise) tokens"
+            )
+    if s["cache"] != "fp16":
+        lines.append(f"{s['cache'].upper()} cache")
+    if s["max_seq_len"] is not None:
+        lines.append(f"max_seq_len={s['max_seq_len']}")
+    if not s["cuda_graphs"]:
+        lines.append("no CUDA graphs")
+    return lines
+
+
+def check(s: dict[str, Any], gpus: tuple[int, ...]) -> str | None:
+    if s["quant"] == "exl2" and not 2 <= s["bits"] <= 8:
+        return f"bits must be between 2 and 8 (EXL2 bits per weight), got {s['bits']}"
+    for name in CALIBRATION_DEFAULTS:
+        if s[name] < 1:
+            return f"{name} must be at least 1, got {s[name]}"
+    if s["length"] > 2048 or s["measurement_length"] > 2048:
+        return "length and measurement_length above 2048 tokens are refused here (ExLlamaV2 warns of excessive VRAM)"
+    if s["max_seq_len"] is not None and s["max_seq_len"] < 1:
+        return f"max_seq_len must be at least 1 (or null for automatic), got {s['max_seq_len']}"
+    if len(gpus) > 1:
+        return "this tool runs ExLlamaV2 cells on one GPU (its autosplit / tensor parallel are not wired)"
+    return None
+
+
+def derived_checkpoint(s: dict[str, Any]) -> str | None:
+    """GPTQ cells on a synthetic model read its GPTQ layout (a real model must be a GPTQ export)."""
+    return "gptq" if s["quant"] == "gptq" else None
+
+
+def notes(result: dict[str, Any]) -> list[str]:
+    """Which weights ran (the converter's measured bits per weight, or the GPTQ layout), and the cache."""
+    details = result.get("engine_details") or {}
+    lines = []
+    if details.get("weights"):
+        lines.append(details["weights"])
+    prepare = result.get("prepare") or {}
+    if prepare.get("measurement") == "cached":
+        lines.append("EXL2 measurement from the store")
+    return lines
+
+
+EXLLAMAV2 = Engine(
+    name="exllamav2",
+    software="ExLlamaV2",
+    entrypoint="run_exllamav2.py",
+    helpers=("exllamav2_convert.py", "exllamav2_speed.py"),
+    settings=SETTINGS,
+    label=label,
+    check=check,
+    derived_checkpoint=derived_checkpoint,
+    recorded_env_prefixes=("EXLLAMA", "TORCH_CUDA_ARCH_LIST", "TORCH_EXTENSIONS_DIR"),
+    notes=notes,
+)

@@ -1,0 +1,230 @@
+"""ExLlamaV2 around the engine (CUDA only): settings and labels, the synthetic GPTQ layout, EXL2 conversion
+planning and cache paths, the speed-test parser, and CPU cells reported as not run here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from runner.engines import ENGINES
+from runner.engines.exllamav2 import EXLLAMAV2
+from runner.errors import UserError
+from runner.expand import expand
+from runner.matrix import load_matrix
+from runner.models import derived, gptq_synthetic
+from runner.models.architectures import ARCHITECTURES
+from runner.models.fingerprint import fingerprint
+
+ENTRYPOINTS = Path(__file__).resolve().parent.parent / "entrypoints"
+sys.path.insert(0, str(ENTRYPOINTS))
+import exllamav2_convert  # noqa: E402  in-container modules, found on the entrypoints path
+import exllamav2_speed  # noqa: E402
+
+SHISA = ARCHITECTURES["shisa-7b-v1"]
+SMALL_CALIBRATION = {"measurement_rows": 4, "measurement_length": 512, "dataset_rows": 8, "length": 512}
+
+
+def settings(**overrides):
+    return EXLLAMAV2.resolve(overrides)
+
+
+def test_labels_use_the_seed_tables_words():
+    assert ENGINES["exllamav2"] is EXLLAMAV2
+    assert EXLLAMAV2.label(settings(bits=8)) == ["EXL2 8.0 bpw"]
+    assert EXLLAMAV2.label(settings(bits=4.63)) == ["EXL2 4.63 bpw"]
+    assert EXLLAMAV2.label(settings()) == ["EXL2 4.125 bpw"]  # the converter's default target
+    assert EXLLAMAV2.label(settings(quant="gptq", cache="q4")) == ["GPTQ 4-bit", "Q4 cache"]
+    small = EXLLAMAV2.label(settings(bits=4.63, head_bits=8, cuda_graphs=False, **SMALL_CALIBRATION))
+    assert small == [
+        "EXL2 4.63 bpw",
+        "head 8 bits",
+        "calibration 4x512 (measure), 8x512 (quantise) tokens",
+        "no CUDA graphs",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gpus", "problem"),
+    [
+        ({"bits": 9}, (0,), "bits must be between 2 and 8"),
+        ({"bits": 1.5}, (0,), "bits must be between 2 and 8"),
+        ({"dataset_rows": 0}, (0,), "dataset_rows must be at least 1"),
+        ({"length": 4096}, (0,), "above 2048 tokens"),
+        ({"max_seq_len": 0}, (0,), "max_seq_len must be at least 1"),
+        ({}, (0, 1), "one GPU"),
+    ],
+)
+def test_check_refuses_impossible_cells(overrides, gpus, problem):
+    assert problem in EXLLAMAV2.check(settings(**overrides), gpus)
+
+
+def test_check_accepts_the_seed_rows():
+    for cell in ({"quant": "gptq"}, {"bits": 8.0}, {"bits": 4.63, **SMALL_CALIBRATION}, {"bits": 30, "quant": "gptq"}):
+        assert EXLLAMAV2.check(settings(**cell), (0,)) is None
+
+
+def test_matrix_yaml_has_the_seed_rows_and_names_a_typo(repo, tmp_path):
+    cells = [c for c in expand(load_matrix(repo / "matrix.yaml")) if c.engine == "exllamav2"]
+    labels = [c.label[0] for c in cells]
+    assert labels == ["GPTQ 4-bit", "EXL2 4.63 bpw", "EXL2 8.0 bpw"]
+    assert all(c.gpus == (0,) for c in cells)
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(
+        "version: 1\nname: t\nmodel: {synthetic: tiny-mistral}\n"
+        "workload: {prompt_tokens: 8, new_tokens: 8}\n"
+        "engines:\n  exllamav2:\n    include: [{quant: exl2, bit: 4.0}]\n"
+    )
+    with pytest.raises(UserError, match=r"did you mean 'bits'"):
+        load_matrix(bad)
+
+
+def test_gptq_cells_read_a_gptq_checkpoint():
+    assert EXLLAMAV2.derived_checkpoint(settings(quant="gptq")) == "gptq"
+    assert EXLLAMAV2.derived_checkpoint(settings(bits=8.0)) is None
+
+
+def test_shisa_gptq_layout_is_act_order_gptq():
+    tensors = gptq_synthetic.gptq_tensors(SHISA, 128)
+    q = tensors["model.layers.0.self_attn.q_proj.qweight"]
+    assert (q.shape, q.dtype) == ((4096 // 8, 4096), "I32")  # packed along the input
+    assert tensors["model.layers.0.self_attn.k_proj.qzeros"].shape == (32, 1024 // 8)
+    assert tensors["model.layers.0.mlp.down_proj.scales"].shape == (14336 // 128, 4096)
+    g_idx = tensors["model.layers.0.mlp.down_proj.g_idx"]
+    assert (g_idx.shape, g_idx.dtype, g_idx.fill, g_idx.group_size) == ((14336,), "I32", "group_index", 128)
+    assert tensors["lm_head.weight"].dtype == "F16" and tensors["lm_head.weight"].shape == (120128, 4096)
+    assert len(tensors) == 2 + 32 * (2 + 7 * 4) + 1
+    config = gptq_synthetic.gptq_config(SHISA, 128)["quantization_config"]
+    assert config == {
+        "quant_method": "gptq",
+        "bits": 4,
+        "group_size": 128,
+        "desc_act": True,
+        "sym": True,
+        "checkpoint_format": "gptq",
+    }
+
+
+def model_record(folder: Path, store: Path, synthetic: bool = True) -> dict:
+    (store / "derived").mkdir(parents=True, exist_ok=True)
+    return {
+        "name": folder.name,
+        "path": str(folder),
+        "synthetic": synthetic,
+        "fingerprint": fingerprint(folder),
+        "derived_dir": str(store / "derived"),
+    }
+
+
+def test_materialised_gptq_checkpoint_reads_back_in_range(tmp_path, tiny_model):
+    model = model_record(tiny_model, tmp_path)
+    made = derived.cell_model("gptq", model, lambda _: None)
+    folder = Path(made["path"])
+    assert folder.parent == tmp_path / "derived" / "gptq"
+    assert made["name"] == f"{model['name']} (GPTQ 4-bit)" and made["derived_from"] == str(tiny_model)
+    assert gptq_synthetic.is_gptq_checkpoint(folder) and not gptq_synthetic.is_gptq_checkpoint(tiny_model)
+    assert json.loads((folder / "quantize_config.json").read_text())["desc_act"] is True
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (folder / name).read_bytes() == (tiny_model / name).read_bytes()
+    with safe_open(folder / "model.safetensors", "np") as f:
+        qweight = f.get_tensor("model.layers.1.mlp.down_proj.qweight")
+        scales = f.get_tensor("model.layers.1.mlp.down_proj.scales")
+        g_idx = f.get_tensor("model.layers.1.mlp.down_proj.g_idx")
+        names = set(f.keys())
+    config = json.loads((folder / "config.json").read_text())
+    group = config["quantization_config"]["group_size"]
+    assert names == set(gptq_synthetic.gptq_tensors(config, group))
+    hidden, intermediate = config["hidden_size"], config["intermediate_size"]
+    assert qweight.shape == (intermediate // 8, hidden) and scales.shape == (intermediate // group, hidden)
+    # act-order: every group holds exactly group_size input channels, scattered
+    assert np.bincount(g_idx, minlength=intermediate // group).tolist() == [group] * (intermediate // group)
+    assert not (np.diff(g_idx) >= 0).all()
+    assert (scales > 0).all()
+    assert derived.cell_model("gptq", made, lambda _: None) is made  # a GPTQ checkpoint is read as it is
+    real = model_record(tiny_model, tmp_path, synthetic=False)
+    assert derived.cell_model("gptq", real, lambda _: None) is real  # a real model: the cell says what it needs
+
+
+def test_exl2_cache_paths_follow_checkpoint_release_and_calibration(tmp_path):
+    model = {"name": "shisa-7b-v1", "path": "/m/shisa", "fingerprint": "abc"}
+    cache = exllamav2_convert.Exl2Cache(model, tmp_path, "0.3.2")
+    s = settings(bits=4.63, **SMALL_CALIBRATION)
+    assert cache.folder.parent == tmp_path / "exl2" and cache.folder.name.startswith("shisa-7b-v1-")
+    assert cache.measurement_path(s).name == "measurement-m4x512.json"
+    assert cache.model_path(s).name == "4.63bpw-h6-m4x512-q8x512"
+    assert cache.model_path(settings(bits=8)).name == "8.0bpw-h6-m16x2048-q100x2048"
+    # the same measurement serves every bit rate; another release or checkpoint is another folder
+    assert cache.measurement_path(settings(bits=8, **SMALL_CALIBRATION)) == cache.measurement_path(s)
+    assert exllamav2_convert.Exl2Cache(model, tmp_path, "0.3.1").folder != cache.folder
+    assert exllamav2_convert.Exl2Cache({**model, "fingerprint": "abd"}, tmp_path, "0.3.2").folder != cache.folder
+
+
+def test_converter_commands_spell_out_each_pass(tmp_path):
+    s = settings(bits=4.63, **SMALL_CALIBRATION)
+    measure = exllamav2_convert.measurement_command(Path("/src"), Path("/w"), Path("/m.json"), s)
+    assert measure[:3] == [sys.executable, "-m", "exllamav2.conversion.convert_exl2"]
+    pairs = dict(zip(measure[3::2], measure[4::2], strict=True))
+    assert pairs == {"-i": "/src", "-o": "/w", "-om": "/m.json", "-mr": "4", "-ml": "512"}
+    quantise = exllamav2_convert.quantise_command(Path("/src"), Path("/w"), Path("/m.json"), Path("/out"), s)
+    pairs = dict(zip(quantise[3::2], quantise[4::2], strict=True))
+    assert pairs == {
+        "-i": "/src",
+        "-o": "/w",
+        "-m": "/m.json",
+        "-cf": "/out",
+        "-b": "4.63",
+        "-hb": "6",
+        "-r": "8",
+        "-l": "512",
+        "-mr": "4",
+        "-ml": "512",
+    }
+
+
+def test_converter_errors_are_read_from_its_output():
+    log = " -- Beginning new job\n ## Error: 9 is not a supported option for head layer bitrate\n"
+    assert exllamav2_convert.converter_error(log) == "## Error: 9 is not a supported option for head layer bitrate"
+    assert exllamav2_convert.converter_error(" -- fine\n") is None
+
+
+SPEED_OUTPUT = """ -- Measuring token speed...
+ ** Position     1 + 127 tokens:  150.0000 t/s
+ ** Position   128 + 128 tokens:  140.0000 t/s
+ ** Position   256 +  64 tokens:  128.0000 t/s
+"""
+
+
+def test_speed_test_summary_weighs_each_stretch_by_its_tokens():
+    metrics = {"decode_tokens_per_s": {"median": 133.0}}
+    summary = exllamav2_speed.summarise(SPEED_OUTPUT, ["test_inference.py"], metrics, "q4")
+    seconds = 127 / 150 + 128 / 140 + 64 / 128
+    assert summary["decode_tokens_per_s"] == pytest.approx(319 / seconds)
+    assert summary["decode_ratio"] == pytest.approx(133.0 / (319 / seconds))
+    assert summary["positions"] == "1-320"
+    assert "FP16 cache" in summary["note"] and "Q4" in summary["note"]
+    failed = exllamav2_speed.summarise("Traceback\nRuntimeError: boom\n", ["x"], metrics, "fp16")
+    assert failed["error"].endswith("RuntimeError: boom")
+
+
+def test_speed_test_command_matches_the_cell(tmp_path):
+    script = tmp_path / "test_inference.py"
+    line = exllamav2_speed.command(script, "/models/exl2", 512, cuda_graphs=False)
+    assert line == [sys.executable, str(script), "-m", "/models/exl2", "-s", "-l", "512", "-ng"]
+
+
+def test_cpu_cells_are_not_run_here(runner_cli, tmp_path):
+    matrix = tmp_path / "exl-cpu.yaml"
+    matrix.write_text(
+        "version: 1\nname: exl-cpu\nmodel: {synthetic: tiny-mistral}\n"
+        "workload: {prompt_tokens: 16, new_tokens: 8, warmup: 1, repetitions: 2}\n"
+        "defaults: {gpus: []}\n"
+        "engines:\n  exllamav2:\n    include: [{quant: exl2, bits: 4.63}]\n"
+    )
+    done = runner_cli(str(matrix), "-o", str(tmp_path / "run"), "--executor", "local", "--strict")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "not run here: ExLlamaV2 runs on CUDA GPUs only" in done.stdout
+    assert "0 ok, 1 not run here, 0 failed" in done.stdout
