@@ -48,12 +48,10 @@ def exllamav2_version() -> str | None:
 
 
 def quantisation(model_dir: Path) -> str | None:
-    """The checkpoint's own quantisation: 'exl2', a quantization_config's method, or None."""
+    """The checkpoint's own quantisation method (exl2, gptq, awq, ...; ExLlamaV2's converter signs its
+    exports with quant_method exl2), or None for an unquantised checkpoint."""
     config = json.loads((model_dir / "config.json").read_text())
-    method = (config.get("quantization_config") or {}).get("quant_method")
-    if method == "exl2" or ((model_dir / "measurement.json").exists() and any(model_dir.glob("*.safetensors"))):
-        return "exl2"
-    return method
+    return (config.get("quantization_config") or {}).get("quant_method")
 
 
 def extension_environment(derived: str | None) -> dict[str, str]:

@@ -228,3 +228,29 @@ def test_cpu_cells_are_not_run_here(runner_cli, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "not run here: ExLlamaV2 runs on CUDA GPUs only" in done.stdout
     assert "0 ok, 1 not run here, 0 failed" in done.stdout
+
+
+def cell_engine(model_dir: Path, store: Path, **overrides):
+    import run_exllamav2
+
+    spec = {
+        "cell": {"settings": settings(**overrides), "gpus": [0]},
+        "workload": {"prompt_tokens": 16, "new_tokens": 8, "batch_size": 1},
+        "model": {"path": str(model_dir), "name": model_dir.name, "derived_dir": str(store)},
+    }
+    return run_exllamav2.Engine(spec)
+
+
+def test_a_cell_refuses_a_checkpoint_of_the_wrong_kind(tmp_path, tiny_model):
+    import harness
+
+    with pytest.raises(harness.CellInvalid, match="quant gptq needs a GPTQ checkpoint"):
+        cell_engine(tiny_model, tmp_path, quant="gptq").prepare()
+    gptq = gptq_synthetic.materialise(model_record(tiny_model, tmp_path), log=lambda _: None)
+    assert cell_engine(gptq, tmp_path, quant="gptq").prepare() is None  # read as it is
+    with pytest.raises(harness.CellInvalid, match="already gptq"):
+        cell_engine(gptq, tmp_path, quant="exl2").prepare()
+    signed = tmp_path / "exl2-export"
+    signed.mkdir()
+    (signed / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "exl2", "bits": 4.0}}))
+    assert cell_engine(signed, tmp_path, quant="exl2").prepare() is None  # an EXL2 export is read as it is
