@@ -7,10 +7,11 @@ engine's own environment does (entrypoints/run_<engine>.py).
 from __future__ import annotations
 
 from runner.engines.base import Engine, Setting
+from runner.engines.gptfast import GPTFAST
 from runner.engines.llamacpp import LLAMACPP
 from runner.engines.transformers import TRANSFORMERS
 from runner.engines.vllm import VLLM
 
-ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS, LLAMACPP, VLLM)}
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS, LLAMACPP, VLLM, GPTFAST)}
 
 __all__ = ["ENGINES", "Engine", "Setting"]
