@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from runner.engines import ENGINES
 from runner.errors import UserError
@@ -335,3 +336,10 @@ def test_notes_show_bandwidth_reference_compile_and_the_int4_path():
 def test_int4_packing_is_patched_from_torch_2_5():
     assert not gptfast_tool.torch_packs_bytes("2.4.1+cu121")
     assert gptfast_tool.torch_packs_bytes("2.5.0") and gptfast_tool.torch_packs_bytes("2.11.0+cu130")
+
+
+def test_make_setup_gptfast_fetches_the_images_pinned_commit(repo):
+    image = yaml.safe_load((repo / "images" / "gptfast" / "image.yaml").read_text())
+    pinned = image["flavours"]["gpu"]["build_args"]["GPT_FAST_COMMIT"]
+    assert f"GPT_FAST_COMMIT ?= {pinned}" in (repo / "Makefile").read_text()
+    assert image["env"]["GPT_FAST_HOME"] == "/opt/venv/gpt-fast"
