@@ -73,7 +73,9 @@ class Engine:
         self.device = "cuda" if self.cuda else "cpu"
         self.weights: Path | None = None
         self.home: Path | None = None
-        self.gf: Any = None  # gpt-fast's generate module
+        self.gf: Any = None  # gpt-fast's generate, model and tokenizer modules
+        self.gf_model: Any = None
+        self.gf_tokenizer: Any = None
         self.model: Any = None
         self.tokenizer: Any = None
         self.prefill: Any = None
@@ -86,7 +88,7 @@ class Engine:
             raise harness.CellUnsupported(f"torch is not importable here ({IMPORT_PROBLEM}): use the gptfast image")
         try:
             self.home = gptfast_checkpoint.source_home()
-            self.gf, _, _ = import_gpt_fast(self.home)
+            self.gf, self.gf_model, self.gf_tokenizer = import_gpt_fast(self.home)
         except gptfast_checkpoint.SourceMissing as exc:
             raise harness.CellUnsupported(str(exc)) from None
         except ImportError as exc:
@@ -133,10 +135,10 @@ class Engine:
 
     def load(self) -> None:
         s = self.settings
-        gptfast_checkpoint.register(sys.modules["model"], self.weights.parent)
+        gptfast_checkpoint.register(self.gf_model, self.weights.parent)
         self.model = self.gf._load_model(self.weights, self.device, torch.bfloat16, False)
         model_bytes, params = self.gf._get_model_size(self.model)
-        self.tokenizer = sys.modules["tokenizer"].get_tokenizer(self.weights.parent / "tokenizer.model", self.weights)
+        self.tokenizer = self.gf_tokenizer.get_tokenizer(self.weights.parent / "tokenizer.model", self.weights)
         self.prefill = self.gf.prefill
         if s["compile"]:
             self.original_decode = self.gf.decode_one_token
