@@ -17,7 +17,12 @@ DEBIAN_MIRROR ?= http://deb.debian.org/debian
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_CPP_CMAKE_ARGS ?= $(if $(HAS_GPU),-DGGML_CUDA=on,-DGGML_NATIVE=off)
 
-.PHONY: help setup setup-python setup-llamacpp run test test-fast lint format clean base-image images-check
+# gpt-fast for local (no-container) gpt-fast cells: its source at the image's pinned commit, into
+# $(VENV)/gpt-fast (where the entrypoint looks when GPT_FAST_HOME is unset), and what its scripts import.
+GPT_FAST_COMMIT ?= 32971d3129541c5bfb4f715abc33d1c5f408d204
+GPT_FAST_REPO ?= https://github.com/pytorch-labs/gpt-fast
+
+.PHONY: help setup setup-python setup-llamacpp setup-gptfast run test test-fast lint format clean base-image images-check
 
 help:  ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z%-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +52,14 @@ $(VENV)/llama.cpp/BUILD_INFO: images/llamacpp/build-llama-cpp.sh | $(BIN)/python
 	 && bash images/llamacpp/build-llama-cpp.sh $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON) $(VENV)/llama.cpp \
 	      $(LLAMA_CPP_CMAKE_ARGS) >$$tmp/build.log 2>&1 || { tail -30 $$tmp/build.log; exit 1; }; \
 	 CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/pip install -q $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
+
+setup-gptfast: $(VENV)/gpt-fast/COMMIT  ## fetch gpt-fast's source at the pinned commit into .venv/gpt-fast (needs its git host), and tiktoken
+
+$(VENV)/gpt-fast/COMMIT: | $(VENV)/.installed
+	rm -rf $(VENV)/gpt-fast
+	git clone -q $(GPT_FAST_REPO) $(VENV)/gpt-fast && git -C $(VENV)/gpt-fast checkout -q $(GPT_FAST_COMMIT)
+	$(BIN)/pip install -q tiktoken==0.14.0
+	echo $(GPT_FAST_COMMIT) > $@
 
 run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
 	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi

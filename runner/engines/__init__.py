@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from runner.engines.base import Engine, Setting
 from runner.engines.exllamav2 import EXLLAMAV2
+from runner.engines.gptfast import GPTFAST
 from runner.engines.llamacpp import LLAMACPP
 from runner.engines.transformers import TRANSFORMERS
 from runner.engines.vllm import VLLM
 
-ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS, LLAMACPP, VLLM, EXLLAMAV2)}
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (TRANSFORMERS, LLAMACPP, VLLM, EXLLAMAV2, GPTFAST)}
 
 __all__ = ["ENGINES", "Engine", "Setting"]
