@@ -263,26 +263,40 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def select(cells: list[Cell], only: list[str]) -> list[Cell]:
-    """The cells whose id, engine name, displayed software name or settings label contains any of only."""
+ONLY_MISS_LISTS_AT_MOST = 40  # a --only that matches nothing lists the matrix's cells up to this many
+
+
+def select(cells: list[Cell], only: list[str], matrix_path: Path | str = "MATRIX") -> list[Cell]:
+    """The cells whose id, engine name, displayed software name or settings label contains any of only.
+
+    A miss is an error that lists every cell with its label (or, in a very large matrix, says how many
+    there are and how to list them)."""
     if not only:
         return cells
     text = {c.id: f"{c.id} {c.engine} {c.software} {' '.join(c.label)}".lower() for c in cells}
     chosen = [c for c in cells if any(o.lower() in text[c.id] for o in only)]
     if not chosen:
         engines = ", ".join(dict.fromkeys(f"{c.engine} ({c.software})" for c in cells))
-        raise UserError(
+        head = (
             f"--only {' '.join(only)}: no cell matches; give part of a cell id, an engine ({engines}) or a "
-            f"setting as --list shows it, e.g. --only {cells[0].id}"
+            "setting as --list shows it"
         )
+        if len(cells) > ONLY_MISS_LISTS_AT_MOST:
+            raise UserError(f"{head}; the matrix has {len(cells)} cells: python -m runner {matrix_path} --list")
+        raise UserError("\n".join([f"{head}; its {len(cells)} cells:", *(f"  {cell_line(c)}" for c in cells)]))
     return chosen
+
+
+def cell_line(cell: Cell) -> str:
+    """One cell as --list shows it: id, GPUs (or cpu), software and settings."""
+    where = ",".join(map(str, cell.gpus)) or "cpu"
+    return f"{cell.id}  [{where}]  {cell.software}: {'; '.join(cell.label)}"
 
 
 def _list(cells: list[Cell], baseline: Cell) -> None:
     for cell in cells:
         mark = " (baseline)" if cell.id == baseline.id else ""
-        where = ",".join(map(str, cell.gpus)) or "cpu"
-        print(f"{cell.id}  [{where}]  {cell.software}: {'; '.join(cell.label)}{mark}")
+        print(cell_line(cell) + mark)
 
 
 def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path) -> Executor:
@@ -303,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.matrix)
     cells = expand(matrix)
     baseline = find_baseline(matrix, cells)
-    chosen = select(cells, args.only)
+    chosen = select(cells, args.only, args.matrix)
     if args.list:
         _list(chosen, baseline)
         return 0

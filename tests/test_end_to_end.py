@@ -229,16 +229,20 @@ def test_timeout_cell_does_not_stop_the_matrix(runner_cli, model_store, tmp_path
         (
             ["--only", "no-such-cell"],
             "error: --only no-such-cell: no cell matches; give part of a cell id, an engine (transformers (HF "
-            "Transformers)) or a setting as --list shows it, e.g. --only transformers-",
+            "Transformers)) or a setting as --list shows it; its 2 cells:",
         ),
         (["--parallel", "0"], "error: --parallel: give a number >= 1"),
     ],
 )
 def test_bad_options_are_one_line(runner_cli, tmp_path, extra, message):
+    """One line, or for a --only miss one line and then the matrix's cells, one per line."""
     folder = tmp_path / "never"
     done = runner_cli(f"{FIXTURE_DIR}/e2e_rerun.yaml", "-o", str(folder), *extra, timeout=60)
     assert done.returncode == 1
-    assert done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
+    head, *rest = done.stderr.splitlines()
+    assert head == message
+    assert len(rest) == (2 if "--only" in extra else 0)
+    assert all(line.startswith("  transformers-") and "  [cpu]  HF Transformers: " in line for line in rest)
     assert not folder.exists()
 
 
