@@ -313,3 +313,67 @@ def test_a_base_image_that_cannot_be_pulled_is_one_line_with_the_offline_fix(run
     assert last.startswith("error: images/transformers: docker build of inference-matrix/transformers:cpu-")
     assert "its base image inference-matrix/absent:1 is not on this machine and could not be pulled" in last
     assert "make base-image" in last and "--executor local" in last
+
+
+def _image_id(name: str) -> str | None:
+    done = docker("image", "inspect", "--format", "{{.Id}}", name)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _dangling(*filters: str) -> set[str]:
+    done = docker("image", "ls", "--quiet", "--no-trunc", "--filter", "dangling=true", *filters)
+    return set(done.stdout.split())
+
+
+def test_a_build_leaves_no_dangling_image_and_keeps_its_builder_by_name(cpu_image):
+    """Docker's classic builder left the builder stage's last image untagged after each build (about 10 GB
+    after CI). Now the builder stage is tagged <engine>:<flavour>-builder, the builder it replaces is removed,
+    and a rebuild that changes only the final stage still takes the builder from the cache. A small image of
+    the shared entrypoint files on the CPU base, its builder made new for this run by a build argument."""
+    import secrets
+    import sys
+    from dataclasses import replace
+
+    from runner.build import build_image, builder_tag
+    from runner.cli import build_options, parse_build_args
+    from runner.images import ImageSpec
+
+    token = secrets.token_hex(4)
+    spec = ImageSpec(
+        engine="buildcheck",
+        flavour="cpu",
+        description="build check",
+        base_image=load_specs()[("transformers", "cpu")].base_image,
+        requirements=(),
+        smoke_test="import harness, shared; print('build check ok')",
+        build_args={"BUILD_CHECK": token},
+    )
+    options = replace(build_options(parse_build_args([]))["cpu"], wheels=None)  # no wheel needed: a smaller context
+    builder = builder_tag(spec)
+    ours = ("--filter", "label=inference-matrix.engine=buildcheck")
+    before = _dangling()
+    tags = []
+    try:
+        tags.append(build_image(spec, options, log=lambda m: print(m, file=sys.stderr)))
+        first = _image_id(builder)
+        assert _dangling(*ours) == set()
+        assert first and docker("image", "inspect", "--format", "{{json .Config.Labels}}", builder).stdout.count(
+            '"inference-matrix.stage":"builder"'
+        )
+        assert _dangling(*ours) == set()
+        # the builder changes: the tag moves to the new one and the old one is removed, not left dangling
+        changed = replace(spec, build_args={"BUILD_CHECK": f"{token}-2"})
+        tags.append(build_image(changed, options, log=lambda m: print(m, file=sys.stderr)))
+        second = _image_id(builder)
+        assert second != first and _image_id(first) is None
+        assert _dangling(*ours) == set()
+        # only the final stage changes (as with an edited entrypoint): the builder stage is the cached one
+        tags.append(build_image(replace(changed, smoke_test="import harness; print('again')"), options))
+        assert _image_id(builder) == second
+        assert all(_image_id(tag) for tag in tags) and len(set(tags)) == 3
+        new = _dangling() - before
+        mine = [i for i in new if f"BUILD_CHECK={token}" in docker("history", "--no-trunc", i).stdout]
+        assert mine == []
+    finally:
+        docker("image", "rm", *tags, builder)
+    assert _dangling(*ours) == set() and _image_id(builder) is None
