@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from runner import cpuset
 from runner.build import BuildOptions, ensure_images, image_spec
 from runner.errors import UserError
 from runner.executors import EXECUTORS, make_executor
@@ -134,6 +135,12 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
         help="run only cells whose id or settings label contains TEXT (repeatable)",
     )
     parser.add_argument("--force", action="store_true", help="re-measure cells that already have an ok result")
+    parser.add_argument(
+        "--cpus",
+        metavar="LIST",
+        help="CPUs the CPU cells run on, pinned (taskset / docker --cpuset-cpus), e.g. 0-3 or 0,2; "
+        f"default: every CPU this runner may use (here {cpuset.format_cpus(cpuset.available())})",
+    )
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default {DEFAULT_STORE})")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
     parser.add_argument(
@@ -323,6 +330,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.parallel < 1:
         raise UserError("--parallel: give a number >= 1")
+    args.cpu_set = cpuset.choose(args.cpus)
     folder = (args.output or Path("runs") / matrix.name).resolve()
     if args.table_only:
         return _table(folder, cells, {}, baseline, refresh=True)
@@ -344,11 +352,13 @@ def _run_in(
     """Run the chosen cells into folder (held by this runner), render the table, choose the exit code."""
     executor = _executor(args, chosen, folder)
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
+    if any(not c.gpus for c in chosen):
+        print(f"CPU cells run on {cpuset.named(args.cpu_set)} (choose with --cpus)", flush=True)
     if args.parallel > 1 and any(not c.gpus for c in chosen):
         print("note: --parallel runs cells on disjoint GPUs at once; CPU cells still run one at a time", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
-        results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force)
+        results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force, cpus=args.cpu_set)
     except KeyboardInterrupt:
         _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
         with contextlib.suppress(UserError):

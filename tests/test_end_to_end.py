@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.cpuset import available, format_cpus
+
 pytestmark = pytest.mark.slow  # the CPU matrix for real: Transformers, llama.cpp and vLLM cells
 
 FIXTURE_DIR = "tests/fixtures/matrices"
@@ -142,8 +144,15 @@ def test_cpu_matrix_cell_documents(cpu_run, runner_cli, repo):
         assert doc["wall_s"] > 0
         assert (folder / "logs" / f"{cell_id}.log").is_file()
         assert (folder / "spec" / f"{cell_id}.json").is_file()
+        # pinned with taskset to every CPU the runner may use, which the cell itself saw
+        every = format_cpus(available())
+        log = (folder / "logs" / f"{cell_id}.log").read_text().splitlines()[0]
+        assert log.startswith(f"$ taskset --cpu-list {every} ") and doc["measured_with"]["cpus"] == every
         if expected_failure(label) is None:
             assert doc["status"] == "ok"
+            assert doc["threads"]["cpus"] == list(available()) and doc["threads"]["compute"] >= 1
+            if doc["cell"]["engine"] == "llamacpp":
+                assert doc["threads"]["compute"] == doc["engine_details"]["n_threads"] == max(len(available()) // 2, 1)
             assert doc["exit_code"] == 0
             metrics = doc["metrics"]
             assert len(metrics["tokens_per_s"]["values"]) == doc["workload"]["repetitions"]
