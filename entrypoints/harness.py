@@ -4,9 +4,11 @@ Every engine script (run_<engine>.py) defines an Engine class with
 ``check()``, ``load()``, ``tokenize(text)``, ``generate(prompt_ids, new_tokens)``,
 ``synchronize()``, ``allocator_peak()`` and ``versions()``, and optionally
 ``prepare()`` (model conversion, before memory sampling starts; returns what it
-did), ``details()`` (what the engine reports about the loaded model), ``close()``
-(free the model) and ``reference()`` (the engine's own benchmark tool on the same
-model and settings, run after the measurement and memory sampling have ended);
+did), ``compute_threads()`` (the CPU threads it computes with and where that number
+comes from, when torch's count is not the one), ``details()`` (what the engine
+reports about the loaded model), ``close()`` (free the model) and ``reference()``
+(the engine's own benchmark tool on the same model and settings, run after the
+measurement and memory sampling have ended);
 this module does the rest the same way for all of them:
 
 * clocks are read only after the engine synchronises its device;
@@ -18,6 +20,8 @@ this module does the rest the same way for all of them:
   peak where it has one; on CPU the peak RSS of the cell's process tree (engine
   workers included), labelled as such; a GPU cell whose NVML cannot be read
   reports no memory and why (kind ``unmeasured``), never the host's RSS;
+* the CPUs the cell may run on (its affinity, which the executor pinned) and the
+  threads the engine computes with are recorded (``threads``);
 * the result is schema-versioned and written atomically (temp file, rename),
   both from shared.py, the one file the runner loads too; a spec written by a
   runner of another schema version fails the cell saying so.
@@ -385,6 +389,7 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
         except Exception as exc:
             _record_failure(result, exc)
         result["memory"] = sampler.stop()
+        result["threads"] = threads_used(engine)
         if engine is not None and result["status"] == "ok":
             _reference(engine, result)
     result["warnings"] = sorted({f"{w.category.__name__}: {w.message}"[:300] for w in caught}) + logged.summary()
@@ -421,6 +426,33 @@ def _headline(result: dict[str, Any]) -> str:
     if memory["peak_mib"] is None:
         return f"{tps:.2f} tok/s, memory not measured ({memory['reason']})"
     return f"{tps:.2f} tok/s, peak {memory['peak_mib']:.0f} MiB ({memory['kind']})"
+
+
+def threads_used(engine: Any) -> dict[str, Any]:
+    """The CPUs this cell may run on and the threads its engine computes with: the engine's own count
+    (``compute_threads()``) where it has one, else torch's intra-op threads where torch is loaded, else
+    OMP_NUM_THREADS; None where none of them says."""
+    found: dict[str, Any] = {
+        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        found["torch"] = torch.get_num_threads()
+        found["torch_interop"] = torch.get_num_interop_threads()
+    try:
+        own = engine.compute_threads() if engine is not None and hasattr(engine, "compute_threads") else None
+    except Exception as exc:  # a count is best effort; never lose a measurement over it
+        own = None, f"compute_threads() failed: {_one_line(exc)}"
+    if own is not None:
+        found["compute"], found["compute_from"] = own
+    elif "torch" in found:
+        found["compute"], found["compute_from"] = found["torch"], "torch.get_num_threads()"
+    elif (found["omp_num_threads"] or "").isdigit():
+        found["compute"], found["compute_from"] = int(found["omp_num_threads"]), "OMP_NUM_THREADS"
+    else:
+        found["compute"], found["compute_from"] = None, "not reported"
+    return found
 
 
 def _environment(engine: Any, engine_prefixes: list[str]) -> dict[str, Any]:

@@ -92,6 +92,11 @@ def transformers_token_ids(model_path: str, text_file: Path) -> list[int] | str:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def cell_cpus() -> set[int]:
+    """The CPUs this cell may run on (the executor pinned them)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
 class GreedyLoop:
     """llama.cpp's own decode loop through its C API, greedy, as llama-bench's tg runs it plus the pick.
 
@@ -201,7 +206,10 @@ class Engine:
             n_batch=s["n_batch"],
             n_ubatch=s["n_ubatch"],
             flash_attn=s["flash_attn"],
-            n_threads=s["n_threads"],
+            # llama-cpp-python's own defaults (half the CPUs to generate, all of them for prompt batches),
+            # counted over the CPUs this cell may use rather than the whole host's
+            n_threads=s["n_threads"] or max(len(cell_cpus()) // 2, 1),
+            n_threads_batch=len(cell_cpus()),
             offload_kqv=s["offload_kqv"],
             seed=0,
             verbose=True,  # llama.cpp's load report (buffers per device, offloaded layers) goes to the cell log
@@ -211,6 +219,7 @@ class Engine:
             "n_vocab": self.llm.n_vocab(),
             "n_ctx": self.llm.n_ctx(),
             "n_threads": self.llm.n_threads,
+            "n_threads_batch": self.llm.n_threads_batch,
             "model_bytes": llama_cpp.llama_model_size(self.llm.model),
             "model_params": llama_cpp.llama_model_n_params(self.llm.model),
             "gguf_metadata": {k: v for k, v in self.llm.metadata.items() if not k.startswith("tokenizer.chat")},
@@ -248,6 +257,11 @@ class Engine:
 
     def allocator_peak(self) -> dict[str, Any] | None:
         return None  # llama.cpp allocates its buffers up front: the NVML device peak is its memory
+
+    def compute_threads(self) -> tuple[int, str] | None:
+        if self.llm is None:
+            return None
+        return self.llm.n_threads, f"llama.cpp n_threads (prompt batches: n_threads_batch {self.llm.n_threads_batch})"
 
     def details(self) -> dict[str, Any]:
         return self.facts

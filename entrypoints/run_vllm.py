@@ -155,6 +155,11 @@ class Engine:
     def allocator_peak(self) -> dict[str, Any] | None:
         return None  # vLLM's workers hold the memory (other processes): the NVML device peak is the figure
 
+    def compute_threads(self) -> tuple[None, str]:
+        # the model runs in vLLM's worker process, which binds its own OpenMP threads to CPUs and logs them
+        # (runner/engines/vllm.py reads the log: engine_log omp_cpus); this process's torch count is not it
+        return None, "vLLM's worker (its log: OpenMP thread binding)"
+
     def details(self) -> dict[str, Any]:
         config = self.llm.llm_engine.vllm_config
         cache = config.cache_config

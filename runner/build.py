@@ -7,6 +7,17 @@ build-context/ and the proxy variables; the final stage copies just the built
 virtual environment, so neither the CA nor a proxy URL with credentials ends up
 in the image or its history. HTTP(S)_PROXY / NO_PROXY are Docker's predefined
 build arguments, which `docker history` does not show.
+
+Docker's classic builder (the only one where buildx is not installed) keeps
+each stage's layers as its build cache; the builder stage's last image,
+untagged, used to be left dangling after every build whose builder changed
+(about 10 GB of them after CI). It is that cache which makes a rebuild after an
+entrypoint change take seconds rather than a full install (or compile) of the
+engine, so it is kept, by name: after a build the builder stage gets the
+tag inference-matrix/<engine>:<flavour>-builder (labelled
+inference-matrix.stage=builder), and the builder it replaces is removed. A build
+thus leaves no dangling image: the final image and one builder per engine and
+flavour. `--force-rm` removes the containers of a failed step too.
 """
 
 from __future__ import annotations
@@ -20,7 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.images import ImageSpec, at_version, build_files, entrypoint_files, image_tag, render, requirements_text
+from runner.images import (
+    IMAGE_REPOSITORY,
+    ImageSpec,
+    at_version,
+    build_files,
+    entrypoint_files,
+    image_tag,
+    render,
+    requirements_text,
+)
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
@@ -57,8 +77,18 @@ def _context(spec: ImageSpec, options: BuildOptions, folder: Path) -> None:
                 shutil.copy2(wheel, target)
 
 
-def build_command(spec: ImageSpec, options: BuildOptions, tag: str, context: Path) -> list[str]:
-    command = ["docker", "build", "--tag", tag, "--file", str(context / "Dockerfile")]
+def builder_tag(spec: ImageSpec) -> str:
+    """The tag the builder stage keeps as the engine's build cache: one per engine and flavour."""
+    return f"{IMAGE_REPOSITORY}/{spec.engine}:{spec.flavour}-builder"
+
+
+def build_command(
+    spec: ImageSpec, options: BuildOptions, tag: str, context: Path, target: str | None = None
+) -> list[str]:
+    """docker build of the image (or, with target, of that stage only: quietly, to tag it)."""
+    command = ["docker", "build", "--force-rm", "--tag", tag, "--file", str(context / "Dockerfile")]
+    if target:
+        command += ["--target", target, "--quiet"]
     args = dict(options.build_args)
     if options.base_image:
         args["BASE_IMAGE"] = options.base_image
@@ -96,6 +126,8 @@ def build_image(spec: ImageSpec, options: BuildOptions, log=print) -> str:
         ]
         log(f"building {tag}: {' '.join(shown)}")
         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr)
+        if done.returncode == 0:
+            keep_builder(spec, options, context, log)
     if done.returncode != 0:
         base = options.base_image or spec.base_image
         if not _local_image(base):
@@ -115,6 +147,27 @@ def build_image(spec: ImageSpec, options: BuildOptions, log=print) -> str:
 def _local_image(name: str) -> bool:
     done = subprocess.run(["docker", "image", "inspect", name], capture_output=True, stdin=subprocess.DEVNULL)
     return done.returncode == 0
+
+
+def _inspect(name: str, field: str) -> str | None:
+    command = ["docker", "image", "inspect", "--format", field, name]
+    done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def keep_builder(spec: ImageSpec, options: BuildOptions, context: Path, log=print) -> None:
+    """Tag the builder stage just built (all of it from the cache the build left) as the engine's builder,
+    and remove the builder that tag named before, once nothing else names it: no image is left dangling."""
+    name = builder_tag(spec)
+    before = _inspect(name, "{{.Id}}")
+    command = build_command(spec, options, name, context, target="builder")
+    done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:  # the image itself is built; only its cache would stay untagged
+        log(f"warning: could not tag the builder stage as {name}: {(done.stderr.strip().splitlines() or [''])[-1]}")
+        return
+    if before and before != _inspect(name, "{{.Id}}") and _inspect(before, "{{len .RepoTags}}") == "0":
+        subprocess.run(["docker", "image", "rm", before], capture_output=True, stdin=subprocess.DEVNULL)
+        log(f"removed the previous builder stage of {name} ({before.removeprefix('sha256:')[:12]})")
 
 
 def flavour_of(gpus: tuple[int, ...] | list[int]) -> str:

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from runner import cpuset
 from runner.build import BuildOptions, ensure_images, image_spec
 from runner.errors import UserError
 from runner.executors import EXECUTORS, make_executor
@@ -134,6 +135,12 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
         help="run only cells whose id or settings label contains TEXT (repeatable)",
     )
     parser.add_argument("--force", action="store_true", help="re-measure cells that already have an ok result")
+    parser.add_argument(
+        "--cpus",
+        metavar="LIST",
+        help="CPUs the CPU cells run on, pinned (taskset / docker --cpuset-cpus), e.g. 0-3 or 0,2; "
+        f"default: every CPU this runner may use (here {cpuset.format_cpus(cpuset.available())})",
+    )
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default {DEFAULT_STORE})")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
     parser.add_argument(
@@ -263,26 +270,40 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def select(cells: list[Cell], only: list[str]) -> list[Cell]:
-    """The cells whose id, engine name, displayed software name or settings label contains any of only."""
+ONLY_MISS_LISTS_AT_MOST = 40  # a --only that matches nothing lists the matrix's cells up to this many
+
+
+def select(cells: list[Cell], only: list[str], matrix_path: Path | str = "MATRIX") -> list[Cell]:
+    """The cells whose id, engine name, displayed software name or settings label contains any of only.
+
+    A miss is an error that lists every cell with its label (or, in a very large matrix, says how many
+    there are and how to list them)."""
     if not only:
         return cells
     text = {c.id: f"{c.id} {c.engine} {c.software} {' '.join(c.label)}".lower() for c in cells}
     chosen = [c for c in cells if any(o.lower() in text[c.id] for o in only)]
     if not chosen:
         engines = ", ".join(dict.fromkeys(f"{c.engine} ({c.software})" for c in cells))
-        raise UserError(
+        head = (
             f"--only {' '.join(only)}: no cell matches; give part of a cell id, an engine ({engines}) or a "
-            f"setting as --list shows it, e.g. --only {cells[0].id}"
+            "setting as --list shows it"
         )
+        if len(cells) > ONLY_MISS_LISTS_AT_MOST:
+            raise UserError(f"{head}; the matrix has {len(cells)} cells: python -m runner {matrix_path} --list")
+        raise UserError("\n".join([f"{head}; its {len(cells)} cells:", *(f"  {cell_line(c)}" for c in cells)]))
     return chosen
+
+
+def cell_line(cell: Cell) -> str:
+    """One cell as --list shows it: id, GPUs (or cpu), software and settings."""
+    where = ",".join(map(str, cell.gpus)) or "cpu"
+    return f"{cell.id}  [{where}]  {cell.software}: {'; '.join(cell.label)}"
 
 
 def _list(cells: list[Cell], baseline: Cell) -> None:
     for cell in cells:
         mark = " (baseline)" if cell.id == baseline.id else ""
-        where = ",".join(map(str, cell.gpus)) or "cpu"
-        print(f"{cell.id}  [{where}]  {cell.software}: {'; '.join(cell.label)}{mark}")
+        print(cell_line(cell) + mark)
 
 
 def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path) -> Executor:
@@ -303,12 +324,13 @@ def _run(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.matrix)
     cells = expand(matrix)
     baseline = find_baseline(matrix, cells)
-    chosen = select(cells, args.only)
+    chosen = select(cells, args.only, args.matrix)
     if args.list:
         _list(chosen, baseline)
         return 0
     if args.parallel < 1:
         raise UserError("--parallel: give a number >= 1")
+    args.cpu_set = cpuset.choose(args.cpus)
     folder = (args.output or Path("runs") / matrix.name).resolve()
     if args.table_only:
         return _table(folder, cells, {}, baseline, refresh=True)
@@ -330,11 +352,13 @@ def _run_in(
     """Run the chosen cells into folder (held by this runner), render the table, choose the exit code."""
     executor = _executor(args, chosen, folder)
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
+    if any(not c.gpus for c in chosen):
+        print(f"CPU cells run on {cpuset.named(args.cpu_set)} (choose with --cpus)", flush=True)
     if args.parallel > 1 and any(not c.gpus for c in chosen):
         print("note: --parallel runs cells on disjoint GPUs at once; CPU cells still run one at a time", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
-        results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force)
+        results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force, cpus=args.cpu_set)
     except KeyboardInterrupt:
         _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
         with contextlib.suppress(UserError):

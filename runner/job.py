@@ -27,6 +27,7 @@ class Job:
     entrypoint: str  # the engine's script in entrypoints/
     timeout_s: int
     env: dict[str, str]  # variables set for this cell: the safety variables and the engine's own
+    cpus: tuple[int, ...] = ()  # a CPU cell's CPU set, pinned by the executor (runner/cpuset.py); () for GPU cells
 
     @property
     def cell(self) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """One run of a matrix: prepare the model, run each cell (or reuse its earlier ok result), write results.
 
 Per cell the folder gets spec/<id>.json (what the child reads), cells/<id>.json
-(the result, written atomically) and logs/<id>.log. An ok result already in
-the folder for the same cell id is kept only when everything else it was
-measured with still holds (runner/reuse.py), unless forced.
+(the result, written atomically) and logs/<id>.log. CPU cells run pinned to one
+CPU set for the whole run (runner/cpuset.py: --cpus, by default every CPU the
+runner may use). An ok result already in the folder for the same cell id is kept
+only when everything else it was measured with still holds (runner/reuse.py),
+unless forced.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner import cpuset
 from runner.cpu_load import busy_share
 from runner.engines import ENGINES
 from runner.expand import Cell
@@ -47,8 +50,9 @@ def cell_spec(cell: Cell, matrix: Matrix, model: dict[str, Any]) -> dict[str, An
     }
 
 
-def make_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any]) -> Job:
-    """The cell's job, its spec written to spec/<id>.json; the child writes to a scratch path."""
+def make_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any], cpus: tuple[int, ...] = ()) -> Job:
+    """The cell's job, its spec written to spec/<id>.json; the child writes to a scratch path. A CPU cell
+    is pinned to cpus (a GPU cell to nothing)."""
     paths = cell_paths(folder, cell)
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,7 @@ def make_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any]) ->
         entrypoint=engine.entrypoint,
         timeout_s=cell.timeout_s,
         env={**SAFETY_ENV, **engine.cell_env},
+        cpus=() if cell.gpus else cpus,
     )
 
 
@@ -77,30 +82,36 @@ def run_cells(
     force: bool = False,
     log=print,
     guard: GpuGuard | None = None,
+    cpus: tuple[int, ...] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell not already measured; return all results in cell order.
+
+    CPU cells run on cpus (default: every CPU this runner may use).
 
     A GPU cell starts only once its GPUs are free (runner.gpu_guard); if they stay
     busy, the cell is a failed row saying so and nothing runs on them.
     """
     guard = guard or GpuGuard(log=log)
+    cpus = cpus or cpuset.available()
 
     def run_one(cell: Cell) -> dict[str, Any]:
         cell_model, problem = _cell_model(cell, model, log)
-        wanted = measured_with(cell_model, executor.name, executor.environment(cell), hardware_of(cell.gpus))
+        pinned = None if cell.gpus else cpuset.format_cpus(cpus)
+        hardware = hardware_of(cell.gpus)
+        wanted = measured_with(cell_model, executor.name, executor.environment(cell), hardware, pinned)
         previous = read_result(cell_paths(folder, cell)["result_path"])
         why = "--force" if force and previous else why_not_reuse(previous, wanted)
         if why is None:
             log(
                 f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)}): same checkpoint, engine "
-                "environment, executor and hardware"
+                "environment, executor and hardware" + (f", {cpuset.named(pinned)}" if pinned else "")
             )
             return previous
         if previous is not None:
             log(f"[{cell.id}] measuring again: {why}")
-        job = make_job(folder, cell, matrix, cell_model)
+        job = make_job(folder, cell, matrix, cell_model, cpus)
         busy = None if problem else guard.wait_until_free(cell.gpus)
-        log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell)}")
+        log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell, cpus)}")
         load = None if cell.gpus or problem else busy_share()
         started = time.time()
         if problem or busy:
@@ -160,5 +171,5 @@ def refresh_log_facts(folder: Path, cell: Cell, result: dict[str, Any]) -> dict[
     return result
 
 
-def _where(cell: Cell) -> str:
-    return f"GPU {','.join(map(str, cell.gpus))}" if cell.gpus else "CPU"
+def _where(cell: Cell, cpus: tuple[int, ...]) -> str:
+    return f"GPU {','.join(map(str, cell.gpus))}" if cell.gpus else cpuset.named(cpus)

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from runner.cpu_load import BUSY_SHARE
+from runner.cpuset import format_cpus, named
 from runner.engines import ENGINES
 from runner.provenance import describe
 from runner.results import STATUS_WORDS
@@ -126,6 +127,7 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
                 "Engine version": (r.get("environment") or {}).get("engine_version"),
                 "torch": (r.get("environment") or {}).get("torch"),
                 "Executor": r.get("executor"),
+                "CPU threads": cpu_threads(r) if ok else None,
                 "Allocator peak (MiB)": ((r.get("metrics", {}).get("allocator") or {}).get("max_reserved_mib")),
                 "Status": r.get("status"),
                 "Notes": _notes(r),
@@ -180,6 +182,8 @@ def details_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
     shown["Reference decode tok/s"] = [_fmt(v, 2) for v in frame["Reference decode tok/s"]]
     for column in ("Engine version", "torch", "Executor"):
         shown[column] = [_text(v) for v in frame[column]]
+    if frame["CPU threads"].notna().any():  # only where the table has CPU rows
+        shown["CPU threads"] = [_text(v) for v in frame["CPU threads"]]
     shown["Allocator peak (MiB)"] = [_fmt(v, 0) for v in frame["Allocator peak (MiB)"]]
     shown["Status"] = frame["Status"]
     shown["Cell"] = frame["Cell"]
@@ -204,7 +208,7 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
             f"{_repetitions(workload)}"
         ),
         _when_and_by(results),
-        "Hardware: " + "; ".join(_one_or_differs("hardware", [_hardware(r) for r in results])),
+        "Hardware: " + "; ".join(_one_or_differs("hardware", [_hardware(r) for r in results]) + _cpu_cells(results)),
         "Software: " + ", ".join(_versions(results)),
         "Avg Tok/s: new tokens / generation time, median of repetitions (min–max). "
         "Max Mem: peak device memory in use (NVML, as nvidia-smi shows it), summed over the cell's GPUs; "
@@ -242,6 +246,35 @@ def _hardware(result: dict[str, Any]) -> str | None:
     if names:
         return f"{names}; driver {env['driver']}" if env.get("driver") else names
     return f"CPU ({env['cpu_count']} cores)" if env.get("cpu_count") else None
+
+
+def cpu_threads(result: dict[str, Any]) -> str | None:
+    """A CPU row's threads and the CPUs it was pinned to ("2 threads on CPUs 0-1"); None for a GPU row or a
+    result that records neither. The count is the engine's (runner.engines: compute_threads)."""
+    if result["cell"].get("gpus"):
+        return None
+    recorded = result.get("threads") or {}
+    where = format_cpus(recorded["cpus"]) if recorded.get("cpus") else (result.get("measured_with") or {}).get("cpus")
+    engine = ENGINES.get(result["cell"].get("engine"))
+    count = engine.compute_threads(result) if engine else recorded.get("compute")
+    if where is None and count is None:
+        return None
+    threads = f"{count} thread{'' if count == 1 else 's'}" if count else "threads not reported"
+    return f"{threads} on {named(where)}" if where else threads
+
+
+def _cpu_cells(results: list[dict[str, Any]]) -> list[str]:
+    """The threads and CPUs of the ok CPU rows: once when they agree, else each with its software."""
+    by_phrase: dict[str, list[str]] = {}
+    for r in results:
+        phrase = cpu_threads(r) if r.get("status") == "ok" else None
+        if phrase:
+            by_phrase.setdefault(phrase, [])
+            if r["cell"]["software"] not in by_phrase[phrase]:
+                by_phrase[phrase].append(r["cell"]["software"])
+    if len(by_phrase) <= 1:
+        return [f"CPU cells: {phrase}" for phrase in by_phrase]
+    return ["CPU cells: " + "; ".join(f"{phrase} ({', '.join(sw)})" for phrase, sw in by_phrase.items())]
 
 
 def _one_or_differs(what: str, values: list[str | None]) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.cpuset import available, format_cpus, named
 from runner.executors.docker import daemon_problem
 from runner.images import image_tag, load_specs
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV
@@ -88,6 +89,7 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
         engine = row["Cell"].rsplit("-", 1)[0]
         assert image_tag(load_specs()[(engine, "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU")) in first
         assert "--gpus" not in first
+        assert f" --cpuset-cpus {format_cpus(available())} " in first  # pinned to every CPU the runner may use
         result_path = folder / "cells" / f"{row['Cell']}.json"
         assert result_path.stat().st_uid == os.getuid()
         result = json.loads(result_path.read_text())
@@ -96,6 +98,8 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
             # it ran in the image's Python (Debian bookworm's 3.11), not the host's environment
             assert result["environment"]["python"].startswith("3.11.")
             assert result["environment"]["hostname"] != os.uname().nodename
+            assert result["threads"]["cpus"] == list(available())  # the container's own affinity
+            assert row["CPU threads"].endswith(f" on {named(available())}")
             if row["Software"] == "llama.cpp":
                 check_llamacpp_container_result(result, model_store)
             elif row["Software"] == "vLLM":
@@ -103,6 +107,37 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
             else:
                 assert result["environment"]["torch"] == "2.13.0+cpu"
     assert leftover_containers() == []
+    hardware = next(line for line in (folder / "table.md").read_text().splitlines() if line.startswith("Hardware: "))
+    assert "; CPU cells: " in hardware and f"on {named(available())}" in hardware
+
+
+def test_a_cpu_cell_in_a_container_runs_on_the_cpus_chosen(cpu_image, runner_cli, model_store, tmp_path):
+    """--cpus N: the container sees that one CPU, and torch sizes its threads to it."""
+    cpu = available()[-1]
+    folder = tmp_path / "run"
+    baseline = "transformers-46fb1d4401b9"
+    done = runner_cli(
+        "matrix-cpu.yaml",
+        "--executor",
+        "docker",
+        "--only",
+        baseline,
+        "--cpus",
+        str(cpu),
+        "-o",
+        str(folder),
+        "--store",
+        str(model_store),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"CPU cells run on CPU {cpu} (choose with --cpus)" in done.stdout
+    result = json.loads((folder / "cells" / f"{baseline}.json").read_text())
+    assert result["status"] == "ok", result["reason"]
+    assert result["threads"]["cpus"] == [cpu]
+    assert (result["threads"]["compute"], result["threads"]["compute_from"]) == (1, "torch.get_num_threads()")
+    assert result["measured_with"]["cpus"] == str(cpu)
+    assert "Hardware: CPU: " in (folder / "table.md").read_text()
+    assert f"; CPU cells: 1 thread on CPU {cpu}" in (folder / "table.md").read_text()
 
 
 def check_vllm_container_result(result: dict) -> None:
@@ -114,6 +149,9 @@ def check_vllm_container_result(result: dict) -> None:
     assert result["engine_details"]["prefix_caching"] is False
     assert result["engine_details"]["max_model_len"] == 256
     assert result["engine_details"]["kv_cache_memory_bytes"] == 256 << 20  # sized to the workload, not 90% of RAM
+    # the model runs in vLLM's worker, which binds its own OpenMP threads and logs them
+    assert result["threads"]["compute"] is None and result["engine_log"]["omp_cpus"]
+    assert set(result["engine_log"]["omp_cpus"][0]) <= set(available())
 
 
 def test_vllm_awq_of_a_real_checkpoint_is_quantised_once_in_the_image(cpu_image, runner_cli, tiny_model, tmp_path):
@@ -175,6 +213,11 @@ def check_llamacpp_container_result(result: dict, model_store: Path) -> None:
     assert result["engine_details"]["tokenizer_check"]["agrees"] is True
     assert result["reference"]["tool"] == "llama-bench" and result["reference"]["decode_tokens_per_s"] > 0
     assert result["reference"]["command"][0] == "/opt/venv/llama.cpp/bin/llama-bench"
+    # llama-cpp-python's thread rule over the container's CPUs: half of them to generate, all for prompt batches
+    details = result["engine_details"]
+    assert details["n_threads"] == max(len(available()) // 2, 1) and details["n_threads_batch"] == len(available())
+    assert result["threads"]["compute"] == details["n_threads"]
+    assert result["threads"]["compute_from"].startswith("llama.cpp n_threads")
 
 
 def test_timeout_kills_and_removes_the_container(cpu_image, runner_cli, model_store, tmp_path):
@@ -313,3 +356,67 @@ def test_a_base_image_that_cannot_be_pulled_is_one_line_with_the_offline_fix(run
     assert last.startswith("error: images/transformers: docker build of inference-matrix/transformers:cpu-")
     assert "its base image inference-matrix/absent:1 is not on this machine and could not be pulled" in last
     assert "make base-image" in last and "--executor local" in last
+
+
+def _image_id(name: str) -> str | None:
+    done = docker("image", "inspect", "--format", "{{.Id}}", name)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _dangling(*filters: str) -> set[str]:
+    done = docker("image", "ls", "--quiet", "--no-trunc", "--filter", "dangling=true", *filters)
+    return set(done.stdout.split())
+
+
+def test_a_build_leaves_no_dangling_image_and_keeps_its_builder_by_name(cpu_image):
+    """Docker's classic builder left the builder stage's last image untagged after each build (about 10 GB
+    after CI). Now the builder stage is tagged <engine>:<flavour>-builder, the builder it replaces is removed,
+    and a rebuild that changes only the final stage still takes the builder from the cache. A small image of
+    the shared entrypoint files on the CPU base, its builder made new for this run by a build argument."""
+    import secrets
+    import sys
+    from dataclasses import replace
+
+    from runner.build import build_image, builder_tag
+    from runner.cli import build_options, parse_build_args
+    from runner.images import ImageSpec
+
+    token = secrets.token_hex(4)
+    spec = ImageSpec(
+        engine="buildcheck",
+        flavour="cpu",
+        description="build check",
+        base_image=load_specs()[("transformers", "cpu")].base_image,
+        requirements=(),
+        smoke_test="import harness, shared; print('build check ok')",
+        build_args={"BUILD_CHECK": token},
+    )
+    options = replace(build_options(parse_build_args([]))["cpu"], wheels=None)  # no wheel needed: a smaller context
+    builder = builder_tag(spec)
+    ours = ("--filter", "label=inference-matrix.engine=buildcheck")
+    before = _dangling()
+    tags = []
+    try:
+        tags.append(build_image(spec, options, log=lambda m: print(m, file=sys.stderr)))
+        first = _image_id(builder)
+        assert _dangling(*ours) == set()
+        assert first and docker("image", "inspect", "--format", "{{json .Config.Labels}}", builder).stdout.count(
+            '"inference-matrix.stage":"builder"'
+        )
+        assert _dangling(*ours) == set()
+        # the builder changes: the tag moves to the new one and the old one is removed, not left dangling
+        changed = replace(spec, build_args={"BUILD_CHECK": f"{token}-2"})
+        tags.append(build_image(changed, options, log=lambda m: print(m, file=sys.stderr)))
+        second = _image_id(builder)
+        assert second != first and _image_id(first) is None
+        assert _dangling(*ours) == set()
+        # only the final stage changes (as with an edited entrypoint): the builder stage is the cached one
+        tags.append(build_image(replace(changed, smoke_test="import harness; print('again')"), options))
+        assert _image_id(builder) == second
+        assert all(_image_id(tag) for tag in tags) and len(set(tags)) == 3
+        new = _dangling() - before
+        mine = [i for i in new if f"BUILD_CHECK={token}" in docker("history", "--no-trunc", i).stdout]
+        assert mine == []
+    finally:
+        docker("image", "rm", *tags, builder)
+    assert _dangling(*ours) == set() and _image_id(builder) is None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.cpuset import available, format_cpus
+
 pytestmark = pytest.mark.slow  # the CPU matrix for real: Transformers, llama.cpp and vLLM cells
 
 FIXTURE_DIR = "tests/fixtures/matrices"
@@ -142,8 +144,15 @@ def test_cpu_matrix_cell_documents(cpu_run, runner_cli, repo):
         assert doc["wall_s"] > 0
         assert (folder / "logs" / f"{cell_id}.log").is_file()
         assert (folder / "spec" / f"{cell_id}.json").is_file()
+        # pinned with taskset to every CPU the runner may use, which the cell itself saw
+        every = format_cpus(available())
+        log = (folder / "logs" / f"{cell_id}.log").read_text().splitlines()[0]
+        assert log.startswith(f"$ taskset --cpu-list {every} ") and doc["measured_with"]["cpus"] == every
         if expected_failure(label) is None:
             assert doc["status"] == "ok"
+            assert doc["threads"]["cpus"] == list(available()) and doc["threads"]["compute"] >= 1
+            if doc["cell"]["engine"] == "llamacpp":
+                assert doc["threads"]["compute"] == doc["engine_details"]["n_threads"] == max(len(available()) // 2, 1)
             assert doc["exit_code"] == 0
             metrics = doc["metrics"]
             assert len(metrics["tokens_per_s"]["values"]) == doc["workload"]["repetitions"]
@@ -229,16 +238,20 @@ def test_timeout_cell_does_not_stop_the_matrix(runner_cli, model_store, tmp_path
         (
             ["--only", "no-such-cell"],
             "error: --only no-such-cell: no cell matches; give part of a cell id, an engine (transformers (HF "
-            "Transformers)) or a setting as --list shows it, e.g. --only transformers-",
+            "Transformers)) or a setting as --list shows it; its 2 cells:",
         ),
         (["--parallel", "0"], "error: --parallel: give a number >= 1"),
     ],
 )
 def test_bad_options_are_one_line(runner_cli, tmp_path, extra, message):
+    """One line, or for a --only miss one line and then the matrix's cells, one per line."""
     folder = tmp_path / "never"
     done = runner_cli(f"{FIXTURE_DIR}/e2e_rerun.yaml", "-o", str(folder), *extra, timeout=60)
     assert done.returncode == 1
-    assert done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
+    head, *rest = done.stderr.splitlines()
+    assert head == message
+    assert len(rest) == (2 if "--only" in extra else 0)
+    assert all(line.startswith("  transformers-") and "  [cpu]  HF Transformers: " in line for line in rest)
     assert not folder.exists()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runner import build as build_module
-from runner.build import BuildOptions, build_command, ensure_images
+from runner.build import BuildOptions, build_command, builder_tag, ensure_images
 from runner.engines import ENGINES
 from runner.errors import UserError
 from runner.executors.docker import gpus_argument, model_mount, run_command
@@ -123,6 +123,9 @@ def test_final_stage_carries_no_build_secrets():
     assert "COPY --from=builder /opt/venv /opt/venv" in final
     assert "ca.pem" in text[: text.rindex("\nFROM runtime\n")]
     assert "# syntax" not in text  # a syntax directive would make BuildKit pull a frontend image
+    # the builder stage is labelled as such (the kept build cache); the final image is not
+    builder_label = 'LABEL inference-matrix.stage="builder" inference-matrix.engine="transformers"'
+    assert builder_label in text[: text.rindex("\nFROM runtime\n")] and "stage=" not in final
 
 
 def test_image_gets_the_shared_files_and_the_files_its_description_names():
@@ -156,13 +159,24 @@ def test_build_command_passes_base_proxies_and_args(monkeypatch, tmp_path):
     monkeypatch.delenv("HTTP_PROXY", raising=False)
     options = BuildOptions(base_image="local/base:1", build_args={"EXTRA_INDEX_URL": ""}, network="host")
     command = build_command(SPECS[("transformers", "cpu")], options, "t:1", tmp_path)
-    assert command[:5] == ["docker", "build", "--tag", "t:1", "--file"]
+    # --force-rm: a failed step's container is removed too
+    assert command[:6] == ["docker", "build", "--force-rm", "--tag", "t:1", "--file"]
+    assert "--target" not in command
     assert "BASE_IMAGE=local/base:1" in command
     assert "HTTPS_PROXY=http://user:secret@proxy:3128" in command
     assert "EXTRA_INDEX_URL=" in command
     assert command[command.index("--network") + 1] == "host"
     quiet = build_command(SPECS[("transformers", "cpu")], BuildOptions(proxies_from_env=False), "t:1", tmp_path)
     assert not any("PROXY" in a for a in quiet)
+    # the builder stage alone, with the same arguments (so every step comes from the cache), to tag it
+    builder = build_command(
+        SPECS[("transformers", "cpu")], options, "inference-matrix/transformers:cpu-builder", tmp_path, "builder"
+    )
+    assert builder[builder.index("--target") + 1] == "builder" and "--quiet" in builder
+    assert [a for a in builder if a not in ("--target", "builder", "--quiet")] == [
+        "inference-matrix/transformers:cpu-builder" if a == "t:1" else a for a in command
+    ]
+    assert builder_tag(SPECS[("vllm", "cpu")]) == "inference-matrix/vllm:cpu-builder"
 
 
 def test_build_context_holds_ca_and_wheels(tmp_path):

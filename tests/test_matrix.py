@@ -291,8 +291,29 @@ def test_only_takes_displayed_names_and_a_miss_lists_what_there_is(runner_cli):
     assert len(lines) == 3 and all("llama.cpp:" in line for line in lines)  # fp16, q8_0, q4_k_m
     missed = runner_cli("matrix-cpu.yaml", "--list", "--only", "exllama", timeout=60)
     assert missed.returncode == 1 and missed.stdout == ""
-    assert missed.stderr.startswith("error: --only exllama: no cell matches; give part of a cell id, an engine (")
-    assert "llamacpp (llama.cpp)" in missed.stderr and "vllm (vLLM)" in missed.stderr
+    head, *listed = missed.stderr.splitlines()
+    assert head.startswith("error: --only exllama: no cell matches; give part of a cell id, an engine (")
+    assert "llamacpp (llama.cpp)" in head and "vllm (vLLM)" in head
+    # every cell of the matrix, as --list shows it (without the baseline mark), so the next try can pick one
+    every = runner_cli("matrix-cpu.yaml", "--list", timeout=60).stdout.replace(" (baseline)", "").splitlines()
+    assert head.endswith(f"; its {len(every)} cells:")
+    assert listed == [f"  {line}" for line in every]
+    assert "  llamacpp-38e042721db6  [cpu]  llama.cpp: fp16" in listed
+
+
+def test_an_only_miss_in_a_large_matrix_counts_the_cells_and_points_at_list(runner_cli, tmp_path):
+    matrix = tmp_path / "large.yaml"
+    matrix.write_text(
+        "version: 1\nmodel: {synthetic: tiny-mistral}\ndefaults: {gpus: []}\nengines:\n  llamacpp:\n"
+        "    axes: {quant: [f16, q8_0, q4_k_m, q4_0, q6_k, q5_k_m], n_ctx: [256, 512, 1024, 2048, 4096, 8192, 16384]}\n"
+    )
+    missed = runner_cli(str(matrix), "--only", "exllama", timeout=60)
+    assert missed.returncode == 1
+    assert missed.stderr.splitlines() == [
+        "error: --only exllama: no cell matches; give part of a cell id, an engine (llamacpp (llama.cpp)) or a "
+        f"setting as --list shows it; the matrix has 42 cells: python -m runner {matrix} --list"
+    ]
+    assert len(runner_cli(str(matrix), "--list", timeout=60).stdout.splitlines()) == 42
 
 
 def test_help_names_the_other_commands(runner_cli):

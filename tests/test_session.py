@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.cpuset import available, format_cpus, named
 from runner.executors import LocalExecutor, local
 from runner.expand import expand
 from runner.gpu_guard import GpuGuard, GpuUse
@@ -90,7 +91,8 @@ def test_run_cells_keeps_ok_reruns_failed_and_forces(setup):
         assert paths["spec_path"].is_file() and paths["log_path"].is_file()
     # the child's scratch files are gone, only the published results remain
     assert sorted(p.name for p in (run / "cells").iterdir()) == sorted(f"{c.id}.json" for c in cells)
-    assert f"[{fp32.id}] running HF Transformers: FP32; attn_implementation=sdpa on CPU" in messages
+    every_cpu = format_cpus(available())  # CPU cells run on every CPU the runner may use unless told otherwise
+    assert f"[{fp32.id}] running HF Transformers: FP32; attn_implementation=sdpa on {named(every_cpu)}" in messages
     assert f"[{bf16.id}] failed: RuntimeError: bf16 unsupported here" in messages
 
     # second run: ok cells are kept, the failed one is measured again (and now works)
@@ -100,7 +102,7 @@ def test_run_cells_keeps_ok_reruns_failed_and_forces(setup):
     assert calls(folder) == [c.id for c in cells] + [bf16.id]
     assert [r["status"] for r in second] == ["ok", "ok", "ok"]
     assert second[0] == read_result(cell_paths(run, fp32)["result_path"])
-    same = "same checkpoint, engine environment, executor and hardware"
+    same = f"same checkpoint, engine environment, executor and hardware, {named(every_cpu)}"
     assert f"[{fp32.id}] kept earlier ok result (FP32; attn_implementation=sdpa): {same}" in messages
     assert f"[{fp16.id}] kept earlier ok result (FP16; attn_implementation=sdpa): {same}" in messages
     assert f"[{bf16.id}] measuring again: the earlier result was failed" in messages
@@ -110,6 +112,7 @@ def test_run_cells_keeps_ok_reruns_failed_and_forces(setup):
         "executor": "local",
         "engine_environment": LocalExecutor().environment(bf16),
         "hardware": hardware_of(()),
+        "cpus": every_cpu,
     }
     assert second[1]["measured_with"]["hardware"].startswith("CPU: ")
 

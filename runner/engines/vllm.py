@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runner.engines.base import Engine, Setting
+from runner.cpuset import named
+from runner.engines.base import Engine, Setting, harness_threads
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
 
@@ -93,6 +94,10 @@ LOG_PATTERNS = {
     "attention_backend": r"Using (?:AttentionBackendEnum\.)?(\w+) (?:attention )?backend\b",
     "linear_kernel": r"(?:Using|Selected) (\w+) for (?:\w+LinearMethod|CompressedTensorsW\w+)",
     "awq_fallback": r"(Falling back to unoptimized AWQ kernels)",
+    # a CPU worker's OpenMP threads, one per CPU it binds them to ("local_rank=0, core ids=[0, 1]"), and the
+    # CPUs it leaves to the engine's other processes ("reserved_cpus=[1]")
+    "omp_cpus": r"local_rank=\d+, core ids=\[([\d, ]*)\]",
+    "omp_reserved_cpus": r"reserved_cpus=\[([\d, ]*)\]",
     # the first exception an engine or worker process logged; the cell itself only sees
     # "EngineDeadError" or "Engine core initialization failed. See root cause above"
     "process_error": r"(?m)^\((?:\w*Worker|EngineCore)[^)]*\) ERROR [^\]]*\] ((?:\w+\.)*\w*(?:Error|Exception): .+)$",
@@ -108,6 +113,8 @@ def log_facts(text: str) -> dict[str, list[Any]]:
             found = [float(v) for v in found]
         elif name.endswith("_tokens"):
             found = [int(v.replace(",", "")) for v in found]
+        elif name.startswith("omp_"):
+            found = [[int(c) for c in v.split(",") if c.strip()] for v in dict.fromkeys(found)]
         else:
             found = list(dict.fromkeys(found))  # names once each, in order
         if found:
@@ -137,7 +144,17 @@ def notes(result: dict[str, Any]) -> list[str]:
         )
     if facts.get("awq_fallback"):
         out.append("some layers on vLLM's unoptimised AWQ kernel")
+    if facts.get("omp_cpus"):
+        bound, spare = facts["omp_cpus"][0], (facts.get("omp_reserved_cpus") or [[]])[0]
+        threads = f"{len(bound)} OpenMP thread{'' if len(bound) == 1 else 's'} bound to {named(bound)}"
+        out.append(threads + (f" ({named(spare)} left to vLLM's other processes)" if spare else ""))
     return out
+
+
+def compute_threads(result: dict[str, Any]) -> int | None:
+    """A CPU cell's threads: the OpenMP threads vLLM's worker bound, one per CPU its log names."""
+    bound = (result.get("engine_log") or {}).get("omp_cpus")
+    return len(bound[0]) if bound else harness_threads(result)
 
 
 # An error that only says the real one is elsewhere (an engine reporting its worker's failure).
@@ -166,4 +183,5 @@ VLLM = Engine(
     log_facts=log_facts,
     notes=notes,
     failure_cause=failure_cause,
+    compute_threads=compute_threads,
 )

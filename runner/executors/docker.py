@@ -3,7 +3,8 @@
 `docker run` gets the engine's image (built beforehand, see runner/build.py),
 a name unique to this runner (the cell id and a token of the run), a label naming
 the run folder,
-`--gpus '"device=0,1"'` with the cell's devices (none for CPU cells), the IPC /
+`--gpus '"device=0,1"'` with the cell's devices (none for CPU cells; those get
+`--cpuset-cpus` with the run's CPU set instead), the IPC /
 shared-memory settings multi-GPU engines need, the model mounted read-only, and
 the run folder and the store's folder of converted models read-write, all at the
 same paths as on the host (so the cell's spec needs no rewriting), the invoking
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.build import ensure_images, image_key
+from runner.cpuset import format_cpus
 from runner.errors import UserError
 from runner.images import load_specs
 from runner.job import ExecutorOptions, Job
@@ -98,6 +100,8 @@ def run_command(job: Job, image: str, run_folder: Path, run_token: str) -> list[
     command += ["--user", f"{os.getuid()}:{os.getgid()}"]
     if gpus:
         command += ["--gpus", gpus_argument(gpus)]
+    if job.cpus:  # a CPU cell: its engine's threads and workers run on exactly these CPUs
+        command += ["--cpuset-cpus", format_cpus(job.cpus)]
     command += ["--ipc", "host"] if len(gpus) > 1 else ["--shm-size", SHM_SIZE]
     environment = {
         **job.env,

@@ -3,8 +3,9 @@
 The child is the engine's entrypoint script run by a Python that has the engine
 installed (this interpreter unless --python names another). stdin is closed,
 stdout and stderr go to the cell's log, CUDA_VISIBLE_DEVICES holds the cell's
-GPUs in nvidia-smi (PCI bus) order, and the whole process group is killed when
-the cell ends or times out, so no engine worker outlives its cell.
+GPUs in nvidia-smi (PCI bus) order, a CPU cell starts under `taskset` on the
+run's CPU set (its threads and workers inherit it), and the whole process group
+is killed when the cell ends or times out, so no engine worker outlives its cell.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.cpuset import format_cpus
+from runner.errors import UserError
 from runner.images import entrypoint_files
 from runner.job import ExecutorOptions, Job
 from runner.results import not_started, outcome
@@ -104,6 +108,8 @@ class LocalExecutor:
         cell = job.cell
         script = ENTRYPOINTS / job.entrypoint
         command = [self.python, str(script), "--spec", str(job.spec_path), "--output", str(job.child_result_path)]
+        if job.cpus:  # set before the interpreter starts, so OpenMP sizes its pool to the set
+            command = ["taskset", "--cpu-list", format_cpus(job.cpus), *command]
         job.child_result_path.unlink(missing_ok=True)
         with open(job.log_path, "w") as log:
             log.write(f"$ {' '.join(command)}\n# CUDA_VISIBLE_DEVICES={','.join(map(str, cell['gpus']))}\n")
@@ -133,4 +139,9 @@ class LocalExecutor:
 
 
 def from_options(options: ExecutorOptions) -> LocalExecutor:
+    if any(not c.gpus for c in options.cells) and shutil.which("taskset") is None:
+        raise UserError(
+            "taskset not found: the local executor pins CPU cells to their CPUs with it; install util-linux "
+            "(apt-get install util-linux) or run with --executor docker"
+        )
     return LocalExecutor(python=options.python)
