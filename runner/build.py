@@ -185,13 +185,13 @@ def ensure_images(
     """Tag of every image needed; build the missing ones, or refuse and name them.
 
     A key is (engine, flavour), or (engine, flavour, engine_version) for cells that name a release.
+    An engine with no image of a flavour (a CUDA-only engine has no cpu one) gets no tag: its
+    cells are reported as not run here (no_image_reason), and the rest of the run goes on.
     """
     wanted: dict[tuple, ImageSpec] = {}
     for key in sorted(needed, key=str):
-        engine, flavour = key[:2]
-        if (engine, flavour) not in specs:
-            raise UserError(f"images/{engine}: no {flavour} flavour; {engine} cells need GPUs (set gpus: [0]) here")
-        wanted[key] = image_spec(specs, key)
+        if key[:2] in specs:
+            wanted[key] = image_spec(specs, key)
     tags = {key: image_tag(spec, options_for[key[1]].base_image) for key, spec in wanted.items()}
     missing = sorted((key for key, tag in tags.items() if not exists(tag)), key=str)
     if missing and not build_missing:
@@ -200,6 +200,16 @@ def ensure_images(
     for key in missing:
         build_image(wanted[key], options_for[key[1]], log=log)
     return tags
+
+
+def no_image_reason(engine: str, flavour: str) -> str:
+    """Why a cell of an engine with no image of its flavour is not run (images/<engine> lacks that flavour)."""
+    other = "gpu" if flavour == "cpu" else "cpu"
+    where = "on a GPU (gpus: [N])" if flavour == "cpu" else "on CPU (gpus: [])"
+    return (
+        f"images/{engine} has no {flavour} image (only {other}): run these cells {where}, "
+        "or with --executor local where the engine is installed"
+    )
 
 
 def image_spec(specs: dict[tuple[str, str], ImageSpec], key: tuple) -> ImageSpec:

@@ -71,7 +71,7 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
     assert f"executor docker, results in {folder}" in done.stdout
     with open(folder / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 13
+    assert len(rows) == 16
     ok = [r for r in rows if r["Status"] == "ok"]
     assert len(ok) == 10 and all(float(r["Avg Tok/s"]) > 0 and float(r["Max Mem (MiB)"]) > 0 for r in ok)
     assert sorted(r["Settings"] for r in ok if r["Software"] == "llama.cpp") == ["fp16", "q4_k_m", "q8_0"]
@@ -82,9 +82,17 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
     assert any("flash-attn" in n for n in not_here.values())
     assert any("BetterTransformer" in n for n in not_here.values())
     assert any("bitsandbytes" in n for n in not_here.values())
+    # engines with no cpu image (CUDA only here) are reported, not run, and the run goes on
+    no_image = [r for r in rows if "has no cpu image" in r["Notes"]]
+    assert sorted(r["Software"] for r in no_image) == ["ExLlamaV2", "ExLlamaV2", "gpt-fast"]
+    no_image = {r["Software"]: r["Notes"] for r in no_image}
+    assert "images/exllamav2 has no cpu image (only gpu)" in no_image["ExLlamaV2"]
     for row in rows:
         log = (folder / "logs" / f"{row['Cell']}.log").read_text()
         first = log.splitlines()[0]
+        if "has no cpu image" in row["Notes"]:
+            assert first.startswith("not run: images/")
+            continue
         assert re.match(rf"\$ docker run --name inference-matrix-{row['Cell']}-[0-9a-f]{{8}} --network none", first)
         engine = row["Cell"].rsplit("-", 1)[0]
         assert image_tag(load_specs()[(engine, "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU")) in first

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from runner import build as build_module
-from runner.build import BuildOptions, build_command, builder_tag, ensure_images
+from runner.build import BuildOptions, build_command, builder_tag, ensure_images, no_image_reason
 from runner.engines import ENGINES
 from runner.errors import UserError
-from runner.executors.docker import gpus_argument, model_mount, run_command
+from runner.executors.docker import DockerExecutor, gpus_argument, model_mount, run_command
+from runner.expand import Cell
 from runner.images import (
     ENTRYPOINTS_DIR,
     SHARED_ENTRYPOINT_FILES,
@@ -212,8 +213,22 @@ def test_ensure_images_refuses_missing_with_no_build_and_names_them():
         ensure_images({("transformers", "cpu")}, SPECS, options, build_missing=False, exists=lambda tag: False)
     tags = ensure_images({("transformers", "cpu")}, SPECS, options, build_missing=False, exists=lambda tag: True)
     assert tags == {("transformers", "cpu"): image_tag(SPECS[("transformers", "cpu")])}
-    with pytest.raises(UserError, match="images/exllamav2: no cpu flavour"):
-        ensure_images({("exllamav2", "cpu")}, SPECS, options, build_missing=False, exists=lambda tag: True)
+    # an engine with no image of a flavour gets no tag (its cells are not run here), and nothing is built for it
+    mixed = {("exllamav2", "cpu"), ("transformers", "cpu")}
+    assert ensure_images(mixed, SPECS, options, build_missing=False, exists=lambda tag: True) == tags
+    assert no_image_reason("exllamav2", "cpu").startswith("images/exllamav2 has no cpu image (only gpu): run these")
+
+
+def test_a_cell_with_no_image_of_its_flavour_is_not_run_here(tmp_path):
+    job = _job(tmp_path, [])
+    job.spec["cell"]["engine"] = "exllamav2"
+    job.spec["workload"] = {"prompt_tokens": 8}
+    job.log_path.parent.mkdir()
+    executor = DockerExecutor({}, tmp_path)
+    assert executor.environment(Cell("exllamav2-abc", "exllamav2", {}, (), 60)) == "no cpu image"
+    result = executor.run(job)
+    assert (result["status"], result["reason"]) == ("unsupported", no_image_reason("exllamav2", "cpu"))
+    assert job.log_path.read_text().startswith("not run: images/exllamav2 has no cpu image")
 
 
 def _job(tmp_path: Path, gpus: list[int], source: str = "synthetic", path: str = "/store/m") -> Job:

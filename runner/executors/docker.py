@@ -25,12 +25,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.build import ensure_images, image_key
+from runner.build import ensure_images, flavour_of, image_key, no_image_reason
 from runner.cpuset import format_cpus
 from runner.errors import UserError
 from runner.images import load_specs
 from runner.job import ExecutorOptions, Job
-from runner.results import not_started, outcome
+from runner.results import failure, not_started, outcome
 
 if TYPE_CHECKING:
     from runner.expand import Cell
@@ -147,7 +147,8 @@ class DockerExecutor:
         self._names: set[str] = set()
 
     def environment(self, cell: Cell) -> str:
-        return f"image {self.images[image_key(cell.engine, cell.gpus, cell.engine_version)]}"
+        image = self.images.get(image_key(cell.engine, cell.gpus, cell.engine_version))
+        return f"image {image}" if image else f"no {flavour_of(cell.gpus)} image"
 
     def stop_all(self) -> None:
         with self._lock:
@@ -158,7 +159,11 @@ class DockerExecutor:
 
     def run(self, job: Job) -> dict[str, Any]:
         cell = job.cell
-        image = self.images[image_key(cell["engine"], cell["gpus"], cell.get("engine_version"))]
+        image = self.images.get(image_key(cell["engine"], cell["gpus"], cell.get("engine_version")))
+        if image is None:
+            reason = no_image_reason(cell["engine"], flavour_of(cell["gpus"]))
+            job.log_path.write_text(f"not run: {reason}\n")
+            return failure(cell, job.spec["model"], job.spec["workload"], "unsupported", reason)
         name = container_name(cell["id"], self.run_token)
         command = run_command(job, image, self.run_folder, self.run_token)
         job.child_result_path.unlink(missing_ok=True)
