@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Work longer than one device call (an EXL2 measurement pass, several compiled rows): start
+# results/device-run.sh as a background process that outlives the call (its own session), then
+# follow it over back-to-back calls, each returning before the call's limit. The machine stays
+# lent while calls follow each other within its warm time (30 s), and /tmp with it.
+#
+#   bash results/device-background.sh start RUN_FOLDER BUDGET_S FOLLOW_S [runner args...]
+#   bash results/device-background.sh follow FOLLOW_S     # next call: wait up to FOLLOW_S more
+#
+# Both print the run's new output; when the run has ended, the packed run folder (device-run.sh
+# packs it into $OUT) and anything listed in BACKGROUND_KEEP (paths, e.g. the store's
+# torch-extensions) come back in $OUT, larger files in 15 MiB pieces (cat them together here).
+set -uo pipefail
+state=/tmp/device-background
+mkdir -p "$state"
+
+follow() {
+  local deadline=$((SECONDS + $1)) shown
+  shown=$(cat "$state/shown" 2>/dev/null || echo 0)
+  while :; do
+    local lines
+    lines=$(wc -l < "$state/log")
+    if [ "$lines" -gt "$shown" ]; then sed -n "$((shown + 1)),${lines}p" "$state/log"; shown=$lines; fi
+    echo "$shown" > "$state/shown"
+    if [ -f "$state/done" ]; then break; fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "[device-background] still running after this call; follow again within 30 s"
+      return 0
+    fi
+    sleep 5
+  done
+  echo "[device-background] finished: $(cat "$state/done")"
+  if [ -n "${OUT:-}" ]; then
+    cp "$state"/out/* "$OUT"/ 2>/dev/null
+    for path in ${BACKGROUND_KEEP:-}; do
+      [ -e "$path" ] || continue
+      tar -czf - "$path" | split -b 15M -d - "$OUT/$(basename "$path").tgz.part-"
+    done
+  fi
+}
+
+case "${1:-}" in
+  start)
+    run_folder=$2; budget=$3; follow_s=$4; shift 4
+    rm -rf "$state" && mkdir -p "$state/out"
+    # its own session, so the call's end does not stop it; OUT for the run is the state folder
+    OUT="$state/out" setsid nohup bash -c 'bash results/device-run.sh "$@"; echo "exit $?" > '"$state/done" \
+      _ "$run_folder" "$budget" "$@" > "$state/log" 2>&1 < /dev/null &
+    follow "$follow_s" ;;
+  follow)
+    [ -f "$state/log" ] || { echo "[device-background] nothing started on this machine (was it given back?)"; exit 1; }
+    follow "$2" ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
+esac
