@@ -289,10 +289,10 @@ def test_only_takes_displayed_names_and_a_miss_lists_what_there_is(runner_cli):
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert len(lines) == 3 and all("llama.cpp:" in line for line in lines)  # fp16, q8_0, q4_k_m
-    missed = runner_cli("matrix-cpu.yaml", "--list", "--only", "exllama", timeout=60)
+    missed = runner_cli("matrix-cpu.yaml", "--list", "--only", "mlc", timeout=60)
     assert missed.returncode == 1 and missed.stdout == ""
     head, *listed = missed.stderr.splitlines()
-    assert head.startswith("error: --only exllama: no cell matches; give part of a cell id, an engine (")
+    assert head.startswith("error: --only mlc: no cell matches; give part of a cell id, an engine (")
     assert "llamacpp (llama.cpp)" in head and "vllm (vLLM)" in head
     # every cell of the matrix, as --list shows it (without the baseline mark), so the next try can pick one
     every = runner_cli("matrix-cpu.yaml", "--list", timeout=60).stdout.replace(" (baseline)", "").splitlines()
