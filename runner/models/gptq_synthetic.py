@@ -16,49 +16,33 @@ group_size, desc_act, sym). Codes, zero points and the group order are random,
 scales positive and small, as in the synthetic AWQ checkpoint
 (runner.models.awq_synthetic): speed does not depend on the values, and the
 engine loads, repacks and runs it as it would a calibrated one. Built once per
-source checkpoint into the model store's derived folder.
+source checkpoint into the model store's derived folder (by
+runner.models.quantised_synthetic, as the AWQ layout is).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from runner.models import random_safetensors, synthetic
-from runner.models.architectures import parameter_shapes
-from runner.models.awq_synthetic import group_size_for, linear_shapes
+from runner.models import quantised_synthetic
+from runner.models.quantised_synthetic import BITS, PACK, Layout
 from runner.models.random_safetensors import Tensor
-from runner.shared import build_once
-
-BITS = 4
-PACK = 32 // BITS
 
 
-def gptq_tensors(config: dict[str, Any], group_size: int) -> dict[str, Tensor]:
-    """Every tensor of the GPTQ checkpoint (act-order), in file order."""
-    linear = linear_shapes(config)
-    tensors: dict[str, Tensor] = {}
-    for name, shape in parameter_shapes(config).items():
-        if name not in linear:
-            tensors[name] = Tensor(shape, "F16", "ones" if name.endswith("norm.weight") else "weight")
-            continue
-        out_features, in_features = shape
-        if out_features % PACK or in_features % group_size:
-            raise ValueError(f"{name} {shape}: GPTQ needs out % {PACK} == 0 and in % {group_size} == 0")
-        base = name.removesuffix(".weight")
-        groups = in_features // group_size
-        tensors[base + ".qweight"] = Tensor((in_features // PACK, out_features), "I32", "bits")
-        tensors[base + ".qzeros"] = Tensor((groups, out_features // PACK), "I32", "bits")
-        tensors[base + ".scales"] = Tensor((groups, out_features), "F16", "scale")
-        tensors[base + ".g_idx"] = Tensor((in_features,), "I32", "group_index", group_size)
-    return tensors
+def _linear(base: str, out_features: int, in_features: int, group_size: int) -> dict[str, Tensor]:
+    groups = in_features // group_size
+    return {
+        base + ".qweight": Tensor((in_features // PACK, out_features), "I32", "bits"),
+        base + ".qzeros": Tensor((groups, out_features // PACK), "I32", "bits"),
+        base + ".scales": Tensor((groups, out_features), "F16", "scale"),
+        base + ".g_idx": Tensor((in_features,), "I32", "group_index", group_size),
+    }
 
 
-def gptq_config(config: dict[str, Any], group_size: int) -> dict[str, Any]:
-    quantization = {
+def _quantization(group_size: int) -> dict[str, Any]:
+    return {
         "quant_method": "gptq",
         "bits": BITS,
         "group_size": group_size,
@@ -66,53 +50,37 @@ def gptq_config(config: dict[str, Any], group_size: int) -> dict[str, Any]:
         "sym": True,
         "checkpoint_format": "gptq",
     }
-    return {**config, "torch_dtype": "float16", "quantization_config": quantization}
 
 
-def is_gptq_checkpoint(folder: Path) -> bool:
-    config = json.loads((Path(folder) / "config.json").read_text())
-    return (config.get("quantization_config") or {}).get("quant_method") == "gptq"
-
-
-def _key(model: dict[str, Any]) -> str:
-    digest = hashlib.sha256(model["fingerprint"].encode())
-    for source in (Path(__file__), Path(random_safetensors.__file__)):
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _build(folder: Path, source: Path, key: str) -> None:
-    config = json.loads((source / "config.json").read_text())
-    group_size = group_size_for(config)
-    skip = {"config.json", synthetic.MARKER, "model.safetensors.index.json"}
-    for path in source.iterdir():
-        if path.is_file() and path.name not in skip and path.suffix != ".safetensors":
-            shutil.copy2(path, folder / path.name)  # tokenizer and generation config
-    full = gptq_config(config, group_size)
-    (folder / "config.json").write_text(json.dumps(full, indent=2) + "\n")
-    (folder / "quantize_config.json").write_text(json.dumps(full["quantization_config"], indent=2) + "\n")
-    files = random_safetensors.write_random_checkpoint(folder, gptq_tensors(config, group_size), synthetic.SEED)
-    marker = {
-        "synthetic": True,
+LAYOUT = Layout(
+    method="gptq",
+    name="GPTQ",
+    source=Path(__file__),
+    linear=_linear,
+    quantization=_quantization,
+    description=lambda group_size: {
         "quantization": f"gptq {BITS}-bit, group {group_size}, act-order, symmetric",
         "weights": "random 4-bit codes, zero points and group order; fp16 scales 2^-12..2^-9; "
         "fp16 embeddings/head, norms 1.0",
-        "quantised_from": str(source),
-        "store_key": key,
-        "files": files,
-    }
-    (folder / synthetic.MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    },
+    # AutoGPTQ's convention, beside config.json's copy
+    extra_files=lambda quantization: {"quantize_config.json": json.dumps(quantization, indent=2) + "\n"},
+)
+
+
+def gptq_tensors(config: dict[str, Any], group_size: int) -> dict[str, Tensor]:
+    """Every tensor of the GPTQ checkpoint (act-order), in file order."""
+    return quantised_synthetic.tensors(LAYOUT, config, group_size)
+
+
+def gptq_config(config: dict[str, Any], group_size: int) -> dict[str, Any]:
+    return quantised_synthetic.full_config(LAYOUT, config, group_size)
+
+
+def is_gptq_checkpoint(folder: Path) -> bool:
+    return quantised_synthetic.is_checkpoint(folder, LAYOUT.method)
 
 
 def materialise(model: dict[str, Any], log=print) -> Path:
     """The GPTQ checkpoint of a synthetic model record, built into its derived folder if missing."""
-    source = Path(model["path"])
-    key = _key(model)
-    final = Path(model["derived_dir"]) / "gptq" / f"{source.name}-{key}"
-    build_once(
-        final,
-        lambda scratch: _build(scratch, source, key),
-        marker=synthetic.MARKER,
-        announce=lambda: log(f"writing a synthetic GPTQ 4-bit checkpoint of {model['name']} into {final}"),
-    )
-    return final
+    return quantised_synthetic.materialise(LAYOUT, model, log)
