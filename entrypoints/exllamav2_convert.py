@@ -26,18 +26,15 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from shared import build_once
+from shared import build_once, run_logged
 
 CONVERTER = "exllamav2.conversion.convert_exl2"
 CALIBRATION = "ExLlamaV2's built-in calibration set (standard_cal_data)"
 MARKER = "config.json"  # the converter copies the config into the compiled folder last
-LOG_TAIL_CHARS = 1500
 
 
 def cache_key(fingerprint: str, exllamav2_version: str) -> str:
@@ -71,20 +68,6 @@ def quantise_command(source: Path, work: Path, measurement: Path, output: Path, 
         "-r", str(s["dataset_rows"]), "-l", str(s["length"]),
         "-mr", str(s["measurement_rows"]), "-ml", str(s["measurement_length"]),
     ]  # fmt: skip
-
-
-def _run(step: str, command: list[str], log_path: Path) -> float:
-    """Run one converter pass; its output goes to a log beside the result (appended: passes resume)."""
-    t0 = time.perf_counter()
-    with open(log_path, "a") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        tail = log_path.read_text()[-LOG_TAIL_CHARS:].strip().splitlines()
-        raise RuntimeError(f"{step} failed (exit {done.returncode}): {tail[-1] if tail else ''} (log: {log_path})")
-    return seconds
 
 
 def converter_error(log_text: str) -> str | None:
@@ -121,7 +104,9 @@ class Exl2Cache:
         work = self.folder / f"work-{self.measurement_path(s).stem}"
         work.mkdir(parents=True, exist_ok=True)
         log = self.folder / f"{self.measurement_path(s).stem}.log"
-        seconds = _run("EXL2 measurement", measurement_command(self.source, work, scratch, s), log)
+        seconds = run_logged(
+            "EXL2 measurement", measurement_command(self.source, work, scratch, s), log, append=True
+        )  # appended: a pass resumes
         if not scratch.exists():
             raise RuntimeError(f"EXL2 measurement wrote no file: {converter_error(log.read_text()) or log}")
         shutil.rmtree(work, ignore_errors=True)
@@ -135,7 +120,9 @@ class Exl2Cache:
         work.mkdir(parents=True, exist_ok=True)
         log = self.folder / f"{final.name}.log"
         # the converter writes the compiled model (weights, then config and tokenizer) into -cf
-        seconds = _run("EXL2 quantisation", quantise_command(self.source, work, measurement, scratch, s), log)
+        seconds = run_logged(
+            "EXL2 quantisation", quantise_command(self.source, work, measurement, scratch, s), log, append=True
+        )
         if not (scratch / MARKER).exists():
             raise RuntimeError(f"EXL2 quantisation wrote no model: {converter_error(log.read_text()) or log}")
         shutil.rmtree(work, ignore_errors=True)

@@ -28,13 +28,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from shared import build_once
+from shared import build_once, run_logged
 
 ADAPTER_VERSION = 1  # bump when model_args() changes what it derives
 # gpt-fast's source files whose content decides what a conversion writes
@@ -44,7 +42,6 @@ PATH_SWITCHES = {"int8": "i8", "int4": "i4", "llama-3": "llama3", "stories": "st
 CHECK_PREFIX = "GPTFAST_INT4_CHECK "  # gptfast_tool.py's line about the int4 packing it used
 MARKER = "gptfast.json"  # written last: the converted folder is complete
 ARGS_FILE = "model_args.json"  # {name, args}: what gptfast_tool.py registers in gpt-fast's ModelArgs table
-LOG_TAIL_CHARS = 1500
 INT4_GROUPSIZES = (32, 64, 128, 256)  # WeightOnlyInt4QuantHandler's assertion
 
 
@@ -193,18 +190,6 @@ def tool_command(home: Path, folder: Path, action: str, *args: str) -> list[str]
     return [sys.executable, str(tool), "--home", str(home), "--model-args", str(folder / ARGS_FILE), action, *args]
 
 
-def _run(step: str, command: list[str], log_path: Path) -> float:
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        tail = log_path.read_text()[-LOG_TAIL_CHARS:].strip().splitlines()
-        raise RuntimeError(f"{step} failed (exit {done.returncode}): {tail[-1] if tail else ''} (log: {log_path})")
-    return time.perf_counter() - t0
-
-
 class CheckpointCache:
     """The gpt-fast files of one HF checkpoint for one gpt-fast source and torch release."""
 
@@ -235,7 +220,7 @@ class CheckpointCache:
         command = tool_command(
             self.home, scratch, "run", str(script), "--checkpoint_dir", str(scratch), "--model_name", self.name
         )
-        seconds = _run("convert_hf_checkpoint.py", command, scratch / "convert.log")
+        seconds = run_logged("convert_hf_checkpoint.py", command, scratch / "convert.log")
         for link in links:
             link.unlink()
         shutil.copyfile(self.model_path / "tokenizer.model", scratch / "tokenizer.model")
@@ -270,7 +255,7 @@ class CheckpointCache:
         label = "_partial_"
         command = tool_command(self.home, self.folder, "quantize", str(source), precision, str(groupsize), label)
         log = self.folder / f"{precision}.log"
-        seconds = _run(f"quantize.py --mode {precision}", command, log)
+        seconds = run_logged(f"quantize.py --mode {precision}", command, log)
         written = self.folder / weights_name(precision, groupsize).replace("model_", f"model{label}")
         checks = [line[len(CHECK_PREFIX) :] for line in log.read_text().splitlines() if line.startswith(CHECK_PREFIX)]
         if checks:  # int4: how gptfast_tool.py packed it (written before the weights are renamed into place)

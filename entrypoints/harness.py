@@ -223,6 +223,16 @@ def driver_info() -> dict[str, Any]:
 CONTEXT_ROUNDING = 256
 
 
+def torch_cuda_peak(torch: Any) -> dict[str, Any]:
+    """An engine on PyTorch's CUDA allocator: its own peak, beside the NVML device figure (torch passed in:
+    this module imports no engine's packages)."""
+    return {
+        "kind": "torch.cuda",
+        "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
+    }
+
+
 def context_length(chosen: int | None, workload: dict[str, Any]) -> int:
     """An engine's context size: the cell's choice, else prompt + new tokens rounded up to 256."""
     if chosen is not None:

@@ -19,16 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from shared import build_once
+from shared import build_once, run_logged
 
 CONVERTER_TYPES = ("f16", "bf16")
-LOG_TAIL_CHARS = 1500
 
 
 class ToolchainMissing(RuntimeError):
@@ -90,19 +87,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
-def _run(step: str, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> float:
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    if done.returncode != 0:
-        tail = log_path.read_text()[-LOG_TAIL_CHARS:].strip().splitlines()
-        last = tail[-1] if tail else ""
-        raise RuntimeError(f"{step} failed (exit {done.returncode}): {last} (log: {log_path})")
-    return time.perf_counter() - t0
-
-
 class GgufCache:
     """The cached GGUF files of one checkpoint for one llama.cpp build."""
 
@@ -138,13 +122,13 @@ class GgufCache:
                 str(scratch),
             ]
             step = "convert_hf_to_gguf.py"
-            seconds = _run(step, command, log, env)
+            seconds = run_logged(step, command, log, env)
         else:
             source = self.get("f16")
             threads = str(os.cpu_count() or 1)
             command = [str(self.toolchain.quantizer), str(source), str(scratch), quant.upper(), threads]
             step = "llama-quantize"
-            seconds = _run(step, command, log)
+            seconds = run_logged(step, command, log)
         self.built.append({"type": quant, "by": step, "seconds": round(seconds, 2), "bytes": scratch.stat().st_size})
 
 

@@ -219,11 +219,7 @@ class Engine:
         return harness.Timing(total, first, produced // len(prompts))
 
     def allocator_peak(self) -> dict[str, Any] | None:
-        return {
-            "kind": "torch.cuda",
-            "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
-        }
+        return harness.torch_cuda_peak(torch)  # check() ran: a CUDA GPU is there
 
     def details(self) -> dict[str, Any]:
         return self.facts

@@ -183,13 +183,7 @@ class Engine:
         return self.model.config.block_size
 
     def allocator_peak(self) -> dict[str, Any] | None:
-        if not self.cuda:
-            return None
-        return {
-            "kind": "torch.cuda",
-            "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
-        }
+        return harness.torch_cuda_peak(torch) if self.cuda else None
 
     def details(self) -> dict[str, Any]:
         """gpt-fast's model size and the bandwidth it implies at this cell's median tok/s (timed runs only)."""

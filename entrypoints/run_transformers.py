@@ -137,13 +137,7 @@ class Engine:
         return harness.Timing(total, first, output.shape[1] - input_ids.shape[1])
 
     def allocator_peak(self) -> dict[str, Any] | None:
-        if not self.cuda:
-            return None
-        return {
-            "kind": "torch.cuda",
-            "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
-        }
+        return harness.torch_cuda_peak(torch) if self.cuda else None
 
     def versions(self) -> dict[str, Any]:
         found = {

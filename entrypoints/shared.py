@@ -27,11 +27,14 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RESULT_SCHEMA_VERSION = 1
+LOG_TAIL_CHARS = 1500  # of a failed step's log, read for its last line
 
 SAFETY_ENV = {
     "NCCL_NVLS_ENABLE": "0",
@@ -109,3 +112,21 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def run_logged(
+    step: str, command: list[str], log_path: Path, env: dict[str, str] | None = None, append: bool = False
+) -> float:
+    """Run one conversion step with its output in a log (after the command line); its seconds, or a
+    RuntimeError naming the step, its exit code, the log's last line and the log. ``append`` keeps an
+    earlier attempt's output (a step that resumes)."""
+    t0 = time.perf_counter()
+    with open(log_path, "a" if append else "w") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        tail = log_path.read_text()[-LOG_TAIL_CHARS:].strip().splitlines()
+        raise RuntimeError(f"{step} failed (exit {done.returncode}): {tail[-1] if tail else ''} (log: {log_path})")
+    return seconds
