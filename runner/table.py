@@ -29,6 +29,7 @@ def _stat(result: dict[str, Any], name: str, field: str = "median") -> float | N
 
 
 UNSTABLE_PCT = 10.0  # a row whose repetitions vary more than this (coefficient of variation) is flagged
+WARNING_CHARS = 120  # a warning in Notes is cut here: its first words say what it is; the full text is in the JSON
 
 
 def _spread_pct(result: dict[str, Any]) -> float | None:
@@ -74,8 +75,14 @@ def _notes(result: dict[str, Any]) -> str:
     if spread is not None and spread > UNSTABLE_PCT:
         notes.append(f"unstable: tok/s varies ±{spread:.1f}% between repetitions (CV over {UNSTABLE_PCT:.0f}%)")
     notes.extend(_engine_notes(result))
-    notes.extend(w for w in result.get("warnings", []) if w.startswith(("UserWarning", "log: ")))
+    notes.extend(_one_line(w) for w in result.get("warnings", []) if w.startswith(("UserWarning", "log: ")))
     return "; ".join(notes)[:400]
+
+
+def _one_line(warning: str, limit: int = WARNING_CHARS) -> str:
+    """A warning as one table line: its whitespace (Python's multi-line warning texts) collapsed, cut at limit."""
+    text = " ".join(warning.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _engine_notes(result: dict[str, Any]) -> list[str]:

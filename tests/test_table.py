@@ -98,6 +98,16 @@ FAST = ok(
     300.0,
     warnings=["UserWarning: something odd", "FutureWarning: ignored in notes"],
 )
+WORDY = ok(
+    "wordy",
+    ["BF16"],
+    [250.0, 240.0, 260.0],
+    300.0,
+    warnings=[
+        "UserWarning: \nOnline softmax is disabled on the fly since Inductor decides to\nsplit the reduction. "
+        + "x " * 99
+    ],
+)
 SLOW = ok("slow", ["BF16", "torch.no_grad()"], [50.0, 40.0, 60.0], 500.0)
 BROKEN = failed("broken", ["BF16", "attn_implementation=flash_attention_2"], "ImportError: FlashAttention2 missing")
 LATE = failed("late", ["FP16"], "timeout: no result after 1 s; process group killed", status="timeout")
@@ -137,6 +147,14 @@ def test_ok_notes():
     )
     assert got["fast"]["Notes"] == "CPU: memory is the peak RSS of the cell's processes; UserWarning: something odd"
     assert got["base"]["Spread (CV %)"] == pytest.approx(20.0) and got["fast"]["Spread (CV %)"] == pytest.approx(4.0)
+
+
+def test_multi_line_warning_is_one_short_line():
+    notes = by_cell(rows([BASE, WORDY], "base"))["wordy"]["Notes"]
+    warning = notes.split("; ")[-1]
+    assert warning.startswith("UserWarning: Online softmax is disabled on the fly since Inductor decides to split the")
+    assert "\n" not in notes and "  " not in warning
+    assert len(warning) == 120 and warning.endswith("…")
 
 
 def test_failed_rows_are_kept_with_reason_and_blank_numbers():
