@@ -22,7 +22,7 @@ LLAMA_CPP_CMAKE_ARGS ?= $(if $(HAS_GPU),-DGGML_CUDA=on,-DGGML_NATIVE=off)
 GPT_FAST_COMMIT ?= 32971d3129541c5bfb4f715abc33d1c5f408d204
 GPT_FAST_REPO ?= https://github.com/pytorch-labs/gpt-fast
 
-.PHONY: help setup setup-python setup-llamacpp setup-gptfast run test test-fast lint format clean base-image images-check
+.PHONY: help setup setup-python setup-llamacpp setup-gptfast setup-gptq-quantiser run test test-fast lint format clean base-image images-check
 
 help:  ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z%-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,11 +61,25 @@ $(VENV)/gpt-fast/COMMIT: | $(VENV)/.installed
 	$(BIN)/pip install -q tiktoken==0.14.0
 	echo $(GPT_FAST_COMMIT) > $@
 
+# GPTQModel, ExLlamaV2's GPTQ quantiser for real models, in a venv of its own as the exllamav2 image
+# has it (/opt/gptq-quantiser): the side venv's pins and the image's torch, both read from
+# images/exllamav2/image.yaml (PyPI's torch 2.11 is a CUDA build; it runs on CPU too).
+GPTQ_QUANTISER := $(VENV)/gptq-quantiser
+GPTQ_PINS = $(shell $(BIN)/python -c "import yaml; s = yaml.safe_load(open('images/exllamav2/image.yaml')); \
+  print(' '.join([r for r in s['flavours']['gpu']['requirements'] if r.startswith('torch==')] + s['side_venv']['requirements']))")
+
+setup-gptq-quantiser: $(GPTQ_QUANTISER)/.installed  ## GPTQModel's venv (about 3 GB: CUDA torch) for GPTQ cells of real models run locally, and its test
+
+$(GPTQ_QUANTISER)/.installed: images/exllamav2/image.yaml | $(VENV)/.installed
+	rm -rf $(GPTQ_QUANTISER) && $(PYTHON) -m venv $(GPTQ_QUANTISER)
+	$(GPTQ_QUANTISER)/bin/pip install -q $(GPTQ_PINS)
+	touch $@
+
 run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
 	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi
 	$(BIN)/python -m runner $(MATRIX) $(ARGS)
 
-test: setup lint  ## lint, then every test: unit, real engines on the tiny model, Docker (CI runs this)
+test: setup setup-gptq-quantiser lint  ## lint, then every test: unit, real engines on the tiny model, Docker (CI runs this)
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup-python lint  ## lint, then the unit tier only (no Docker, no real engine runs; about a minute)

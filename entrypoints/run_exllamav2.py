@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import exllamav2_convert
+import exllamav2_gptq
 import exllamav2_speed
 import harness
+from side_quantiser import checkpoint_quantisation as quantisation
 
 try:
     import torch
@@ -45,13 +47,6 @@ def exllamav2_version() -> str | None:
         return importlib.metadata.version("exllamav2")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def quantisation(model_dir: Path) -> str | None:
-    """The checkpoint's own quantisation method (exl2, gptq, awq, ...; ExLlamaV2's converter signs its
-    exports with quant_method exl2), or None for an unquantised checkpoint."""
-    config = json.loads((model_dir / "config.json").read_text())
-    return (config.get("quantization_config") or {}).get("quant_method")
 
 
 def extension_environment(derived: str | None) -> dict[str, str]:
@@ -107,13 +102,23 @@ class Engine:
 
     def prepare(self) -> dict[str, Any] | None:
         found = quantisation(self.model_dir)
+        derived = self.spec["model"].get("derived_dir")
         if self.settings["quant"] == "gptq":
-            if found != "gptq":
+            if found == "gptq":
+                return None  # a GPTQ export (or the runner's synthetic GPTQ layout) is read as it is
+            if found is not None:
                 raise harness.CellInvalid(
-                    f"quant gptq needs a GPTQ checkpoint and {self.model_dir} is {found or 'not quantised'}: "
-                    "point model.path at a GPTQ export (4-bit; synthetic models get one written by the runner)"
+                    f"quant gptq needs a GPTQ or an unquantised checkpoint and {self.model_dir} is already {found}: "
+                    "point model.path at the unquantised model (GPTQModel quantises it once) or at a GPTQ export"
                 )
-            return None
+            if not derived:
+                raise harness.CellInvalid("the cell spec has no model.derived_dir to keep the GPTQ checkpoint in")
+            try:
+                path, record = exllamav2_gptq.gptq_checkpoint(self.spec["model"], Path(derived))
+            except exllamav2_gptq.QuantiserMissing as exc:
+                raise harness.CellUnsupported(str(exc)) from None
+            self.model_dir = path
+            return record
         if found == "exl2":
             return None  # an EXL2 export is read as it is
         if found is not None:
@@ -121,7 +126,6 @@ class Engine:
                 f"quant exl2 converts an unquantised checkpoint and {self.model_dir} is already {found}: "
                 "point model.path at the unquantised model (or at an EXL2 export)"
             )
-        derived = self.spec["model"].get("derived_dir")
         if not derived:
             raise harness.CellInvalid("the cell spec has no model.derived_dir to keep EXL2 models in")
         path, record = exllamav2_convert.exl2_for(self.spec["model"], self.settings, Path(derived), exllamav2_version())

@@ -28,7 +28,13 @@ from runner.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "images"
 ENTRYPOINTS_DIR = REPO / "entrypoints"
-SHARED_ENTRYPOINT_FILES = ("harness.py", "shared.py", "prompt.txt")  # in every image
+SHARED_ENTRYPOINT_FILES = (
+    "harness.py",
+    "shared.py",
+    "prompt.txt",
+    "side_quantiser.py",
+    "calibration.txt",
+)  # in every image
 FLAVOURS = ("gpu", "cpu")
 IMAGE_REPOSITORY = "inference-matrix"
 

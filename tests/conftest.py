@@ -61,6 +61,16 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gptq_quantiser() -> Path:
+    """GPTQModel's Python (EXLLAMAV2_GPTQ_QUANTISER, else the venv `make setup-gptq-quantiser` makes)."""
+    named = os.environ.get("EXLLAMAV2_GPTQ_QUANTISER")
+    python = Path(named) if named else REPO / ".venv" / "gptq-quantiser" / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"no GPTQModel venv at {python}: make setup-gptq-quantiser (make test does)")
+    return python
+
+
+@pytest.fixture(scope="session")
 def tiny_model(model_store: Path) -> Path:
     """The folder of the synthetic tiny-mistral checkpoint in the session store."""
     folder = synthetic.materialise("tiny-mistral", model_store, log=lambda message: None)

@@ -51,6 +51,7 @@ SHARED_MODULES = [
     "runner/executors/docker.py",
     "entrypoints/harness.py",
     "entrypoints/shared.py",
+    "entrypoints/side_quantiser.py",
 ]
 # Engines of the seed table, wired or not, by every name they go by in code.
 ENGINE_WORDS = r"vllm|llama[._-]?cpp|ggml|gguf|transformers|exllama|exl2|ctranslate|mlc|gpt[_-]?fast|awq|gptq"

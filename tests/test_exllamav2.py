@@ -23,6 +23,8 @@ from runner.models.fingerprint import fingerprint
 ENTRYPOINTS = Path(__file__).resolve().parent.parent / "entrypoints"
 sys.path.insert(0, str(ENTRYPOINTS))
 import exllamav2_convert  # noqa: E402  in-container modules, found on the entrypoints path
+import exllamav2_gptq  # noqa: E402
+import exllamav2_gptq_quantise  # noqa: E402
 import exllamav2_speed  # noqa: E402
 
 SHISA = ARCHITECTURES["shisa-7b-v1"]
@@ -244,8 +246,13 @@ def cell_engine(model_dir: Path, store: Path, **overrides):
 def test_a_cell_refuses_a_checkpoint_of_the_wrong_kind(tmp_path, tiny_model):
     import harness
 
-    with pytest.raises(harness.CellInvalid, match="quant gptq needs a GPTQ checkpoint"):
-        cell_engine(tiny_model, tmp_path, quant="gptq").prepare()
+    awq = tmp_path / "awq-export"
+    awq.mkdir()
+    (awq / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq", "bits": 4}}))
+    with pytest.raises(
+        harness.CellInvalid, match=r"quant gptq needs a GPTQ or an unquantised checkpoint .* already awq"
+    ):
+        cell_engine(awq, tmp_path, quant="gptq").prepare()
     gptq = gptq_synthetic.materialise(model_record(tiny_model, tmp_path), log=lambda _: None)
     assert cell_engine(gptq, tmp_path, quant="gptq").prepare() is None  # read as it is
     with pytest.raises(harness.CellInvalid, match="already gptq"):
@@ -254,3 +261,78 @@ def test_a_cell_refuses_a_checkpoint_of_the_wrong_kind(tmp_path, tiny_model):
     signed.mkdir()
     (signed / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "exl2", "bits": 4.0}}))
     assert cell_engine(signed, tmp_path, quant="exl2").prepare() is None  # an EXL2 export is read as it is
+
+
+def test_without_a_gptq_quantiser_a_real_model_cell_says_how_to_get_one(tmp_path, tiny_model, monkeypatch):
+    import harness
+
+    monkeypatch.delenv("EXLLAMAV2_GPTQ_QUANTISER", raising=False)
+    with pytest.raises(harness.CellUnsupported, match=r"EXLLAMAV2_GPTQ_QUANTISER is not set: use the exllamav2 image"):
+        cell_engine(tiny_model, tmp_path / "derived", quant="gptq").prepare()
+    monkeypatch.setenv("EXLLAMAV2_GPTQ_QUANTISER", sys.executable)  # a real Python, without GPTQModel
+    with pytest.raises(harness.CellUnsupported, match=r"has no GPTQModel \(.*PackageNotFoundError"):
+        cell_engine(tiny_model, tmp_path / "derived", quant="gptq").prepare()
+    assert not (tmp_path / "derived").exists()  # nothing half-made in the store
+
+
+def test_gptq_layout_check_reads_what_exllamav2_needs(tmp_path, tiny_model):
+    gptq = gptq_synthetic.materialise(model_record(tiny_model, tmp_path), log=lambda _: None)
+    assert exllamav2_gptq.layout_problems(gptq) == []
+    assert exllamav2_gptq.layout_problems(tiny_model) == [
+        "quantization_config is None None-bit, not gptq 4-bit",
+        "no .qweight tensor in its safetensors",
+    ]
+    eight = tmp_path / "gptq-8bit"
+    eight.mkdir()
+    for item in gptq.iterdir():
+        (eight / item.name).symlink_to(item)
+    config = json.loads((gptq / "config.json").read_text())
+    config["quantization_config"]["bits"] = 8
+    (eight / "config.json").unlink()
+    (eight / "config.json").write_text(json.dumps(config))
+    assert exllamav2_gptq.layout_problems(eight) == ["quantization_config is gptq 8-bit, not gptq 4-bit"]
+
+
+def test_gptq_recipe_group_size_and_calibration():
+    assert exllamav2_gptq_quantise.group_size_for({4096, 14336}) == 128  # shisa-7b / Mistral-7B
+    assert exllamav2_gptq_quantise.group_size_for({64, 128}) == 64  # tiny-mistral
+    with pytest.raises(SystemExit, match="no GPTQ group size"):
+        exllamav2_gptq_quantise.group_size_for({48})
+    assert exllamav2_gptq_quantise.calibration_windows(list(range(10)), samples=8, tokens=4) == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+    ]
+    key = exllamav2_gptq.QUANTISER.cache_key("fingerprint-a", "7.0.0")
+    assert key == exllamav2_gptq.QUANTISER.cache_key("fingerprint-a", "7.0.0")
+    assert key != exllamav2_gptq.QUANTISER.cache_key("fingerprint-b", "7.0.0")
+    assert key != exllamav2_gptq.QUANTISER.cache_key("fingerprint-a", "7.7.0")
+
+
+@pytest.mark.slow
+def test_gptqmodel_quantises_a_real_model_once(tmp_path, tiny_model, gptq_quantiser, monkeypatch):
+    """GPTQModel itself (the image's side-venv pins, `make gptq-quantiser`), on CPU on the tiny model: the cell's
+    prepare step quantises it, the layout is what ExLlamaV2 reads, and a second cell finds it in the store."""
+    monkeypatch.setenv("EXLLAMAV2_GPTQ_QUANTISER", str(gptq_quantiser))
+    model = model_record(tiny_model, tmp_path, synthetic=False)
+    first = exllamav2_gptq.gptq_checkpoint(model, tmp_path / "derived")[1]
+    second = exllamav2_gptq.gptq_checkpoint(model, tmp_path / "derived")[1]
+    made = Path(first["gptq_checkpoint"])
+    assert made.parent == tmp_path / "derived" / "gptq-gptqmodel" and second["gptq_checkpoint"] == str(made)
+    assert first["cache_hit"] is False and second["cache_hit"] is True
+    assert exllamav2_gptq.layout_problems(made) == []
+    assert sorted(p.name for p in made.parent.iterdir() if p.name.startswith("gptq_log_")), "GPTQModel's own log"
+    quantised = first["quantised_by"]
+    assert quantised["gptqmodel"] == "7.0.0" and quantised["device"] == "cpu"
+    assert quantised["recipe"] == {"bits": 4, "group_size": 64, "desc_act": True, "sym": True, "skipped": ["lm_head"]}
+    config = json.loads((made / "config.json").read_text())["quantization_config"]
+    assert (config["quant_method"], config["bits"], config["group_size"], config["desc_act"]) == ("gptq", 4, 64, True)
+    with safe_open(made / "model.safetensors", "np") as f:
+        g_idx = f.get_tensor("model.layers.0.mlp.down_proj.g_idx")
+        assert f.get_tensor("model.layers.0.mlp.down_proj.qweight").dtype == np.int32
+    assert np.bincount(g_idx).tolist() == [64, 64]  # act-order: two groups of 64 input channels
+
+
+def test_notes_say_who_made_a_gptq_checkpoint():
+    made = {"quantised_by": {"quantiser": "GPTQModel", "gptqmodel": "7.0.0"}, "cache_hit": False, "seconds": 12.5}
+    assert EXLLAMAV2.notes({"prepare": made}) == ["GPTQ by GPTQModel 7.0.0 (made in 12.5 s)"]
+    assert EXLLAMAV2.notes({"prepare": {**made, "cache_hit": True}}) == ["GPTQ by GPTQModel 7.0.0 (from the store)"]

@@ -104,8 +104,19 @@ def test_vllm_images_carry_the_awq_quantiser_in_a_venv_of_its_own():
         assert "ENV VLLM_AWQ_QUANTISER=/opt/awq-quantiser/bin/python3" in final
         assert "pins = {'llmcompressor': '0.14.0.1'}" in final and "import llmcompressor" in final
     names = [p.name for p in entrypoint_files("vllm")]
-    assert {"vllm_awq.py", "vllm_awq_quantise.py", "vllm_awq_calibration.txt"} <= set(names)
+    assert {"vllm_awq.py", "vllm_awq_quantise.py", "side_quantiser.py", "calibration.txt"} <= set(names)  # shared
     assert all("awq-quantiser" not in render(SPECS[key]) for key in SPECS if key[0] != "vllm")
+
+
+def test_exllamav2_image_carries_gptqmodel_in_a_venv_of_its_own():
+    text = render(SPECS[("exllamav2", "gpu")])
+    builder, final = text[: text.rindex("\nFROM runtime\n")], text[text.rindex("\nFROM runtime\n") :]
+    assert "RUN python3 -m venv /opt/gptq-quantiser" in builder
+    assert " gptqmodel==7.0.0 transformers==5.5.4 torchvision==0.26.0 requests==2.34.2" in builder
+    assert "COPY --from=builder /opt/gptq-quantiser /opt/gptq-quantiser" in final
+    assert "ENV EXLLAMAV2_GPTQ_QUANTISER=/opt/gptq-quantiser/bin/python3" in final and "import gptqmodel" in final
+    assert {"exllamav2_gptq.py", "exllamav2_gptq_quantise.py"} <= {p.name for p in entrypoint_files("exllamav2")}
+    assert all("gptq-quantiser" not in render(SPECS[key]) for key in SPECS if key[0] != "exllamav2")
 
 
 def test_a_side_venv_needs_its_keys_and_pins(tmp_path):
@@ -132,8 +143,8 @@ def test_final_stage_carries_no_build_secrets():
 def test_image_gets_the_shared_files_and_the_files_its_description_names():
     for engine in ENGINES.values():
         names = [p.name for p in entrypoint_files(engine.name)]
-        assert names == ["harness.py", "shared.py", "prompt.txt", *engine.files]
-    assert [p.name for p in entrypoint_files("transformers")][3:] == ["run_transformers.py"]
+        assert names == ["harness.py", "shared.py", "prompt.txt", "side_quantiser.py", "calibration.txt", *engine.files]
+    assert [p.name for p in entrypoint_files("transformers")][5:] == ["run_transformers.py"]
 
 
 def test_tag_is_stable_and_changes_with_what_goes_in(monkeypatch, tmp_path):

@@ -5,7 +5,9 @@ cell (entrypoints/exllamav2_convert.py): one measurement pass per checkpoint and
 calibration size, then one quantisation per bit rate, all cached in the model
 store. GPTQ cells read a GPTQ checkpoint: a synthetic model's is written by the
 runner (``derived_checkpoint``: runner.models.gptq_synthetic, random 4-bit codes
-in GPTQ's act-order layout), a real GPTQ export is read as it is. ExLlamaV2 is
+in GPTQ's act-order layout), a real GPTQ export is read as it is, and a user's
+unquantised checkpoint is quantised once in the cell by GPTQModel in its own
+venv (entrypoints/exllamav2_gptq.py), cached in the model store. ExLlamaV2 is
 CUDA-only: CPU cells are reported as not run here.
 """
 
@@ -81,7 +83,7 @@ def check(s: dict[str, Any], gpus: tuple[int, ...]) -> str | None:
 
 
 def derived_checkpoint(s: dict[str, Any]) -> str | None:
-    """GPTQ cells on a synthetic model read its GPTQ layout (a real model must be a GPTQ export)."""
+    """GPTQ cells on a synthetic model read its GPTQ layout (a real one is read as it is, or quantised in the cell)."""
     return "gptq" if s["quant"] == "gptq" else None
 
 
@@ -94,6 +96,10 @@ def notes(result: dict[str, Any]) -> list[str]:
     prepare = result.get("prepare") or {}
     if prepare.get("measurement") == "cached":
         lines.append("EXL2 measurement from the store")
+    quantised = prepare.get("quantised_by") or {}
+    if quantised.get("quantiser"):
+        made = "from the store" if prepare.get("cache_hit") else f"made in {prepare.get('seconds')} s"
+        lines.append(f"GPTQ by {quantised['quantiser']} {quantised.get('gptqmodel')} ({made})")
     return lines
 
 
@@ -101,7 +107,12 @@ EXLLAMAV2 = Engine(
     name="exllamav2",
     software="ExLlamaV2",
     entrypoint="run_exllamav2.py",
-    helpers=("exllamav2_convert.py", "exllamav2_speed.py"),
+    helpers=(
+        "exllamav2_convert.py",
+        "exllamav2_speed.py",
+        "exllamav2_gptq.py",
+        "exllamav2_gptq_quantise.py",
+    ),
     settings=SETTINGS,
     label=label,
     check=check,

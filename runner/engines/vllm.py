@@ -175,7 +175,7 @@ VLLM = Engine(
     settings=SETTINGS,
     label=label,
     check=check,
-    helpers=("vllm_awq.py", "vllm_awq_quantise.py", "vllm_awq_calibration.txt"),
+    helpers=("vllm_awq.py", "vllm_awq_quantise.py"),
     derived_checkpoint=derived_checkpoint,
     # vLLM's symmetric-memory all-reduce uses NVLink multicast: off, like the shared safety variables
     cell_env={"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"},
