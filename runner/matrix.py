@@ -337,6 +337,9 @@ def _check_settings(w: _Where, engine: Engine, table: dict[str, Any], key: str, 
         raise w.fail(
             f"{key}.{placed[0]}", "exclude patterns match settings only; put it on an include entry or the engine"
         )
+    for name in table:
+        if name not in engine.settings and name in engine.lacks:
+            raise w.fail(f"{key}.{name}", f"{engine.software} has no {name}: {engine.lacks[name]}")
     w.known(table, key, list(engine.settings))
     for name, value in table.items():
         values = value if lists else [value]

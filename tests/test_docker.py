@@ -27,7 +27,7 @@ from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV
 pytestmark = pytest.mark.docker  # needs a Docker daemon; builds the CPU images
 
 MATRICES = Path(__file__).parent / "fixtures" / "matrices"
-MATRIX_CPU_ENGINES = ("transformers", "llamacpp", "vllm")
+MATRIX_CPU_ENGINES = ("transformers", "llamacpp", "vllm", "ctranslate2")
 
 
 def docker(*args: str) -> subprocess.CompletedProcess:
@@ -71,17 +71,19 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
     assert f"executor docker, results in {folder}" in done.stdout
     with open(folder / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 16
+    assert len(rows) == 19
     ok = [r for r in rows if r["Status"] == "ok"]
-    assert len(ok) == 10 and all(float(r["Avg Tok/s"]) > 0 and float(r["Max Mem (MiB)"]) > 0 for r in ok)
+    assert len(ok) == 12 and all(float(r["Avg Tok/s"]) > 0 and float(r["Max Mem (MiB)"]) > 0 for r in ok)
     assert sorted(r["Settings"] for r in ok if r["Software"] == "llama.cpp") == ["fp16", "q4_k_m", "q8_0"]
     assert [r["Settings"] for r in ok if r["Software"] == "vLLM"] == ["tensor_parallel_size=1"]
+    assert sorted(r["Settings"] for r in ok if r["Software"] == "CTranslate2") == ["float32", "int8"]
     not_here = {r["Settings"]: r["Notes"] for r in rows if r["Status"] != "ok"}
     assert all(r["Status"] == "unsupported" for r in rows if r["Status"] != "ok")
     assert all(n.startswith("not run here: ") for n in not_here.values())
     assert any("flash-attn" in n for n in not_here.values())
     assert any("BetterTransformer" in n for n in not_here.values())
     assert any("bitsandbytes" in n for n in not_here.values())
+    assert "cannot compute in float16 on this cpu" in not_here["float16"]
     # engines with no cpu image (CUDA only here) are reported, not run, and the run goes on
     no_image = [r for r in rows if "has no cpu image" in r["Notes"]]
     assert sorted(r["Software"] for r in no_image) == ["ExLlamaV2", "ExLlamaV2", "gpt-fast"]
@@ -112,6 +114,12 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
                 check_llamacpp_container_result(result, model_store)
             elif row["Software"] == "vLLM":
                 check_vllm_container_result(result)
+            elif row["Software"] == "CTranslate2":
+                # inference needs no torch; the image's converter ran with its torch and transformers
+                assert result["environment"]["engine_version"] == "4.8.5"
+                converted = result["prepare"]["converted_by"]
+                assert (converted["torch"], converted["transformers"]) == ("2.13.0+cpu", "5.17.0")
+                assert result["reference"]["tokens_per_s"] > 0, result["reference"]
             else:
                 assert result["environment"]["torch"] == "2.13.0+cpu"
     assert leftover_containers() == []

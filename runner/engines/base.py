@@ -55,6 +55,9 @@ class Engine:
     # The entrypoint's own files beside it in entrypoints/ (helpers and their data): its image copies
     # them with the entrypoint and the shared files (runner.images.entrypoint_files).
     helpers: tuple[str, ...] = ()
+    # Settings other engines take that this one has no equivalent for: name -> why, and what to do
+    # instead. A matrix naming one fails with that reason rather than an unknown-key hint.
+    lacks: dict[str, str] = field(default_factory=dict)
     # Cross-setting check of one cell: (settings, gpus) -> why the cell is invalid, or None.
     check: Callable[[dict[str, Any], tuple[int, ...]], str | None] = field(default=lambda settings, gpus: None)
     # The kind of checkpoint a cell reads instead of the matrix's (settings -> kind, or None for the
