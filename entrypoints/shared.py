@@ -115,16 +115,22 @@ def _remove(path: Path) -> None:
 
 
 def run_logged(
-    step: str, command: list[str], log_path: Path, env: dict[str, str] | None = None, append: bool = False
+    step: str,
+    command: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    append: bool = False,
+    cwd: Path | None = None,
 ) -> float:
     """Run one conversion step with its output in a log (after the command line); its seconds, or a
     RuntimeError naming the step, its exit code, the log's last line and the log. ``append`` keeps an
-    earlier attempt's output (a step that resumes)."""
+    earlier attempt's output (a step that resumes); ``cwd`` is where a tool that writes into its working
+    directory leaves those files."""
     t0 = time.perf_counter()
     with open(log_path, "a" if append else "w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         tail = log_path.read_text()[-LOG_TAIL_CHARS:].strip().splitlines()

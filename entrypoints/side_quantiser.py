@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import build_once
+from shared import build_once, run_logged
 
 HERE = Path(__file__).resolve().parent
 CALIBRATION = HERE / "calibration.txt"  # 140 KB of CPython 3.11's language reference (PSF License)
 RECORD = "quantised_by.json"
-LOG_TAIL_CHARS = 1500
 
 
 class QuantiserMissing(RuntimeError):
@@ -109,21 +108,6 @@ class SideQuantiser:
     def command(self, python: str, source: Path, output: Path) -> list[str]:
         return [python, str(self.script), "--model", str(source), "--output", str(output), *self.args]
 
-    def _run(self, command: list[str], log_path: Path) -> None:
-        with open(log_path, "w") as log:
-            log.write("$ " + " ".join(command) + "\n")
-            log.flush()
-            # in the log's folder: what a tool writes to its working directory stays beside its log
-            done = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=log_path.parent
-            )
-        if done.returncode != 0:
-            tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:].strip().splitlines()
-            raise RuntimeError(
-                f"{self.tool} {self.produces} failed (exit {done.returncode}): {tail[-1] if tail else ''} "
-                f"(log: {log_path})"
-            )
-
     def checkpoint(self, model: dict[str, Any], derived: Path) -> tuple[Path, dict[str, Any]]:
         """The model quantised by this tool, made now unless the store has it, and a record of where it came from."""
         python = self.python()
@@ -136,7 +120,9 @@ class SideQuantiser:
         def quantise(scratch: Path) -> None:
             print(f"quantising {source} to {self.produces} with {self.tool} {version} into {final}", flush=True)
             t0 = time.perf_counter()
-            self._run(self.command(python, source, scratch), final.parent / f"{final.name}.log")
+            log = final.parent / f"{final.name}.log"
+            # in the log's folder: what a tool writes to its working directory stays beside its log
+            run_logged(f"{self.tool} {self.produces}", self.command(python, source, scratch), log, cwd=log.parent)
             timing["seconds"] = round(time.perf_counter() - t0, 1)
 
         built_now = build_once(final, quantise, marker=RECORD)

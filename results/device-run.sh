@@ -41,6 +41,14 @@ if [ -f .carry/llamacpp-cuda/lcpp.tar.xz ]; then
     && export LLAMA_CPP_HOME=/tmp/lcpp PYTHONPATH=$PWD/.carry/llamacpp-cuda/python${PYTHONPATH:+:$PYTHONPATH} \
     && cat /tmp/lcpp/BUILD_INFO
 fi
+# CUDA 12's cuBLAS for CTranslate2's wheel (results/ctranslate2-carry.sh), carried in pieces into
+# /tmp/ct2parts over back-to-back calls: unpacked once per machine, put on the library path.
+if ls /tmp/ct2parts/part-* >/dev/null 2>&1 && [ ! -f /tmp/cublas12/libcublasLt.so.12 ]; then
+  mkdir -p /tmp/cublas12 && cat /tmp/ct2parts/part-* | xz -dc -T0 | tar -x -C /tmp/cublas12
+fi
+if [ -f /tmp/cublas12/libcublasLt.so.12 ]; then
+  export LD_LIBRARY_PATH=/tmp/cublas12${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version --format=csv
 timeout --signal=INT --kill-after=20 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store
