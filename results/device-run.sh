@@ -33,6 +33,17 @@ if [ -d /tmp/qsite ]; then
   printf '#!/bin/sh\nPYTHONPATH=/tmp/qsite:/tmp/site exec python3 "$@"\n' > /tmp/awq-python && chmod +x /tmp/awq-python
   export VLLM_AWQ_QUANTISER=/tmp/awq-python
 fi
+# ExLlamaV2's GPTQ quantiser (results/gptq-quantiser-carry.sh): GPTQModel's site, ahead of the machine's
+# own packages in the quantiser's process only, as /opt/gptq-quantiser is in the exllamav2 image; its
+# pieces carried into /tmp/gqparts over back-to-back calls, or all in this call under .carry/.
+if [ ! -d /tmp/gsite ]; then
+  parts=$(ls /tmp/gqparts/part-* 2>/dev/null || ls .carry/gptq-quantiser-*/part-* 2>/dev/null || true)
+  if [ -n "$parts" ]; then mkdir -p /tmp/gsite && cat $parts | xz -dc -T0 | tar -x -C /tmp/gsite; fi
+fi
+if [ -d /tmp/gsite ]; then
+  printf '#!/bin/sh\nPYTHONPATH=/tmp/gsite:/tmp/site exec python3 "$@"\n' > /tmp/gptq-python && chmod +x /tmp/gptq-python
+  export EXLLAMAV2_GPTQ_QUANTISER=/tmp/gptq-python
+fi
 # llama.cpp built on an earlier call and carried back (results/llamacpp-carry.sh): the binding,
 # its libraries, llama-quantize, llama-bench and the converter, one build.
 if [ -f .carry/llamacpp-cuda/lcpp.tar.xz ]; then
