@@ -49,6 +49,19 @@ def cell_cpus() -> set[int]:
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
+def missing_cuda_library(exc: BaseException) -> str | None:
+    """Why a GPU load failed for want of a CUDA library CTranslate2's wheel loads at run time (its 4.8
+    wheels: CUDA 12's cuBLAS), with the fix; None for any other failure."""
+    text = str(exc)
+    if "libcublas" not in text or ("cannot open" not in text and "not found" not in text):
+        return None
+    return (
+        f"CTranslate2 {ctranslate2.__version__ if ctranslate2 else ''} needs CUDA 12's cuBLAS at run time "
+        f"({text.strip()}): use the ctranslate2 image (a CUDA 12 runtime base), or put the lib folder of "
+        "the nvidia-cublas-cu12 wheel on LD_LIBRARY_PATH"
+    )
+
+
 def vocabulary(model_dir: Path) -> list[str]:
     """The converted model's vocabulary, by id (vocabulary.json, or vocabulary.txt from older converters)."""
     listed = model_dir / "vocabulary.json"
@@ -118,15 +131,21 @@ class Engine:
         s = self.settings
         self.vocab = vocabulary(self.model_dir)
         self.tokenizer = self._load_tokenizer()
-        self.generator = ctranslate2.Generator(
-            str(self.model_dir),
-            device=self.device,
-            device_index=0,  # the executor made the cell's GPU the only one visible
-            compute_type=s["compute_type"],
-            inter_threads=s["inter_threads"],
-            intra_threads=self._threads(),
-            flash_attention=s["flash_attention"],
-        )
+        try:
+            self.generator = ctranslate2.Generator(
+                str(self.model_dir),
+                device=self.device,
+                device_index=0,  # the executor made the cell's GPU the only one visible
+                compute_type=s["compute_type"],
+                inter_threads=s["inter_threads"],
+                intra_threads=self._threads(),
+                flash_attention=s["flash_attention"],
+            )
+        except (RuntimeError, OSError) as exc:
+            problem = missing_cuda_library(exc)
+            if problem:
+                raise harness.CellUnsupported(problem) from None
+            raise
 
     def synchronize(self) -> None:
         return None  # every step result is on the host when it is yielded: nothing runs behind the clock

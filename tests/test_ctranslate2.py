@@ -23,6 +23,7 @@ from runner.models.fingerprint import fingerprint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "entrypoints"))
 import ctranslate2_convert
+import run_ctranslate2
 
 
 def settings(**overrides):
@@ -101,6 +102,16 @@ def test_converted_models_are_keyed_by_checkpoint_release_and_this_code(tmp_path
     assert command[command.index("--quantization") + 1] == "int8"
     copied = command[command.index("--copy_files") + 1 :]
     assert "tokenizer.json" in copied and all((tiny_model / name).is_file() for name in copied)
+
+
+def test_a_gpu_load_without_cuda_12_cublas_says_how_to_get_it():
+    # the message CTranslate2 4.8.5 builds when it cannot dlopen a library ("Library " {} " is not found or
+    # cannot be loaded", read from libctranslate2's strings; not yet seen on a GPU machine)
+    seen = RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+    problem = run_ctranslate2.missing_cuda_library(seen)
+    assert "needs CUDA 12's cuBLAS at run time (Library libcublas.so.12 is not found" in problem
+    assert problem.endswith("put the lib folder of the nvidia-cublas-cu12 wheel on LD_LIBRARY_PATH")
+    assert run_ctranslate2.missing_cuda_library(RuntimeError("CUDA out of memory")) is None
 
 
 def model_record(folder: Path) -> dict:
