@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from shared import build_once, run_logged
+from shared import build_once, folder_name, run_logged
 
 MARKER = "converted_by.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
@@ -35,10 +34,6 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
 def cache_key(fingerprint: str, ctranslate2_version: str) -> str:
@@ -60,7 +55,7 @@ def model_for(model: dict[str, Any], compute_type: str, derived: Path) -> tuple[
     version = _version("ctranslate2") or "unknown"
     source = Path(model["path"])
     key = cache_key(model.get("fingerprint") or str(source), version)
-    final = derived / "ctranslate2" / f"{_safe(model.get('name') or source.name)}-{compute_type}-{key}"
+    final = derived / "ctranslate2" / f"{folder_name(model.get('name') or source.name)}-{compute_type}-{key}"
     made: dict[str, Any] = {}
 
     def convert(scratch: Path) -> None:

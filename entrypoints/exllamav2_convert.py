@@ -24,13 +24,12 @@ This file runs inside the engine's environment and imports nothing from the runn
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from shared import build_once, run_logged
+from shared import build_once, folder_name, run_logged
 
 CONVERTER = "exllamav2.conversion.convert_exl2"
 CALIBRATION = "ExLlamaV2's built-in calibration set (standard_cal_data)"
@@ -41,10 +40,6 @@ def cache_key(fingerprint: str, exllamav2_version: str) -> str:
     digest = hashlib.sha256(fingerprint.encode())
     digest.update(exllamav2_version.encode())
     return digest.hexdigest()[:16]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
 def bits_name(bits: float) -> str:
@@ -82,7 +77,7 @@ class Exl2Cache:
     def __init__(self, model: dict[str, Any], derived: Path, exllamav2_version: str):
         self.source = Path(model["path"])
         key = cache_key(model.get("fingerprint") or str(self.source), exllamav2_version)
-        self.folder = derived / "exl2" / f"{_safe(model.get('name') or self.source.name)}-{key}"
+        self.folder = derived / "exl2" / f"{folder_name(model.get('name') or self.source.name)}-{key}"
         self.built: list[dict[str, Any]] = []
 
     def measurement_path(self, s: dict[str, Any]) -> Path:

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared import build_once, run_logged
+from shared import build_once, folder_name, run_logged
 
 ADAPTER_VERSION = 1  # bump when model_args() changes what it derives
 # gpt-fast's source files whose content decides what a conversion writes
@@ -154,7 +154,7 @@ def register(gpt_fast_model: Any, folder: Path) -> str:
 
 def safe_name(name: str) -> str:
     """A folder name that none of gpt-fast's path switches (int8, int4, llama-3, ...) can match."""
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+    text = folder_name(name)
     for switch, instead in PATH_SWITCHES.items():
         text = re.sub(re.escape(switch), instead, text, flags=re.IGNORECASE)
     return text

@@ -233,6 +233,11 @@ def torch_cuda_peak(torch: Any) -> dict[str, Any]:
     }
 
 
+def cell_cpus() -> set[int]:
+    """The CPUs this cell may run on (the executor pinned them)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
 def context_length(chosen: int | None, workload: dict[str, Any]) -> int:
     """An engine's context size: the cell's choice, else prompt + new tokens rounded up to 256."""
     if chosen is not None:

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from shared import build_once, run_logged
+from shared import build_once, folder_name, run_logged
 
 CONVERTER_TYPES = ("f16", "bf16")
 
@@ -83,10 +82,6 @@ def cache_key(fingerprint: str, toolchain: Toolchain) -> str:
     return digest.hexdigest()[:16]
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-
-
 class GgufCache:
     """The cached GGUF files of one checkpoint for one llama.cpp build."""
 
@@ -94,7 +89,7 @@ class GgufCache:
         self.model_path = Path(model["path"])
         self.toolchain = toolchain
         key = cache_key(model.get("fingerprint") or str(self.model_path), toolchain)
-        self.folder = derived / "gguf" / f"{_safe(model.get('name') or self.model_path.name)}-{key}"
+        self.folder = derived / "gguf" / f"{folder_name(model.get('name') or self.model_path.name)}-{key}"
         self.built: list[dict[str, Any]] = []
 
     def path(self, quant: str) -> Path:

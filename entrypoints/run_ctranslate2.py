@@ -44,11 +44,6 @@ BENCH_SCRIPT = HERE / "ctranslate2_bench.py"
 CUDA_CACHE_BYTES = str(4 << 30)  # the driver's JIT cache: room for every CTranslate2 kernel compiled from PTX
 
 
-def cell_cpus() -> set[int]:
-    """The CPUs this cell may run on (the executor pinned them)."""
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-
-
 def missing_cuda_library(exc: BaseException) -> str | None:
     """Why a GPU load failed for want of a CUDA library CTranslate2's wheel loads at run time (its 4.8
     wheels: CUDA 12's cuBLAS), with the fix; None for any other failure."""
@@ -88,7 +83,7 @@ class Engine:
 
     def _threads(self) -> int:
         chosen = self.settings["intra_threads"]
-        return chosen if chosen is not None else (len(cell_cpus()) if self.device == "cpu" else 0)
+        return chosen if chosen is not None else (len(harness.cell_cpus()) if self.device == "cpu" else 0)
 
     def check(self) -> None:
         if ctranslate2 is None:

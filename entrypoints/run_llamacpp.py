@@ -92,11 +92,6 @@ def transformers_token_ids(model_path: str, text_file: Path) -> list[int] | str:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cell_cpus() -> set[int]:
-    """The CPUs this cell may run on (the executor pinned them)."""
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-
-
 class GreedyLoop:
     """llama.cpp's own decode loop through its C API, greedy, as llama-bench's tg runs it plus the pick.
 
@@ -208,8 +203,8 @@ class Engine:
             flash_attn=s["flash_attn"],
             # llama-cpp-python's own defaults (half the CPUs to generate, all of them for prompt batches),
             # counted over the CPUs this cell may use rather than the whole host's
-            n_threads=s["n_threads"] or max(len(cell_cpus()) // 2, 1),
-            n_threads_batch=len(cell_cpus()),
+            n_threads=s["n_threads"] or max(len(harness.cell_cpus()) // 2, 1),
+            n_threads_batch=len(harness.cell_cpus()),
             offload_kqv=s["offload_kqv"],
             seed=0,
             verbose=True,  # llama.cpp's load report (buffers per device, offloaded layers) goes to the cell log

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -136,3 +137,8 @@ def run_logged(
         tail = log_path.read_text()[-LOG_TAIL_CHARS:].strip().splitlines()
         raise RuntimeError(f"{step} failed (exit {done.returncode}): {tail[-1] if tail else ''} (log: {log_path})")
     return seconds
+
+
+def folder_name(name: str) -> str:
+    """A model's name as one folder name in the store (anything but letters, digits, ``._-`` becomes ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import build_once, run_logged
+from shared import build_once, folder_name, run_logged
 
 HERE = Path(__file__).resolve().parent
 CALIBRATION = HERE / "calibration.txt"  # 140 KB of CPython 3.11's language reference (PSF License)
@@ -50,8 +49,21 @@ def checkpoint_quantisation(model_path: Path) -> str | None:
     return (config.get("quantization_config") or {}).get("quant_method")
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+GROUP_SIZES = (128, 64, 32)  # what 4-bit kernels take; a quantiser uses the largest dividing every layer
+
+
+def group_size_for(in_features: set[int], method: str) -> int:
+    """The largest of GROUP_SIZES dividing every quantised layer's input size (a quantise script's recipe)."""
+    for size in GROUP_SIZES:
+        if all(n % size == 0 for n in in_features):
+            return size
+    raise SystemExit(f"no {method} group size in {GROUP_SIZES} divides the layer input sizes {sorted(in_features)}")
+
+
+def calibration_windows(ids: list[int], samples: int, tokens: int) -> list[list[int]]:
+    """Up to `samples` windows of `tokens` ids each, taken in order from the text's ids (at least one)."""
+    windows = [ids[i : i + tokens] for i in range(0, max(len(ids) - tokens, 0) + 1, tokens)]
+    return [w for w in windows if w][:samples]
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,7 @@ class SideQuantiser:
         version = self.version(python)
         source = Path(model["path"])
         key = self.cache_key(model.get("fingerprint") or str(source), version)
-        final = derived / self.folder / f"{_safe(model.get('name') or source.name)}-{key}"
+        final = derived / self.folder / f"{folder_name(model.get('name') or source.name)}-{key}"
         timing: dict[str, float] = {}
 
         def quantise(scratch: Path) -> None:

@@ -20,23 +20,15 @@ import json
 import time
 from pathlib import Path
 
+import side_quantiser  # beside this script (its folder is on sys.path when it runs)
+from side_quantiser import calibration_windows
+
 SCHEME = "W4A16_ASYM"
 IGNORE = ["lm_head"]
-GROUP_SIZES = (128, 64, 32)  # what vLLM's 4-bit kernels take; the largest that divides every layer
 
 
 def group_size_for(in_features: set[int]) -> int:
-    """The largest of GROUP_SIZES dividing every quantised layer's input size."""
-    for size in GROUP_SIZES:
-        if all(n % size == 0 for n in in_features):
-            return size
-    raise SystemExit(f"no AWQ group size in {GROUP_SIZES} divides the layer input sizes {sorted(in_features)}")
-
-
-def calibration_windows(ids: list[int], samples: int, tokens: int) -> list[list[int]]:
-    """Up to `samples` windows of `tokens` ids each, taken in order from the text's ids (at least one)."""
-    windows = [ids[i : i + tokens] for i in range(0, max(len(ids) - tokens, 0) + 1, tokens)]
-    return [w for w in windows if w][:samples]
+    return side_quantiser.group_size_for(in_features, "AWQ")
 
 
 def without_pinned_memory() -> None:
