@@ -7,12 +7,27 @@
 #   bash results/device-background.sh start RUN_FOLDER BUDGET_S FOLLOW_S [runner args...]
 #   bash results/device-background.sh follow FOLLOW_S     # next call: wait up to FOLLOW_S more
 #
-# Both print the run's new output; when the run has ended, the packed run folder (device-run.sh
-# packs it into $OUT) and anything listed in BACKGROUND_KEEP (paths, e.g. the store's
-# torch-extensions) come back in $OUT, larger files in 15 MiB pieces (cat them together here).
+# Both print the run's new output. Every call also returns what is finished so far, so that a
+# session whose device time ends mid-run loses nothing measured: the run folder as it stands
+# (cell JSON, specs, logs: RUN-partial.tgz) and the files matched by BACKGROUND_EARLY (small
+# artefacts such as an EXL2 measurement, once written). When the run has ended, the packed run
+# folder (device-run.sh packs it into $OUT) and anything listed in BACKGROUND_KEEP (paths, e.g.
+# the store's torch-extensions) come back, larger files in 15 MiB pieces (cat them together here; xz).
+# The background process runs a copy of device-run.sh: each call re-sends the working tree.
 set -uo pipefail
 state=/tmp/device-background
 mkdir -p "$state"
+
+snapshot() {  # what is finished so far, into $OUT
+  [ -n "${OUT:-}" ] || return 0
+  local run_folder
+  run_folder=$(cat "$state/run_folder" 2>/dev/null) || return 0
+  [ -d "$run_folder" ] && tar -C "$(dirname "$run_folder")" -czf "$OUT/$(basename "$run_folder")-partial.tgz" \
+    --exclude='*.tgz' "$(basename "$run_folder")"
+  for path in ${BACKGROUND_EARLY:-}; do
+    [ -f "$path" ] && cp "$path" "$OUT/"
+  done
+}
 
 follow() {
   local deadline=$((SECONDS + $1)) shown
@@ -24,6 +39,7 @@ follow() {
     echo "$shown" > "$state/shown"
     if [ -f "$state/done" ]; then break; fi
     if [ "$SECONDS" -ge "$deadline" ]; then
+      snapshot
       echo "[device-background] still running after this call; follow again within 30 s"
       return 0
     fi
@@ -32,9 +48,12 @@ follow() {
   echo "[device-background] finished: $(cat "$state/done")"
   if [ -n "${OUT:-}" ]; then
     cp "$state"/out/* "$OUT"/ 2>/dev/null
+    for path in ${BACKGROUND_EARLY:-}; do
+      [ -f "$path" ] && cp "$path" "$OUT/"
+    done
     for path in ${BACKGROUND_KEEP:-}; do
       [ -e "$path" ] || continue
-      tar -czf - "$path" | split -b 15M -d - "$OUT/$(basename "$path").tgz.part-"
+      tar -cf - "$path" | xz -T0 -6 | split -b 15M -d - "$OUT/$(basename "$path").txz.part-"
     done
   fi
 }
@@ -43,12 +62,14 @@ case "${1:-}" in
   start)
     run_folder=$2; budget=$3; follow_s=$4; shift 4
     rm -rf "$state" && mkdir -p "$state/out"
+    echo "$run_folder" > "$state/run_folder"
+    cp results/device-run.sh "$state/device-run.sh"
     # its own session, so the call's end does not stop it; OUT for the run is the state folder
-    OUT="$state/out" setsid nohup bash -c 'bash results/device-run.sh "$@"; echo "exit $?" > '"$state/done" \
+    OUT="$state/out" setsid nohup bash -c 'bash '"$state"'/device-run.sh "$@"; echo "exit $?" > '"$state/done" \
       _ "$run_folder" "$budget" "$@" > "$state/log" 2>&1 < /dev/null &
     follow "$follow_s" ;;
   follow)
     [ -f "$state/log" ] || { echo "[device-background] nothing started on this machine (was it given back?)"; exit 1; }
     follow "$2" ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
 esac

@@ -52,6 +52,14 @@ if [ -f .carry/llamacpp-cuda/lcpp.tar.xz ]; then
     && export LLAMA_CPP_HOME=/tmp/lcpp PYTHONPATH=$PWD/.carry/llamacpp-cuda/python${PYTHONPATH:+:$PYTHONPATH} \
     && cat /tmp/lcpp/BUILD_INFO
 fi
+# ExLlamaV2's CUDA extension, JIT-built on an earlier machine and brought back by
+# results/device-background.sh (BACKGROUND_KEEP=.cache/store/torch-extensions), carried in
+# .carry/exllamav2-ext: unpacked into the store once per machine. The wheel's sources were just
+# installed, so they are newer than the carried objects; touching the build makes ninja (torch's JIT
+# builds with it) find nothing to rebuild. Only valid for the same exllamav2 and torch as the build.
+if ls .carry/exllamav2-ext/torch-extensions.txz.part-* >/dev/null 2>&1 && [ ! -d .cache/store/torch-extensions ]; then
+  cat .carry/exllamav2-ext/torch-extensions.txz.part-* | xz -dc | tar -x && find .cache/store/torch-extensions -type f -exec touch {} +
+fi
 # CUDA 12's cuBLAS for CTranslate2's wheel (results/ctranslate2-carry.sh), carried in pieces into
 # /tmp/ct2parts over back-to-back calls: unpacked once per machine, put on the library path.
 if ls /tmp/ct2parts/part-* >/dev/null 2>&1 && [ ! -f /tmp/cublas12/libcublasLt.so.12 ]; then
