@@ -66,9 +66,20 @@ def quantise_command(source: Path, work: Path, measurement: Path, output: Path, 
 
 
 def converter_error(log_text: str) -> str | None:
-    """The converter's own error line (it prints ' ## ...' and exits 0 for bad arguments), or None."""
-    errors = [line.strip() for line in log_text.splitlines() if line.lstrip().startswith("## ")]
-    return errors[-1] if errors else None
+    """The converter's own error (it prints ' ## ...' and exits 0 for bad arguments), or None.
+
+    An error can span lines that follow each other (a measurement that aborts names the state, the
+    share of inf elements, then that it aborts): the last run of such lines, joined, at most three.
+    """
+    block: list[str] = []
+    last: list[str] = []
+    for line in log_text.splitlines():
+        if line.lstrip().startswith("## "):
+            block.append(line.strip())
+            last = block
+        else:
+            block = []
+    return " / ".join(last[-3:]) if last else None
 
 
 class Exl2Cache:

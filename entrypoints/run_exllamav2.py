@@ -263,7 +263,9 @@ class Engine:
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or [""])[-1]
             return {"tool": exllamav2_speed.TOOL, "command": command, "error": f"exit {done.returncode}: {last}"}
-        return exllamav2_speed.summarise(done.stdout, command, result["metrics"], self.settings["cache"])
+        return exllamav2_speed.summarise(
+            done.stdout, command, result["metrics"], self.settings["cache"], self.workload["new_tokens"]
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ set -euo pipefail
 work=${WORK:-/tmp/ct2-carry}
 mkdir -p "$work" .whl
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl ctranslate2==4.8.5
+  --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl ctranslate2==4.8.5
 [ -f "$work/cublas.whl" ] || { pip download -q --no-deps nvidia-cublas-cu12==12.4.5.8 -d "$work" \
   && mv "$work"/nvidia_cublas_cu12-*.whl "$work/cublas.whl"; }
 rm -rf "$work/lib" && mkdir -p "$work/lib"

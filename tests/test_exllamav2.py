@@ -191,6 +191,16 @@ def test_converter_errors_are_read_from_its_output():
     log = " -- Beginning new job\n ## Error: 9 is not a supported option for head layer bitrate\n"
     assert exllamav2_convert.converter_error(log) == "## Error: 9 is not a supported option for head layer bitrate"
     assert exllamav2_convert.converter_error(" -- fine\n") is None
+    aborted = (
+        " -- model.layers.11.mlp\n ## Measurement/inference error (3): hidden_states\n"
+        " ## inf elements in output states row 2: 90000 / 2097152 = 4.29%\n"
+        " ## Number of inf elements above threshold, aborting\n"
+    )
+    assert exllamav2_convert.converter_error(aborted) == (
+        "## Measurement/inference error (3): hidden_states / "
+        "## inf elements in output states row 2: 90000 / 2097152 = 4.29% / "
+        "## Number of inf elements above threshold, aborting"
+    )
 
 
 SPEED_OUTPUT = """ -- Measuring token speed...
@@ -208,6 +218,10 @@ def test_speed_test_summary_weighs_each_stretch_by_its_tokens():
     assert summary["decode_ratio"] == pytest.approx(133.0 / (319 / seconds))
     assert summary["positions"] == "1-320"
     assert "FP16 cache" in summary["note"] and "Q4" in summary["note"]
+    assert "warmup_ratio" not in summary  # no token count given
+    cold = exllamav2_speed.summarise(SPEED_OUTPUT, ["x"], {**metrics, "warmup_s": [12.8]}, "fp16", new_tokens=256)
+    assert cold["warmup_tokens_per_s"] == pytest.approx(20.0)
+    assert cold["warmup_ratio"] == pytest.approx(20.0 / (319 / seconds))
     failed = exllamav2_speed.summarise("Traceback\nRuntimeError: boom\n", ["x"], metrics, "fp16")
     assert failed["error"].endswith("RuntimeError: boom")
 
@@ -336,3 +350,10 @@ def test_notes_say_who_made_a_gptq_checkpoint():
     made = {"quantised_by": {"quantiser": "GPTQModel", "gptqmodel": "7.0.0"}, "cache_hit": False, "seconds": 12.5}
     assert EXLLAMAV2.notes({"prepare": made}) == ["GPTQ by GPTQModel 7.0.0 (made in 12.5 s)"]
     assert EXLLAMAV2.notes({"prepare": {**made, "cache_hit": True}}) == ["GPTQ by GPTQModel 7.0.0 (from the store)"]
+
+
+def test_notes_compare_the_cells_first_pass_with_the_speed_test():
+    reference = {"decode_tokens_per_s": 19.25, "warmup_tokens_per_s": 18.23, "warmup_ratio": 18.23 / 19.25}
+    assert EXLLAMAV2.notes({"reference": reference}) == [
+        "first pass at each length (the warm-up) 18.2 tok/s = 0.95x the speed test, which also visits each length once"
+    ]

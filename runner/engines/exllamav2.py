@@ -93,6 +93,12 @@ def notes(result: dict[str, Any]) -> list[str]:
     lines = []
     if details.get("weights"):
         lines.append(details["weights"])
+    reference = result.get("reference") or {}
+    if reference.get("warmup_ratio"):
+        lines.append(
+            f"first pass at each length (the warm-up) {reference['warmup_tokens_per_s']:.1f} tok/s "
+            f"= {reference['warmup_ratio']:.2f}x the speed test, which also visits each length once"
+        )
     prepare = result.get("prepare") or {}
     if prepare.get("measurement") == "cached":
         lines.append("EXL2 measurement from the store")
