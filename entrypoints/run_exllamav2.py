@@ -1,12 +1,17 @@
 """ExLlamaV2 cell: an EXL2 model (made by ExLlamaV2's converter) or a GPTQ checkpoint, through its dynamic generator.
 
-Generation is one ExLlamaV2DynamicJob per sequence: greedy sampler settings,
-exactly N new tokens (max_new_tokens = N and no stop conditions, so EOS cannot
-end it), with the prefix cache's page table reset before each repetition so
-every repetition prefills its prompt as the first one did. The clock reads
-after ``torch.cuda.synchronize()``; the first streamed token closes prefill.
-Without flash-attn (2.5.7 or later) the generator runs unpaged, one sequence at
-a time, as ExLlamaV2 itself falls back; the mode is recorded.
+With the dynamic generator (the default), generation is one
+ExLlamaV2DynamicJob per sequence: greedy sampler settings, exactly N new tokens
+(max_new_tokens = N and no stop conditions, so EOS cannot end it), with the
+prefix cache's page table reset before each repetition so every repetition
+prefills its prompt as the first one did. Without flash-attn (2.5.7 or later)
+the generator runs unpaged, one sequence at a time, as ExLlamaV2 itself falls
+back; the mode is recorded. With the streaming generator, one sequence:
+begin_stream_ex (prefill) then N calls of stream_ex, each sampling one token,
+with no stop conditions; the cache is emptied before each repetition (the
+streaming generator would otherwise reuse the matching prefix), and the tokens
+made are counted from its sequence. The clock reads after
+``torch.cuda.synchronize()``; the first token closes prefill.
 
 ExLlamaV2 builds its CUDA extension on first import (torch's JIT, nvcc); the
 build goes to ``TORCH_EXTENSIONS_DIR``, by default a folder of the model store,
@@ -143,7 +148,7 @@ class Engine:
             ExLlamaV2Tokenizer,
         )
         from exllamav2.attn import has_flash_attn
-        from exllamav2.generator import ExLlamaV2DynamicGenerator
+        from exllamav2.generator import ExLlamaV2DynamicGenerator, ExLlamaV2StreamingGenerator
 
         caches = {"fp16": ExLlamaV2Cache, "q8": ExLlamaV2Cache_Q8, "q6": ExLlamaV2Cache_Q6, "q4": ExLlamaV2Cache_Q4}
         config = ExLlamaV2Config(str(self.model_dir))
@@ -153,18 +158,27 @@ class Engine:
         self.cache = caches[self.settings["cache"]](self.model, max_seq_len=self.context, lazy=True)
         self.model.load_autosplit(self.cache)
         self.tokenizer = ExLlamaV2Tokenizer(config)
-        paged = bool(has_flash_attn)
-        if not paged and self.workload["batch_size"] != 1:
-            raise harness.CellInvalid(
-                "without flash-attn ExLlamaV2's generator runs unpaged, one sequence at a time: batch_size must be 1"
+        if self.settings["generator"] == "streaming":
+            if self.workload["batch_size"] != 1:
+                raise harness.CellInvalid("ExLlamaV2's streaming generator runs one sequence: batch_size must be 1")
+            self.generator = ExLlamaV2StreamingGenerator(self.model, self.cache, self.tokenizer)
+            self.generator.set_stop_conditions([])  # not even EOS: exactly N new tokens
+            mode = "ExLlamaV2StreamingGenerator (one sequence, no stop conditions)"
+        else:
+            paged = bool(has_flash_attn)
+            if not paged and self.workload["batch_size"] != 1:
+                raise harness.CellInvalid(
+                    "without flash-attn ExLlamaV2's generator runs unpaged, one sequence at a time: "
+                    "batch_size must be 1"
+                )
+            self.generator = ExLlamaV2DynamicGenerator(
+                model=self.model, cache=self.cache, tokenizer=self.tokenizer, paged=paged, max_batch_size=None
             )
-        self.generator = ExLlamaV2DynamicGenerator(
-            model=self.model, cache=self.cache, tokenizer=self.tokenizer, paged=paged, max_batch_size=None
-        )
+            mode = "ExLlamaV2DynamicGenerator " + ("paged (flash-attn)" if paged else "unpaged (no flash-attn)")
         weights = self._weights(config)
         self.facts = {
             "weights": weights,
-            "generator": "ExLlamaV2DynamicGenerator " + ("paged (flash-attn)" if paged else "unpaged (no flash-attn)"),
+            "generator": mode,
             "context": self.context,
             "cache": self.settings["cache"],
             "model_dir": str(self.model_dir),
@@ -194,6 +208,8 @@ class Engine:
         return ids[0].tolist()
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> harness.Timing:
+        if self.settings["generator"] == "streaming":
+            return self._generate_streaming(prompts[0], new_tokens)
         from exllamav2.generator import ExLlamaV2DynamicJob, ExLlamaV2Sampler
 
         self.generator.reset_page_table()  # no prefix reuse between repetitions
@@ -221,6 +237,29 @@ class Engine:
         self.synchronize()
         total = time.perf_counter() - start
         return harness.Timing(total, first, produced // len(prompts))
+
+    def _generate_streaming(self, prompt: list[int], new_tokens: int) -> harness.Timing:
+        """One sequence through the streaming generator: prefill, then one stream_ex call per token."""
+        from exllamav2.generator import ExLlamaV2Sampler
+
+        ids = torch.tensor([prompt], dtype=torch.long)
+        self.generator.sequence_ids = None  # no prefix reuse between repetitions: prefill the whole prompt
+        self.cache.current_seq_len = 0
+        greedy = ExLlamaV2Sampler.Settings.greedy()
+        self.synchronize()
+        start = time.perf_counter()
+        self.generator.begin_stream_ex(ids, greedy)
+        first: float | None = None
+        for _ in range(new_tokens):
+            step = self.generator.stream_ex()
+            if first is None:
+                self.synchronize()
+                first = time.perf_counter() - start
+            if step.get("eos"):
+                break
+        self.synchronize()
+        total = time.perf_counter() - start
+        return harness.Timing(total, first, self.generator.sequence_ids.shape[-1] - len(prompt))
 
     def allocator_peak(self) -> dict[str, Any] | None:
         return harness.torch_cuda_peak(torch)  # check() ran: a CUDA GPU is there

@@ -48,6 +48,7 @@ def test_labels_use_the_seed_tables_words():
         "calibration 4x512 (measure), 8x512 (quantise) tokens",
         "no CUDA graphs",
     ]
+    assert EXLLAMAV2.label(settings(quant="gptq", generator="streaming")) == ["GPTQ 4-bit", "streaming generator"]
 
 
 @pytest.mark.parametrize(
@@ -73,7 +74,8 @@ def test_check_accepts_the_seed_rows():
 def test_matrix_yaml_has_the_seed_rows_and_names_a_typo(repo, tmp_path):
     cells = [c for c in expand(load_matrix(repo / "matrix.yaml")) if c.engine == "exllamav2"]
     labels = [c.label[0] for c in cells]
-    assert labels == ["GPTQ 4-bit", "EXL2 4.63 bpw", "EXL2 8.0 bpw"]
+    assert labels == ["GPTQ 4-bit", "GPTQ 4-bit", "EXL2 4.63 bpw", "EXL2 8.0 bpw"]
+    assert [c.settings["generator"] for c in cells] == ["dynamic", "streaming", "dynamic", "dynamic"]
     assert all(c.gpus == (0,) for c in cells)
     bad = tmp_path / "typo.yaml"
     bad.write_text(
@@ -82,6 +84,9 @@ def test_matrix_yaml_has_the_seed_rows_and_names_a_typo(repo, tmp_path):
         "engines:\n  exllamav2:\n    include: [{quant: exl2, bit: 4.0}]\n"
     )
     with pytest.raises(UserError, match=r"did you mean 'bits'"):
+        load_matrix(bad)
+    bad.write_text(bad.read_text().replace("bit: 4.0", "generator: stream"))
+    with pytest.raises(UserError, match=r"dynamic.*streaming"):
         load_matrix(bad)
 
 

@@ -1,6 +1,8 @@
 """ExLlamaV2: EXL2 (any bits per weight, made by its own converter) or GPTQ 4-bit, KV cache type, context, CUDA graphs.
 
-EXL2 cells convert the matrix's checkpoint with ExLlamaV2's own converter in the
+Two of ExLlamaV2's generators can drive a cell (``generator``): the dynamic one
+(its recommended API) and the streaming one, which runs one sequence token by
+token as its speed test does. EXL2 cells convert the matrix's checkpoint with ExLlamaV2's own converter in the
 cell (entrypoints/exllamav2_convert.py): one measurement pass per checkpoint and
 calibration size, then one quantisation per bit rate, all cached in the model
 store. GPTQ cells read a GPTQ checkpoint: a synthetic model's is written by the
@@ -19,6 +21,7 @@ from runner.engines.base import Engine, Setting
 
 QUANTS = ("exl2", "gptq")
 CACHES = ("fp16", "q8", "q6", "q4")
+GENERATORS = ("dynamic", "streaming")
 HEAD_BITS = (6, 8)  # the converter's head-layer options (ExLlamaV2's qparams_headoptions, above 4 bits)
 # ExLlamaV2's converter defaults (convert.py): calibration rows and tokens per row, for the
 # measurement pass and for the quantisation pass.
@@ -37,6 +40,12 @@ SETTINGS = {
         None, "context (cache) size; null = prompt + new tokens, rounded up to 256", type=(int, type(None))
     ),
     "cuda_graphs": Setting(True, "ExLlamaV2's CUDA graphs for single-token forward passes", type=bool),
+    "generator": Setting(
+        "dynamic",
+        "ExLlamaV2's generator: dynamic (job queue; paged with flash-attn) or streaming (one sequence, "
+        "token by token through model.forward, as its speed test loops)",
+        GENERATORS,
+    ),
 }
 
 
@@ -64,6 +73,8 @@ def label(s: dict[str, Any]) -> list[str]:
         lines.append(f"max_seq_len={s['max_seq_len']}")
     if not s["cuda_graphs"]:
         lines.append("no CUDA graphs")
+    if s["generator"] != "dynamic":
+        lines.append(f"{s['generator']} generator")
     return lines
 
 
