@@ -179,7 +179,13 @@ def test_weights_have_the_documented_scale(tiny_loaded):
         else:
             assert values.min().item() >= 2**-9, name
             assert values.max().item() < 2**-5, name
-            assert 0.2 < (tensor > 0).float().mean().item() < 0.8, name  # random signs
+            # random signs, at every position: an earlier generator drew 63-bit numbers, so every
+            # fourth weight was positive, which gave each layer's output a common offset that grew
+            # through the layers past FP16's range (ExLlamaV2's converter aborted on inf)
+            positive = (tensor.flatten() > 0).float()
+            for phase in range(4):
+                assert 0.45 < positive[phase::4].mean().item() < 0.55, (name, phase)
+            assert abs(tensor.float().mean().item()) < 0.05 * tensor.float().pow(2).mean().sqrt().item(), name
 
 
 def test_layers_get_different_random_weights(tiny_model):

@@ -71,8 +71,8 @@ _HALF_LAYOUT = {"BF16": (7, 0x76, 0x73), "F16": (10, 6, 3)}
 
 
 def _random_words(seed: list[int], count: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 2**63, size=(count + 3) // 4, dtype=np.uint64).view(np.uint16)[:count]
+    """count uniformly random 16-bit words (every bit random: a word's top bit is a float's sign)."""
+    return np.frombuffer(np.random.default_rng(seed).bytes(2 * count), dtype="<u2")
 
 
 def _random_half(seed: list[int], count: int, dtype: str, fill: str) -> bytes:
