@@ -10,8 +10,9 @@ quantisation pass writes the EXL2 model (``-cf``: weights plus config and
 tokenizer). Both passes use ExLlamaV2's built-in calibration set (its
 standard_cal_data, what convert.py uses when no dataset is given).
 
-Files live in ``<derived>/exl2/<model>-<key>/``: ``measurement-m<rows>x<len>.json``
-and ``<bits>bpw-h<head>-m<rows>x<len>-q<rows>x<len>/``, where the key hashes the
+Files live in ``<derived>/exl2/<model>-<key>/``: ``measurement-l<tokens>.json``
+and ``<bits>bpw-h<head>-m<tokens>-q<tokens>/`` (tokens per calibration row of each pass; the
+built-in set fixes the rows), where the key hashes the
 checkpoint's fingerprint and the ExLlamaV2 release. Each pass works in a
 folder of the same name with ``work-`` before it, which the converter resumes
 from (its job file) when a cell was stopped mid-pass, so a long measurement
@@ -51,7 +52,7 @@ def measurement_command(source: Path, work: Path, output: Path, s: dict[str, Any
     return [
         sys.executable, "-m", CONVERTER,
         "-i", str(source), "-o", str(work), "-om", str(output),
-        "-mr", str(s["measurement_rows"]), "-ml", str(s["measurement_length"]),
+        "-ml", str(s["measurement_length"]),
     ]  # fmt: skip
 
 
@@ -60,8 +61,7 @@ def quantise_command(source: Path, work: Path, measurement: Path, output: Path, 
         sys.executable, "-m", CONVERTER,
         "-i", str(source), "-o", str(work), "-m", str(measurement), "-cf", str(output),
         "-b", f"{float(s['bits']):g}", "-hb", str(s["head_bits"]),
-        "-r", str(s["dataset_rows"]), "-l", str(s["length"]),
-        "-mr", str(s["measurement_rows"]), "-ml", str(s["measurement_length"]),
+        "-l", str(s["length"]),
     ]  # fmt: skip
 
 
@@ -92,13 +92,10 @@ class Exl2Cache:
         self.built: list[dict[str, Any]] = []
 
     def measurement_path(self, s: dict[str, Any]) -> Path:
-        return self.folder / f"measurement-m{s['measurement_rows']}x{s['measurement_length']}.json"
+        return self.folder / f"measurement-l{s['measurement_length']}.json"
 
     def model_path(self, s: dict[str, Any]) -> Path:
-        return self.folder / (
-            f"{bits_name(s['bits'])}bpw-h{s['head_bits']}"
-            f"-m{s['measurement_rows']}x{s['measurement_length']}-q{s['dataset_rows']}x{s['length']}"
-        )
+        return self.folder / (f"{bits_name(s['bits'])}bpw-h{s['head_bits']}-m{s['measurement_length']}-q{s['length']}")
 
     def get(self, s: dict[str, Any]) -> Path:
         """The EXL2 model for these settings, measuring and quantising what the cache lacks."""

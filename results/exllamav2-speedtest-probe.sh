@@ -8,10 +8,10 @@
 set -uo pipefail
 run_folder=$1
 export EXLLAMAV2_TEST_INFERENCE=$PWD/.carry/exllamav2-tools/test_inference.py
-bash results/device-run.sh "$run_folder" 330 matrix.yaml --only exllamav2-aacf144059b1 | tail -4
+bash results/device-run.sh "$run_folder" 330 matrix.yaml --only exllamav2-579d6ca67dab | tail -4
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} TORCH_EXTENSIONS_DIR=$PWD/.cache/store/torch-extensions
 # the cell's own choice (9.0a on an H200, recorded in its engine_env): another value is another JIT build
-export TORCH_CUDA_ARCH_LIST=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['environment']['engine_env']['TORCH_CUDA_ARCH_LIST'])" "$run_folder"/cells/exllamav2-aacf144059b1.json)
+export TORCH_CUDA_ARCH_LIST=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['environment']['engine_env']['TORCH_CUDA_ARCH_LIST'])" "$run_folder"/cells/exllamav2-579d6ca67dab.json)
 model=$(ls -d .cache/store/derived/gptq/*/ | head -1)
 mkdir -p "$run_folder/probe"
 probe() {  # name, then test_inference.py's extra arguments

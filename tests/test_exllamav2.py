@@ -28,7 +28,7 @@ import exllamav2_gptq_quantise  # noqa: E402
 import exllamav2_speed  # noqa: E402
 
 SHISA = ARCHITECTURES["shisa-7b-v1"]
-SMALL_CALIBRATION = {"measurement_rows": 4, "measurement_length": 512, "dataset_rows": 8, "length": 512}
+SMALL_CALIBRATION = {"measurement_length": 512, "length": 512}
 
 
 def settings(**overrides):
@@ -45,7 +45,7 @@ def test_labels_use_the_seed_tables_words():
     assert small == [
         "EXL2 4.63 bpw",
         "head 8 bits",
-        "calibration 4x512 (measure), 8x512 (quantise) tokens",
+        "calibration rows of 512 (measure), 512 (quantise) tokens",
         "no CUDA graphs",
     ]
     assert EXLLAMAV2.label(settings(quant="gptq", generator="streaming")) == ["GPTQ 4-bit", "streaming generator"]
@@ -56,7 +56,7 @@ def test_labels_use_the_seed_tables_words():
     [
         ({"bits": 9}, (0,), "bits must be between 2 and 8"),
         ({"bits": 1.5}, (0,), "bits must be between 2 and 8"),
-        ({"dataset_rows": 0}, (0,), "dataset_rows must be at least 1"),
+        ({"length": 0}, (0,), "length must be at least 1"),
         ({"length": 4096}, (0,), "above 2048 tokens"),
         ({"max_seq_len": 0}, (0,), "max_seq_len must be at least 1"),
         ({}, (0, 1), "one GPU"),
@@ -161,9 +161,9 @@ def test_exl2_cache_paths_follow_checkpoint_release_and_calibration(tmp_path):
     cache = exllamav2_convert.Exl2Cache(model, tmp_path, "0.3.2")
     s = settings(bits=4.63, **SMALL_CALIBRATION)
     assert cache.folder.parent == tmp_path / "exl2" and cache.folder.name.startswith("shisa-7b-v1-")
-    assert cache.measurement_path(s).name == "measurement-m4x512.json"
-    assert cache.model_path(s).name == "4.63bpw-h6-m4x512-q8x512"
-    assert cache.model_path(settings(bits=8)).name == "8.0bpw-h6-m16x2048-q100x2048"
+    assert cache.measurement_path(s).name == "measurement-l512.json"
+    assert cache.model_path(s).name == "4.63bpw-h6-m512-q512"
+    assert cache.model_path(settings(bits=8)).name == "8.0bpw-h6-m2048-q2048"
     # the same measurement serves every bit rate; another release or checkpoint is another folder
     assert cache.measurement_path(settings(bits=8, **SMALL_CALIBRATION)) == cache.measurement_path(s)
     assert exllamav2_convert.Exl2Cache(model, tmp_path, "0.3.1").folder != cache.folder
@@ -175,7 +175,7 @@ def test_converter_commands_spell_out_each_pass(tmp_path):
     measure = exllamav2_convert.measurement_command(Path("/src"), Path("/w"), Path("/m.json"), s)
     assert measure[:3] == [sys.executable, "-m", "exllamav2.conversion.convert_exl2"]
     pairs = dict(zip(measure[3::2], measure[4::2], strict=True))
-    assert pairs == {"-i": "/src", "-o": "/w", "-om": "/m.json", "-mr": "4", "-ml": "512"}
+    assert pairs == {"-i": "/src", "-o": "/w", "-om": "/m.json", "-ml": "512"}
     quantise = exllamav2_convert.quantise_command(Path("/src"), Path("/w"), Path("/m.json"), Path("/out"), s)
     pairs = dict(zip(quantise[3::2], quantise[4::2], strict=True))
     assert pairs == {
@@ -185,10 +185,7 @@ def test_converter_commands_spell_out_each_pass(tmp_path):
         "-cf": "/out",
         "-b": "4.63",
         "-hb": "6",
-        "-r": "8",
         "-l": "512",
-        "-mr": "4",
-        "-ml": "512",
     }
 
 

@@ -23,18 +23,22 @@ QUANTS = ("exl2", "gptq")
 CACHES = ("fp16", "q8", "q6", "q4")
 GENERATORS = ("dynamic", "streaming")
 HEAD_BITS = (6, 8)  # the converter's head-layer options (ExLlamaV2's qparams_headoptions, above 4 bits)
-# ExLlamaV2's converter defaults (convert.py): calibration rows and tokens per row, for the
-# measurement pass and for the quantisation pass.
-CALIBRATION_DEFAULTS = {"measurement_rows": 16, "measurement_length": 2048, "dataset_rows": 100, "length": 2048}
+# ExLlamaV2's converter defaults (convert.py): tokens per calibration row, for the measurement pass
+# and for the quantisation pass. Its built-in calibration set (standard_cal_data, used when no dataset
+# is given, as here) fixes the number of rows, 19 to measure and 115 to quantise, and ignores the
+# converter's row options (-mr, -r), so they are not settings here.
+CALIBRATION_DEFAULTS = {"measurement_length": 2048, "length": 2048}
 
 SETTINGS = {
     "quant": Setting("exl2", "weights: EXL2 made by ExLlamaV2's converter, or a GPTQ 4-bit checkpoint", QUANTS),
     "bits": Setting(4.125, "EXL2 target bits per weight (2-8; the converter's default 4.125)", type=(float, int)),
     "head_bits": Setting(6, "EXL2 bits of the LM head (the converter's default 6)", HEAD_BITS),
-    "measurement_rows": Setting(16, "EXL2 measurement pass: calibration rows", type=int),
-    "measurement_length": Setting(2048, "EXL2 measurement pass: tokens per calibration row", type=int),
-    "dataset_rows": Setting(100, "EXL2 quantisation pass: calibration rows", type=int),
-    "length": Setting(2048, "EXL2 quantisation pass: tokens per calibration row", type=int),
+    "measurement_length": Setting(
+        2048, "EXL2 measurement pass: tokens per row of ExLlamaV2's calibration set (19 rows)", type=int
+    ),
+    "length": Setting(
+        2048, "EXL2 quantisation pass: tokens per row of ExLlamaV2's calibration set (115 rows)", type=int
+    ),
     "cache": Setting("fp16", "KV cache: FP16, or ExLlamaV2's Q8 / Q6 / Q4 quantised cache", CACHES),
     "max_seq_len": Setting(
         None, "context (cache) size; null = prompt + new tokens, rounded up to 256", type=(int, type(None))
@@ -63,10 +67,7 @@ def label(s: dict[str, Any]) -> list[str]:
             lines.append(f"head {s['head_bits']} bits")
         calibration = {k: s[k] for k in CALIBRATION_DEFAULTS}
         if calibration != CALIBRATION_DEFAULTS:
-            lines.append(
-                f"calibration {s['measurement_rows']}x{s['measurement_length']} (measure), "
-                f"{s['dataset_rows']}x{s['length']} (quantise) tokens"
-            )
+            lines.append(f"calibration rows of {s['measurement_length']} (measure), {s['length']} (quantise) tokens")
     if s["cache"] != "fp16":
         lines.append(f"{s['cache'].upper()} cache")
     if s["max_seq_len"] is not None:
