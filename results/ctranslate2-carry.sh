@@ -8,7 +8,7 @@
 # results/device-run.sh installs. Its library dlopens CUDA 12's cuBLAS (libcublas.so.12, which
 # loads libcublasLt.so.12); the GPU machines have CUDA 13's only. Those two files, from the
 # registry's nvidia-cublas-cu12 12.4.5.8 (363 MB wheel, 551 MB unpacked), travel as one xz
-# tarball (231 MB; 4 minutes of xz on 2 cores) in five 55 MiB pieces, one piece per back-to-back
+# tarball (222 MB; 4 minutes of xz on 2 cores) in four 55 MiB pieces, one piece per back-to-back
 # call carrying nothing else (a piece and .whl exceed the 64 MiB a call carries; the machine
 # stays warm between calls), .whl in the call that runs the cells:
 #   mkdir -p /tmp/ct2parts && cp .carry/ct2-cublas-N/* /tmp/ct2parts/
