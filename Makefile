@@ -21,8 +21,12 @@ LLAMA_CPP_CMAKE_ARGS ?= $(if $(HAS_GPU),-DGGML_CUDA=on,-DGGML_NATIVE=off)
 # $(VENV)/gpt-fast (where the entrypoint looks when GPT_FAST_HOME is unset), and what its scripts import.
 GPT_FAST_COMMIT ?= 32971d3129541c5bfb4f715abc33d1c5f408d204
 GPT_FAST_REPO ?= https://github.com/pytorch-labs/gpt-fast
+# mlc-llm's Python source for MLC cells without MLC's wheels (`make setup-mlc`): the commit whose compile
+# path runs on apache-tvm 0.27 through entrypoints/mlc_overlay; MLC_LLM_REPO may be a local clone.
+MLC_LLM_COMMIT ?= 79d603f085f50500e9509fa01785ffa7ecfaaa93
+MLC_LLM_REPO ?= https://github.com/mlc-ai/mlc-llm
 
-.PHONY: help setup setup-python setup-llamacpp setup-gptfast setup-gptq-quantiser run test test-fast lint format clean base-image images-check
+.PHONY: help setup setup-python setup-llamacpp setup-gptfast setup-gptq-quantiser setup-mlc run test test-fast lint format clean base-image images-check
 
 help:  ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z%-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +64,16 @@ $(VENV)/gpt-fast/COMMIT: | $(VENV)/.installed
 	git clone -q $(GPT_FAST_REPO) $(VENV)/gpt-fast && git -C $(VENV)/gpt-fast checkout -q $(GPT_FAST_COMMIT)
 	$(BIN)/pip install -q tiktoken==0.14.0
 	echo $(GPT_FAST_COMMIT) > $@
+
+setup-mlc: $(VENV)/mlc-llm/COMMIT  ## apache-tvm 0.27 and mlc-llm's Python source at the pinned commit into .venv/mlc-llm (needs its git host): MLC cells without MLC's wheels
+
+$(VENV)/mlc-llm/COMMIT: | $(VENV)/.installed
+	rm -rf $(VENV)/mlc-llm && tmp=$$(mktemp -d) \
+	 && git clone -q --bare $(MLC_LLM_REPO) $$tmp/repo && mkdir -p $(VENV)/mlc-llm \
+	 && git --git-dir=$$tmp/repo archive $(MLC_LLM_COMMIT) python | tar -x -C $(VENV)/mlc-llm; \
+	 status=$$?; rm -rf $$tmp; exit $$status
+	$(BIN)/pip install -q -e '.[mlc]'
+	echo $(MLC_LLM_COMMIT) > $@
 
 # GPTQModel, ExLlamaV2's GPTQ quantiser for real models, in a venv of its own as the exllamav2 image
 # has it (/opt/gptq-quantiser): the side venv's pins and the image's torch, both read from

@@ -1,0 +1,332 @@
+"""MLC LLM cell: a model library compiled by mlc_llm, driven step by step through TVM's Relax VM.
+
+prepare() builds (or finds in the store) the cell's weights, config and library
+(mlc_build). load() opens the library in a ``relax.VirtualMachine`` on the cell's
+device, loads the weights in the order the library's metadata lists them, and makes
+MLC's paged KV cache with the library's own ``create_tir_paged_kv_cache`` (one
+sequence; the sliding window switched on where the model has one). Generation is
+what MLC's engine runs for one request: ``embed`` then ``prefill`` over the prompt
+(in chunks of the config's prefill size), then one ``decode`` per token, each
+between the KV cache's begin_forward / end_forward, picking the argmax of the
+returned logits on the host (greedy), exactly N tokens whatever they are. The cache
+is cleared before each repetition. The clock reads after the device synchronises;
+the first token closes prefill.
+
+Two routes reach mlc_llm (``route`` in the result, and in Notes): MLC's own wheels
+(mlc-llm with its TVM, in the mlc image), or mlc-llm's Python source at a pinned
+commit (MLC_LLM_SOURCE) on apache-tvm from PyPI, through entrypoints/mlc_overlay.
+Neither runs MLCEngine, MLC's C++ serving engine: the rows measure the compiled
+model's kernels and MLC's KV cache under this loop, and say so.
+
+This file runs inside the engine's environment and imports nothing from the runner.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+import mlc_build
+
+OVERLAY = Path(__file__).resolve().parent / "mlc_overlay"
+
+try:
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.contrib import tvmjs
+except ImportError as exc:  # the cell is reported as not run here; the rest of the matrix goes on
+    tvm = None
+    IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
+
+
+def shape(values: list[int]) -> Any:
+    """A TVM shape tuple, in 0.27's spelling (tvm_ffi.Shape) or the older one (tvm.runtime.ShapeTuple)."""
+    try:
+        from tvm_ffi import Shape
+    except ImportError:
+        return tvm.runtime.ShapeTuple(values)
+    return Shape(values)
+
+
+def device_array(values: Any, device: Any) -> Any:
+    make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
+    return make(values, device=device)
+
+
+def source_id(package: Path) -> str:
+    """A content hash of an mlc_llm source tree (an archive has no commit to name)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def named_source() -> str | None:
+    """Where mlc-llm's source is: MLC_LLM_SOURCE, else <this Python's prefix>/mlc-llm (`make setup-mlc`)."""
+    default = Path(sys.prefix) / "mlc-llm"
+    return os.environ.get("MLC_LLM_SOURCE") or (str(default) if (default / "python").is_dir() else None)
+
+
+def find_route() -> dict[str, Any]:
+    """How this environment reaches mlc_llm: MLC's installed package, or mlc-llm's source over the overlay."""
+    found = importlib.util.find_spec("mlc_llm")
+    locations = list(found.submodule_search_locations or []) if found else []
+    if locations and (Path(locations[0]) / "cli" / "compile.py").is_file():
+        version = next(
+            (importlib.metadata.version(d) for d in ("mlc-llm", "mlc-llm-nightly") if _installed(d)), "unknown"
+        )
+        return {"route": f"mlc_llm {version} (MLC's package)", "version": version, "env": dict(os.environ)}
+    named = named_source()
+    if not named:
+        raise harness.CellUnsupported(
+            "mlc_llm is not installed here: use the mlc image (MLC's wheels), `make setup-mlc` (mlc-llm's source "
+            "at 79d603f0 on apache-tvm 0.27), or set MLC_LLM_SOURCE to such a checkout (README: MLC LLM)"
+        )
+    root = Path(named)
+    package = root if (root / "libinfo.py").is_file() else root / "python" / "mlc_llm"
+    if not (package / "libinfo.py").is_file():
+        raise harness.CellUnsupported(f"MLC_LLM_SOURCE={named} holds no mlc_llm package ({package}/libinfo.py)")
+    version = f"source-{source_id(package)}"
+    return {
+        "route": f"mlc-llm source ({version}) on apache-tvm {tvm.__version__} through entrypoints/mlc_overlay",
+        "version": version,
+        "env": mlc_build.overlay_environment(OVERLAY, named),
+    }
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+class Engine:
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.settings = spec["cell"]["settings"]
+        self.workload = spec["workload"]
+        self.gpu = bool(spec["cell"]["gpus"])
+        if not self.gpu:
+            os.environ.setdefault("TVM_NUM_THREADS", str(len(harness.cell_cpus())))  # before TVM's pool starts
+        self.context = harness.context_length(self.settings["context_window_size"], self.workload)
+        self.chunk = self.settings["prefill_chunk_size"] or round_up(self.workload["prompt_tokens"], 64)
+        self.route: dict[str, Any] = {}
+        self.built: dict[str, Path] = {}
+        self.device: Any = None
+        self.vm: Any = None
+        self.params: list[Any] = []
+        self.kv: Any = None
+        self.config: dict[str, Any] = {}
+        self.tokenizer: Any = None
+        self.facts: dict[str, Any] = {}
+
+    def _target(self) -> str:
+        if not self.gpu:
+            return "llvm"
+        if "MLC's package" in self.route["route"]:
+            return "cuda"  # MLC's TVM detects the GPU's architecture
+        major, minor = tvm.cuda(0).compute_version.split(".")
+        return json.dumps({"kind": "cuda", "arch": f"sm_{major}{minor}"})  # TVM 0.27 takes targets as JSON
+
+    def check(self) -> None:
+        if tvm is None:
+            raise harness.CellUnsupported(f"TVM is not importable here ({IMPORT_PROBLEM}): use the mlc image")
+        quantization = self.settings["quantization"]
+        if self.workload["batch_size"] != 1:
+            raise harness.CellInvalid("MLC cells here run one sequence (the VM loop has no batch): batch_size 1")
+        if self.gpu and not tvm.cuda(0).exist:
+            raise harness.CellUnsupported("TVM sees no CUDA device here (a GPU cell on a machine without one)")
+        self.route = find_route()
+        known = self._quantizations()
+        if known and quantization not in known:
+            raise harness.CellUnsupported(
+                f"{quantization} is not a quantisation of this mlc_llm ({self.route['version']}): it has "
+                f"{', '.join(known)}"
+            )
+        if self.chunk < 1 or self.context < self.workload["prompt_tokens"] + self.workload["new_tokens"]:
+            raise harness.CellInvalid(
+                f"context_window_size {self.context} is smaller than prompt + new tokens; raise it or leave it null"
+            )
+
+    def _quantizations(self) -> list[str]:
+        """The quantisation names this mlc_llm knows, read from its source (without importing it)."""
+        found = importlib.util.find_spec("mlc_llm")
+        roots = [Path(p) for p in (found.submodule_search_locations or [])] if found else []
+        named = named_source()
+        if named:
+            roots += [Path(named), Path(named) / "python" / "mlc_llm"]
+        for root in roots:
+            table = root / "quantization" / "quantization.py"
+            if table.is_file():
+                text = table.read_text()
+                body = text[text.index("QUANTIZATION") :] if "QUANTIZATION" in text else text
+                return re.findall(r'^\s{4}"([a-z0-9_]+)":', body, flags=re.MULTILINE)
+        return []
+
+    def prepare(self) -> dict[str, Any]:
+        derived = self.spec["model"].get("derived_dir")
+        if not derived:
+            raise harness.CellInvalid("the cell spec has no model.derived_dir to keep MLC builds in")
+        build = mlc_build.MlcBuild(
+            self.spec["model"], Path(derived), (self.route["version"], tvm.__version__), self.route["env"]
+        )
+        s = self.settings
+        self.built = build.get(
+            s["quantization"], self.context, self.chunk, self._target(), s["opt"], "cuda" if self.gpu else "cpu"
+        )
+        return {
+            "route": self.route["route"],
+            "library": str(self.built["library"]),
+            "params": str(self.built["params"]),
+            "cache_hit": not build.built,
+            "built": build.built,
+            "seconds": round(sum(step["seconds"] for step in build.built), 1),
+        }
+
+    def load(self) -> None:
+        self.device = tvm.cuda(0) if self.gpu else tvm.cpu(0)
+        executable = tvm.runtime.load_module(str(self.built["library"]))
+        self.vm = relax.VirtualMachine(executable, self.device)
+        metadata = json.loads(self.vm["_metadata"]())
+        cache, _ = tvmjs.load_tensor_cache(str(self.built["params"]), self.device)
+        self.params = [cache[p["name"]] for p in metadata["params"]]
+        self.config = json.loads((self.built["config"] / mlc_build.CONFIG_MARKER).read_text())
+        window = self.config.get("sliding_window_size", -1)
+        total = self.config["context_window_size"] if self.config["context_window_size"] != -1 else window
+        self.kv = self.vm["create_tir_paged_kv_cache"](
+            shape([1]), shape([total]), shape([self.config["prefill_chunk_size"]]),
+            shape([self.settings["page_size"]]), shape([int(window != -1)]),
+        )  # fmt: skip
+        self._start_sequence()
+        self._load_tokenizer()
+        self.facts = {
+            "route": self.route["route"],
+            "target": self._target(),
+            "quantization": self.settings["quantization"],
+            "library": str(self.built["library"]),
+            "params_bytes": sum(p.stat().st_size for p in self.built["params"].glob("*.bin")),
+            "kv_cache": {
+                "max_total_tokens": total,
+                "prefill_chunk": self.config["prefill_chunk_size"],
+                "page_size": self.settings["page_size"],
+                "sliding_window": window,
+            },
+            "sampling": "argmax of the returned logits on the host (greedy)",
+        }
+
+    def _start_sequence(self) -> None:
+        """An empty KV cache holding sequence 0 (with the model's sliding window, where it has one)."""
+        clear = tvm.get_global_func("vm.builtin.kv_state_clear", allow_missing=True)
+        if clear is not None:
+            clear(self.kv)
+        else:
+            tvm.get_global_func("vm.builtin.kv_state_remove_sequence")(self.kv, 0)
+        tvm.get_global_func("vm.builtin.kv_state_add_sequence")(self.kv, 0)
+        window = self.config.get("sliding_window_size", -1)
+        if window != -1:
+            enable = tvm.get_global_func("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
+            enable(self.kv, 0, window, self.config.get("attention_sink_size", 0))
+
+    def _load_tokenizer(self) -> None:
+        folder = Path(self.spec["model"]["path"])
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            self.tokenizer = lambda text: tokenizer.encode(text).ids
+            return
+        from transformers import AutoTokenizer
+
+        slow = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = lambda text: slow(text)["input_ids"]
+
+    def _step(self, function: str, ids: list[int]) -> Any:
+        """One forward step over ids for sequence 0: the logits of its last position, as numpy."""
+        embedded = self.vm["embed"](device_array(np.array(ids, dtype="int32"), self.device), self.params)
+        embedded = tvm.get_global_func("vm.builtin.reshape")(embedded, shape([1, len(ids), embedded.shape[-1]]))
+        tvm.get_global_func("vm.builtin.kv_state_begin_forward")(self.kv, shape([0]), shape([len(ids)]))
+        logits, _ = self.vm[function](embedded, self.kv, self.params)
+        tvm.get_global_func("vm.builtin.kv_state_end_forward")(self.kv)
+        return logits.numpy()[0, -1]
+
+    def synchronize(self) -> None:
+        if self.device is not None:
+            self.device.sync()
+
+    def tokenize(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            self._load_tokenizer()
+        return self.tokenizer(text)
+
+    def generate(self, prompts: list[list[int]], new_tokens: int) -> harness.Timing:
+        prompt = prompts[0]
+        self._start_sequence()
+        chunk = self.config["prefill_chunk_size"]
+        self.synchronize()
+        start = time.perf_counter()
+        for begin in range(0, len(prompt), chunk):
+            logits = self._step("prefill", prompt[begin : begin + chunk])
+        token = int(np.argmax(logits))  # the logits came to the host: the device is done with prefill
+        first = time.perf_counter() - start
+        made = [token]
+        while len(made) < new_tokens:
+            token = int(np.argmax(self._step("decode", [token])))
+            made.append(token)
+        self.synchronize()
+        total = time.perf_counter() - start
+        self.facts["generated"] = made[:16]
+        return harness.Timing(total, first, len(made))
+
+    def allocator_peak(self) -> dict[str, Any] | None:
+        return None  # TVM's own allocator: the NVML device peak is its memory
+
+    def compute_threads(self) -> tuple[int, str] | None:
+        if self.gpu:
+            return None
+        return int(os.environ["TVM_NUM_THREADS"]), "TVM_NUM_THREADS (TVM's CPU thread pool)"
+
+    def details(self) -> dict[str, Any]:
+        return self.facts
+
+    def close(self) -> None:
+        self.kv = self.vm = None
+        self.params = []
+        gc.collect()
+
+    def versions(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"engine": "MLC LLM", "engine_version": self.route.get("version", "")}
+        if tvm is not None:
+            found["tvm"] = tvm.__version__
+        for package in ("apache-tvm", "apache-tvm-ffi", "mlc-ai", "mlc-llm"):
+            if _installed(package):
+                found[package] = importlib.metadata.version(package)
+        return found
+
+    def reference(self, result: dict[str, Any]) -> dict[str, Any]:
+        if "MLC's package" in self.route.get("route", ""):
+            return {"tool": "mlc_llm bench", "error": "not wired yet for MLC's package route"}
+        return {
+            "tool": "mlc_llm bench",
+            "error": "needs MLCEngine (libmlc_llm.so, MLC's C++ engine), which mlc-llm's source on apache-tvm lacks",
+        }
+
+
+if __name__ == "__main__":
+    harness.main(Engine)
