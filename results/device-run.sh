@@ -68,6 +68,19 @@ fi
 if [ -f /tmp/cublas12/libcublasLt.so.12 ]; then
   export LD_LIBRARY_PATH=/tmp/cublas12${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
+# The MLC route without MLC's wheels (results/mlc-carry.sh): apache-tvm's wheel carried in pieces into
+# /tmp/tvmparts over back-to-back calls, joined and installed once per machine; mlc-llm's Python source
+# unpacked into /tmp/mlc-llm and named in MLC_LLM_SOURCE.
+if ls /tmp/tvmparts/part-* >/dev/null 2>&1 && [ ! -f /tmp/site/tvm/__init__.py ]; then
+  wheel=/tmp/$(cat /tmp/tvmparts/WHEEL_NAME) && cat /tmp/tvmparts/part-* > "$wheel" \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$wheel"
+fi
+if [ -f .carry/mlc-llm/mlc-llm-python.tar.gz ] && [ ! -d /tmp/mlc-llm/python ]; then
+  mkdir -p /tmp/mlc-llm && tar -xzf .carry/mlc-llm/mlc-llm-python.tar.gz -C /tmp/mlc-llm
+fi
+if [ -d /tmp/mlc-llm/python ]; then
+  export MLC_LLM_SOURCE=/tmp/mlc-llm PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version --format=csv
 timeout --signal=INT --kill-after=20 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store
