@@ -79,7 +79,8 @@ if [ -f .carry/mlc-llm/mlc-llm-python.tar.gz ] && [ ! -d /tmp/mlc-llm/python ]; 
   mkdir -p /tmp/mlc-llm && tar -xzf .carry/mlc-llm/mlc-llm-python.tar.gz -C /tmp/mlc-llm
 fi
 if [ -d /tmp/mlc-llm/python ]; then
-  export MLC_LLM_SOURCE=/tmp/mlc-llm PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # TVM compiles CUDA through NVRTC and finds the toolkit's headers under CUDA_PATH
+  export MLC_LLM_SOURCE=/tmp/mlc-llm PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
 fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version --format=csv
