@@ -188,9 +188,9 @@ class Engine:
             self.spec["model"], Path(derived), (self.route["version"], tvm.__version__), self.route["env"]
         )
         s = self.settings
-        self.built = build.get(
-            s["quantization"], self.context, self.chunk, self._target(), s["opt"], "cuda" if self.gpu else "cpu"
-        )
+        # weights are converted on the CPU, the path tested on CPU here: the same bytes whichever device
+        # converts (mlc_llm's quantisation is deterministic), and no CUDA compile before the model's own
+        self.built = build.get(s["quantization"], self.context, self.chunk, self._target(), s["opt"], "cpu")
         return {
             "route": self.route["route"],
             "library": str(self.built["library"]),
