@@ -83,9 +83,7 @@ def find_route() -> dict[str, Any]:
     found = importlib.util.find_spec("mlc_llm")
     locations = list(found.submodule_search_locations or []) if found else []
     if locations and (Path(locations[0]) / "cli" / "compile.py").is_file():
-        version = next(
-            (importlib.metadata.version(d) for d in ("mlc-llm", "mlc-llm-nightly") if _installed(d)), "unknown"
-        )
+        version = mlc_distribution_version() or "unknown"
         return {"route": f"mlc_llm {version} (MLC's package)", "version": version, "env": dict(os.environ)}
     named = named_source()
     if not named:
@@ -103,6 +101,15 @@ def find_route() -> dict[str, Any]:
         "version": version,
         "env": mlc_build.overlay_environment(OVERLAY, named),
     }
+
+
+def mlc_distribution_version() -> str | None:
+    """The installed mlc-llm distribution's version, whatever its CUDA suffix (mlc-llm-cu128, -nightly-…)."""
+    for distribution in importlib.metadata.distributions():
+        name = (distribution.metadata["Name"] or "").lower().replace("_", "-")
+        if name == "mlc-llm" or name.startswith("mlc-llm-"):
+            return distribution.version
+    return None
 
 
 def _installed(distribution: str) -> bool:
@@ -314,9 +321,11 @@ class Engine:
         found: dict[str, Any] = {"engine": "MLC LLM", "engine_version": self.route.get("version", "")}
         if tvm is not None:
             found["tvm"] = tvm.__version__
-        for package in ("apache-tvm", "apache-tvm-ffi", "mlc-ai", "mlc-llm"):
+        for package in ("apache-tvm", "apache-tvm-ffi"):
             if _installed(package):
                 found[package] = importlib.metadata.version(package)
+        if mlc_distribution_version():
+            found["mlc-llm"] = mlc_distribution_version()
         return found
 
     def reference(self, result: dict[str, Any]) -> dict[str, Any]:
