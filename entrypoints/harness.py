@@ -47,6 +47,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,12 +239,29 @@ def cell_cpus() -> set[int]:
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
+def round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
 def context_length(chosen: int | None, workload: dict[str, Any]) -> int:
     """An engine's context size: the cell's choice, else prompt + new tokens rounded up to 256."""
     if chosen is not None:
         return chosen
-    needed = workload["prompt_tokens"] + workload["new_tokens"]
-    return -(-needed // CONTEXT_ROUNDING) * CONTEXT_ROUNDING
+    return round_up(workload["prompt_tokens"] + workload["new_tokens"], CONTEXT_ROUNDING)
+
+
+def checkpoint_tokenizer(folder: Path) -> Callable[[str], list[int]]:
+    """text -> ids with a checkpoint's own tokenizer: tokenizer.json through ``tokenizers`` (no torch), else
+    transformers' AutoTokenizer (a checkpoint with only a slow tokenizer)."""
+    if (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        fast = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return lambda text: fast.encode(text).ids
+    from transformers import AutoTokenizer
+
+    slow = AutoTokenizer.from_pretrained(folder)
+    return lambda text: slow(text)["input_ids"]
 
 
 def prompt_ids(engine: Any, prompt_tokens: int, batch_size: int) -> list[list[int]]:

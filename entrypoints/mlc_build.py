@@ -108,14 +108,17 @@ class MlcBuild:
                 shutil.copy2(path, view / path.name)
         return view
 
-    def _step(self, name: str, command: Callable[[Path], list[str]], out: Path, log: Path) -> None:
-        """Run one mlc_llm step writing ``out``, the checkpoint given to it as a view."""
+    def _step(self, name: str, command: list[str], log: Path) -> None:
+        seconds = run_logged(f"mlc_llm {name}", command, log, env=self.env)
+        self.built.append({"step": name, "seconds": round(seconds, 1)})
+
+    def _step_on_view(self, name: str, command: Callable[[Path], list[str]], out: Path, log: Path) -> None:
+        """A step that reads the checkpoint (convert_weight, gen_config), given it as a view (see above)."""
         view = self._view(out)
         try:
-            seconds = run_logged(f"mlc_llm {name}", command(view), log, env=self.env)
+            self._step(name, command(view), log)
         finally:
             shutil.rmtree(view, ignore_errors=True)
-        self.built.append({"step": name, "seconds": round(seconds, 1)})
 
     def get(self, quantization: str, context: int, chunk: int, target: str, opt: str, convert_on: str) -> dict:
         """Everything a cell loads, building what the store lacks: {params, config, library}."""
@@ -123,21 +126,19 @@ class MlcBuild:
         library = self.library(config, target, opt)
 
         def convert(out: Path) -> None:
-            self._step(
+            self._step_on_view(
                 "convert_weight", lambda view: convert_command(view, quantization, convert_on, out), out,
                 out.parent / "convert.log",
             )  # fmt: skip
 
         def configure(out: Path) -> None:
-            self._step(
+            self._step_on_view(
                 "gen_config", lambda view: config_command(view, quantization, context, chunk, out), out,
                 out.parent / "config.log",
             )  # fmt: skip
 
         def compile_library(out: Path) -> None:
-            self._step(
-                "compile", lambda view: compile_command(config, target, opt, out), out, library.with_suffix(".log")
-            )
+            self._step("compile", compile_command(config, target, opt, out), library.with_suffix(".log"))
 
         build_once(params, convert, marker=PARAMS_MARKER)
         build_once(config, configure, marker=CONFIG_MARKER)

@@ -84,7 +84,12 @@ def find_route() -> dict[str, Any]:
     locations = list(found.submodule_search_locations or []) if found else []
     if locations and (Path(locations[0]) / "cli" / "compile.py").is_file():
         version = mlc_distribution_version() or "unknown"
-        return {"route": f"mlc_llm {version} (MLC's package)", "version": version, "env": dict(os.environ)}
+        return {
+            "route": f"mlc_llm {version} (MLC's package)",
+            "version": version,
+            "package": Path(locations[0]),
+            "env": dict(os.environ),
+        }
     named = named_source()
     if not named:
         raise harness.CellUnsupported(
@@ -99,6 +104,7 @@ def find_route() -> dict[str, Any]:
     return {
         "route": f"mlc-llm source ({version}) on apache-tvm {tvm.__version__} through entrypoints/mlc_overlay",
         "version": version,
+        "package": package,
         "env": mlc_build.overlay_environment(OVERLAY, named),
     }
 
@@ -120,10 +126,6 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-def round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
-
-
 class Engine:
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
@@ -133,7 +135,7 @@ class Engine:
         if not self.gpu:
             os.environ.setdefault("TVM_NUM_THREADS", str(len(harness.cell_cpus())))  # before TVM's pool starts
         self.context = harness.context_length(self.settings["context_window_size"], self.workload)
-        self.chunk = self.settings["prefill_chunk_size"] or round_up(self.workload["prompt_tokens"], 64)
+        self.chunk = self.settings["prefill_chunk_size"] or harness.round_up(self.workload["prompt_tokens"], 64)
         self.route: dict[str, Any] = {}
         self.built: dict[str, Path] = {}
         self.device: Any = None
@@ -174,18 +176,12 @@ class Engine:
 
     def _quantizations(self) -> list[str]:
         """The quantisation names this mlc_llm knows, read from its source (without importing it)."""
-        found = importlib.util.find_spec("mlc_llm")
-        roots = [Path(p) for p in (found.submodule_search_locations or [])] if found else []
-        named = named_source()
-        if named:
-            roots += [Path(named), Path(named) / "python" / "mlc_llm"]
-        for root in roots:
-            table = root / "quantization" / "quantization.py"
-            if table.is_file():
-                text = table.read_text()
-                body = text[text.index("QUANTIZATION") :] if "QUANTIZATION" in text else text
-                return re.findall(r'^\s{4}"([a-z0-9_]+)":', body, flags=re.MULTILINE)
-        return []
+        table = self.route["package"] / "quantization" / "quantization.py"
+        if not table.is_file():
+            return []
+        text = table.read_text()
+        body = text[text.index("QUANTIZATION") :] if "QUANTIZATION" in text else text
+        return re.findall(r'^\s{4}"([a-z0-9_]+)":', body, flags=re.MULTILINE)
 
     def prepare(self) -> dict[str, Any]:
         derived = self.spec["model"].get("derived_dir")
@@ -222,7 +218,6 @@ class Engine:
             shape([self.settings["page_size"]]), shape([int(window != -1)]),
         )  # fmt: skip
         self._start_sequence()
-        self._load_tokenizer()
         self.facts = {
             "route": self.route["route"],
             "target": self._target(),
@@ -251,19 +246,6 @@ class Engine:
             enable = tvm.get_global_func("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
             enable(self.kv, 0, window, self.config.get("attention_sink_size", 0))
 
-    def _load_tokenizer(self) -> None:
-        folder = Path(self.spec["model"]["path"])
-        if (folder / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            self.tokenizer = lambda text: tokenizer.encode(text).ids
-            return
-        from transformers import AutoTokenizer
-
-        slow = AutoTokenizer.from_pretrained(folder)
-        self.tokenizer = lambda text: slow(text)["input_ids"]
-
     def _step(self, function: str, ids: list[int]) -> Any:
         """One forward step over ids for sequence 0: the logits of its last position, as numpy."""
         embedded = self.vm["embed"](device_array(np.array(ids, dtype="int32"), self.device), self.params)
@@ -279,7 +261,7 @@ class Engine:
 
     def tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:
-            self._load_tokenizer()
+            self.tokenizer = harness.checkpoint_tokenizer(Path(self.spec["model"]["path"]))
         return self.tokenizer(text)
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> harness.Timing:
