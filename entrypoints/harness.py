@@ -47,7 +47,6 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,20 +247,6 @@ def context_length(chosen: int | None, workload: dict[str, Any]) -> int:
     if chosen is not None:
         return chosen
     return round_up(workload["prompt_tokens"] + workload["new_tokens"], CONTEXT_ROUNDING)
-
-
-def checkpoint_tokenizer(folder: Path) -> Callable[[str], list[int]]:
-    """text -> ids with a checkpoint's own tokenizer: tokenizer.json through ``tokenizers`` (no torch), else
-    transformers' AutoTokenizer (a checkpoint with only a slow tokenizer)."""
-    if (folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        fast = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        return lambda text: fast.encode(text).ids
-    from transformers import AutoTokenizer
-
-    slow = AutoTokenizer.from_pretrained(folder)
-    return lambda text: slow(text)["input_ids"]
 
 
 def prompt_ids(engine: Any, prompt_tokens: int, batch_size: int) -> list[list[int]]:

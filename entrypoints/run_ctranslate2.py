@@ -110,10 +110,22 @@ class Engine:
         )
         return record
 
+    def _load_tokenizer(self) -> Any:
+        folder = Path(self.spec["model"]["path"])
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            return lambda text: tokenizer.encode(text).ids
+        from transformers import AutoTokenizer  # a checkpoint with only a slow tokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return lambda text: tokenizer(text)["input_ids"]
+
     def load(self) -> None:
         s = self.settings
         self.vocab = vocabulary(self.model_dir)
-        self.tokenizer = harness.checkpoint_tokenizer(Path(self.spec["model"]["path"]))
+        self.tokenizer = self._load_tokenizer()
         try:
             self.generator = ctranslate2.Generator(
                 str(self.model_dir),

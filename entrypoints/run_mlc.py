@@ -246,6 +246,19 @@ class Engine:
             enable = tvm.get_global_func("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
             enable(self.kv, 0, window, self.config.get("attention_sink_size", 0))
 
+    def _load_tokenizer(self) -> None:
+        folder = Path(self.spec["model"]["path"])
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            self.tokenizer = lambda text: tokenizer.encode(text).ids
+            return
+        from transformers import AutoTokenizer
+
+        slow = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = lambda text: slow(text)["input_ids"]
+
     def _step(self, function: str, ids: list[int]) -> Any:
         """One forward step over ids for sequence 0: the logits of its last position, as numpy."""
         embedded = self.vm["embed"](device_array(np.array(ids, dtype="int32"), self.device), self.params)
@@ -261,7 +274,7 @@ class Engine:
 
     def tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:
-            self.tokenizer = harness.checkpoint_tokenizer(Path(self.spec["model"]["path"]))
+            self._load_tokenizer()
         return self.tokenizer(text)
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> harness.Timing:
