@@ -10,7 +10,9 @@
 # Both print the run's new output. Every call also returns what is finished so far, so that a
 # session whose device time ends mid-run loses nothing measured: the run folder as it stands
 # (cell JSON, specs, logs: RUN-partial.tgz) and the files matched by BACKGROUND_EARLY (small
-# artefacts such as an EXL2 measurement, once written). When the run has ended, the packed run
+# artefacts such as an EXL2 measurement, once written, or the converter's resumable job folder),
+# packed with their paths in early.tgz.part-*: unpacked in the checkout here and carried (carry
+# .cache/store/derived/exl2), a stopped pass resumes on the next machine. When the run has ended, the packed run
 # folder (device-run.sh packs it into $OUT) and anything listed in BACKGROUND_KEEP (paths, e.g.
 # the store's torch-extensions) come back, larger files in 15 MiB pieces (cat them together here; xz).
 # The background process runs a copy of device-run.sh: each call re-sends the working tree.
@@ -24,9 +26,16 @@ snapshot() {  # what is finished so far, into $OUT
   run_folder=$(cat "$state/run_folder" 2>/dev/null) || return 0
   [ -d "$run_folder" ] && tar -C "$(dirname "$run_folder")" -czf "$OUT/$(basename "$run_folder")-partial.tgz" \
     --exclude='*.tgz' "$(basename "$run_folder")"
+  early
+}
+
+early() {  # the BACKGROUND_EARLY files that exist, with their paths
+  local found=()
   for path in ${BACKGROUND_EARLY:-}; do
-    [ -f "$path" ] && cp "$path" "$OUT/"
+    [ -f "$path" ] && found+=("$path")
   done
+  # in 30 MiB pieces (cat early.tgz.part-* | tar -xz): a converter's saved state can outgrow one file
+  [ ${#found[@]} -eq 0 ] || tar -czf - "${found[@]}" | split -b 30M -d - "$OUT/early.tgz.part-"
 }
 
 follow() {
@@ -48,9 +57,7 @@ follow() {
   echo "[device-background] finished: $(cat "$state/done")"
   if [ -n "${OUT:-}" ]; then
     cp "$state"/out/* "$OUT"/ 2>/dev/null
-    for path in ${BACKGROUND_EARLY:-}; do
-      [ -f "$path" ] && cp "$path" "$OUT/"
-    done
+    early
     for path in ${BACKGROUND_KEEP:-}; do
       [ -e "$path" ] || continue
       tar -cf - "$path" | xz -T0 -6 | split -b 15M -d - "$OUT/$(basename "$path").txz.part-"
