@@ -152,6 +152,9 @@ def test_materialised_gptq_checkpoint_reads_back_in_range(tmp_path, tiny_model):
     assert not (np.diff(g_idx) >= 0).all()
     assert (scales > 0).all()
     assert derived.cell_model("gptq", made, lambda _: None) is made  # a GPTQ checkpoint is read as it is
+    # written again in another store: the same fingerprint, so what is derived from it keeps its key
+    again = derived.cell_model("gptq", model_record(tiny_model, tmp_path / "other"), lambda _: None)
+    assert Path(again["path"]) != folder and fingerprint(Path(again["path"])) == fingerprint(folder)
     real = model_record(tiny_model, tmp_path, synthetic=False)
     assert derived.cell_model("gptq", real, lambda _: None) is real  # a real model: the cell says what it needs
 

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from runner.models import random_safetensors, synthetic, tokenizer_train
 from runner.models.architectures import ARCHITECTURES, parameter_count, parameter_shapes
+from runner.models.fingerprint import fingerprint
 
 TINY = ARCHITECTURES["tiny-mistral"]
 SENTENCE = "The quick brown fox jumps over the lazy dog."
@@ -69,6 +70,10 @@ def test_materialise_logs_when_it_builds(tmp_path, tiny_model):
     assert (folder / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
     assert (folder / "tokenizer.json").read_bytes() == (tiny_model / "tokenizer.json").read_bytes()
     assert (folder / "tokenizer.model").read_bytes() == (tiny_model / "tokenizer.model").read_bytes()
+    # and its fingerprint with them, so what is derived from it keeps its key on another machine
+    assert fingerprint(folder) == fingerprint(tiny_model)
+    (folder / "config.json").write_text((folder / "config.json").read_text())  # edited in place
+    assert fingerprint(folder) != fingerprint(tiny_model)
 
 
 def test_store_key_is_stable_and_per_architecture():

@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.models import random_safetensors, synthetic
 from runner.models.architectures import parameter_shapes
+from runner.models.fingerprint import settle
 from runner.models.random_safetensors import Tensor
 from runner.shared import build_once
 
@@ -113,6 +114,7 @@ def _build(layout: Layout, folder: Path, source: Path, key: str) -> None:
         "files": files,
     }
     (folder / synthetic.MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    settle(folder)  # the same fingerprint on every machine
 
 
 def materialise(layout: Layout, model: dict[str, Any], log=print) -> Path:

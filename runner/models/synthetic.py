@@ -5,6 +5,8 @@ bf16 safetensors shards, exactly as a hub download would. It is built once
 into the model store under a key that hashes everything that decides its bytes
 (the architecture, the corpus, the generator code), built in a scratch folder
 and renamed into place, under a file lock so concurrent runs build it once.
+Its files get one fixed modification time, so its fingerprint (what derived
+files are keyed by) is the same on every machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from runner.models import random_safetensors, tokenizer_train
 from runner.models.architectures import ARCHITECTURES, parameter_count, parameter_shapes
+from runner.models.fingerprint import settle
 from runner.shared import build_once
 
 SEED = 0
@@ -53,6 +56,7 @@ def _build(folder: Path, architecture: str, key: str) -> None:
         "files": files,
     }
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    settle(folder)  # the same fingerprint on every machine
 
 
 def materialise(architecture: str, store: Path, log=print) -> Path:
