@@ -26,7 +26,7 @@ GPT_FAST_REPO ?= https://github.com/pytorch-labs/gpt-fast
 MLC_LLM_COMMIT ?= 79d603f085f50500e9509fa01785ffa7ecfaaa93
 MLC_LLM_REPO ?= https://github.com/mlc-ai/mlc-llm
 
-.PHONY: help setup setup-python setup-llamacpp setup-gptfast setup-gptq-quantiser setup-mlc run test test-fast lint format clean base-image images-check
+.PHONY: help setup setup-python setup-llamacpp setup-gptfast setup-gptq-quantiser setup-aiperf setup-mlc run test test-fast lint format clean base-image images-check
 
 help:  ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z%-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -89,11 +89,23 @@ $(GPTQ_QUANTISER)/.installed: images/exllamav2/image.yaml | $(VENV)/.installed
 	$(GPTQ_QUANTISER)/bin/pip install -q $(GPTQ_PINS)
 	touch $@
 
+# AIPerf, the load generator of serving cells (runner/serving/loadgen.py), in a venv of its own: its
+# dependencies (pandas 2, rich, ...) stay out of the runner's and the engines'.
+AIPERF ?= aiperf==0.13.0
+AIPERF_VENV := $(VENV)/aiperf
+
+setup-aiperf: $(AIPERF_VENV)/.installed  ## AIPerf (the serving cells' load generator) into .venv/aiperf
+
+$(AIPERF_VENV)/.installed: | $(VENV)/.installed
+	rm -rf $(AIPERF_VENV) && $(PYTHON) -m venv $(AIPERF_VENV)
+	$(AIPERF_VENV)/bin/pip install -q $(AIPERF)
+	touch $@
+
 run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU matrix)
 	@if [ -z "$(HAS_GPU)" ]; then echo "No NVIDIA GPU found: running the tiny CPU matrix ($(MATRIX)) instead of matrix.yaml."; fi
 	$(BIN)/python -m runner $(MATRIX) $(ARGS)
 
-test: setup setup-gptq-quantiser lint  ## lint, then every test: unit, real engines on the tiny model, Docker (CI runs this)
+test: setup setup-gptq-quantiser setup-aiperf lint  ## lint, then every test: unit, real engines on the tiny model, Docker (CI runs this)
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup-python lint  ## lint, then the unit tier only (no Docker, no real engine runs; about a minute)

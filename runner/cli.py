@@ -34,6 +34,9 @@ from runner.matrix import Matrix, load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
 from runner.results import FAILURES, read_result
 from runner.run_lock import run_folder_lock
+from runner.serving.loadgen import find_aiperf
+from runner.serving.session import run_serving_cells, server_label, serving_cells
+from runner.serving.table import render_serving
 from runner.session import cell_paths, refresh_log_facts, run_cells
 from runner.shared import write_json_atomic
 from runner.table import render
@@ -124,6 +127,11 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--python", help="local executor: interpreter that has the engines (default: this one)")
     parser.add_argument("--no-build", action="store_true", help="docker: refuse to run if an image is missing")
+    parser.add_argument(
+        "--loadgen",
+        help="serving cells: the aiperf executable that drives the servers (default: .venv/aiperf's, from "
+        "`make setup-aiperf`, else aiperf on PATH)",
+    )
     parser.add_argument(
         "--parallel", type=int, default=1, metavar="N", help="run up to N cells at once on disjoint GPUs (default 1)"
     )
@@ -300,9 +308,9 @@ def cell_line(cell: Cell) -> str:
     return f"{cell.id}  [{where}]  {cell.software}: {'; '.join(cell.label)}"
 
 
-def _list(cells: list[Cell], baseline: Cell) -> None:
+def _list(cells: list[Cell], baseline: Cell | None) -> None:
     for cell in cells:
-        mark = " (baseline)" if cell.id == baseline.id else ""
+        mark = " (baseline)" if baseline and cell.id == baseline.id else ""
         print(cell_line(cell) + mark)
 
 
@@ -323,21 +331,69 @@ def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path) -> Exe
 def _run(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.matrix)
     cells = expand(matrix)
-    baseline = find_baseline(matrix, cells)
-    chosen = select(cells, args.only, args.matrix)
+    baseline = find_baseline(matrix, cells) if cells else None
+    serving = serving_cells(matrix)
+    everything = select(cells + serving, args.only, args.matrix)
+    chosen = [c for c in everything if c in cells]
+    chosen_serving = [c for c in everything if c in serving]
     if args.list:
         _list(chosen, baseline)
+        for cell in chosen_serving:
+            print(f"{cell.id}  [{_where_short(cell)}]  {cell.software} server: {'; '.join(server_label(cell))}")
         return 0
     if args.parallel < 1:
         raise UserError("--parallel: give a number >= 1")
     args.cpu_set = cpuset.choose(args.cpus)
     folder = (args.output or Path("runs") / matrix.name).resolve()
     if args.table_only:
-        return _table(folder, cells, {}, baseline, refresh=True)
+        if serving:
+            _serving_table(folder, matrix, serving, {})
+        return _table(folder, cells, {}, baseline, refresh=True) if cells else 0
+    aiperf = find_aiperf(args.loadgen) if chosen_serving else ""
     model = resolve_model(matrix.model, args.store, matrix.path)  # a bad model leaves no run folder behind
     folder.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(folder):
-        return _run_in(folder, args, matrix, cells, chosen, baseline, model)
+        code = _run_in(folder, args, matrix, cells, chosen, baseline, model) if chosen else 0
+        if chosen_serving:
+            code = max(code, _serve_in(folder, args, matrix, serving, chosen_serving, model, aiperf))
+        return code
+
+
+def _where_short(cell: Cell) -> str:
+    return ",".join(map(str, cell.gpus)) if cell.gpus else "cpu"
+
+
+def _serve_in(
+    folder: Path,
+    args: argparse.Namespace,
+    matrix: Matrix,
+    serving: list[Cell],
+    chosen: list[Cell],
+    model: dict,
+    aiperf: str,
+) -> int:
+    """Run the chosen serving cells into folder, render the serving table, choose the exit code."""
+    if args.executor == "auto":  # the load generator runs beside a local server for now (runner/serving/session.py)
+        args.executor = "local"
+        print("executor: local for serving cells (their load generator runs as a local process)", flush=True)
+    executor = _executor(args, chosen, folder)
+    print(f"{len(chosen)} serving cell(s), executor {executor.name}, load generator {aiperf}", flush=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results = run_serving_cells(matrix, chosen, model, folder, executor, aiperf, args.cpu_set)
+    _manifest(folder, args, executor.name, matrix.path, chosen, None, started)
+    _serving_table(folder, matrix, serving, {r["cell"]["id"]: r for r in results})
+    print(f"serving: {summary(results)}")
+    failed = [r for r in results if r["status"] in FAILURES]
+    return 3 if failed and args.strict else 0
+
+
+def _serving_table(folder: Path, matrix: Matrix, serving: list[Cell], fresh: dict[str, dict]) -> None:
+    shown = [
+        r for c in serving if (r := fresh.get(c.id) or read_result(cell_paths(folder, c)["result_path"])) is not None
+    ]
+    if shown:
+        print(render_serving(shown, matrix.serving.sweep.ttft_p99_ms, folder))
+        print(f"\nserving table: {folder / 'serving.md'} ({len(shown)} of {len(serving)} serving cells have results)")
 
 
 def _run_in(
@@ -405,7 +461,7 @@ def _manifest(
     executor: str,
     matrix_path: Path,
     cells: list[Cell],
-    baseline: Cell,
+    baseline: Cell | None,
     started: str,
 ) -> None:
     manifest = read_manifest(folder / "run.json")
@@ -418,7 +474,7 @@ def _manifest(
             "started_at": started,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "cells": [c.id for c in cells],
-            "baseline": baseline.id,
+            "baseline": baseline.id if baseline else None,
         }
     )
     write_json_atomic(folder / "run.json", manifest)

@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runner.engines import ENGINES
+from runner.engines import ENGINES, Engine
 from runner.errors import UserError
-from runner.matrix import Matrix
+from runner.matrix import EngineBlock, Matrix
 
 
 @dataclass(frozen=True)
@@ -93,25 +93,36 @@ def _product(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def expand(matrix: Matrix) -> list[Cell]:
     cells: dict[str, Cell] = {}
     for name, block in matrix.engines.items():
-        engine = ENGINES[name]
-        product = [c for c in _product(block.axes) if not any(_matches(engine.resolve(c), p) for p in block.exclude)]
-        if not product and not block.include:
-            raise UserError(
-                f"{matrix.path}: engines.{name}: every cell was excluded; loosen 'exclude' or add 'include'"
-            )
-        for entry in product + block.include:
-            overrides = {k: v for k, v in entry.items() if k in engine.settings}
-            settings = engine.resolve(overrides)
-            gpus = tuple(entry.get("gpus", block.placement.gpus))
-            problem = engine.check(settings, gpus)
-            if problem:
-                raise UserError(f"{matrix.path}: engines.{name}: cell {overrides}: {problem}")
-            timeout = entry.get("timeout_s", block.placement.timeout_s)
-            batch = entry.get("batch_size") or block.placement.batch_size or matrix.workload.batch_size
-            version = entry.get("engine_version") or block.placement.engine_version
-            cid = cell_id(name, settings, gpus, matrix, batch, version)
-            cells.setdefault(cid, Cell(cid, name, settings, gpus, timeout, batch, version))
+        for cell in block_cells(matrix, name, block, ENGINES[name], "engines"):
+            cells.setdefault(cell.id, cell)
     return list(cells.values())
+
+
+def block_cells(
+    matrix: Matrix, name: str, block: EngineBlock, engine: Engine, section: str, make_id=None
+) -> list[Cell]:
+    """One engine block's cells: its axes' product less the excluded, then its includes.
+
+    make_id(engine name, settings, gpus, batch size, engine version) names each cell (default: cell_id).
+    """
+    make_id = make_id or (lambda *args: cell_id(*args[:3], matrix, *args[3:]))
+    product = [c for c in _product(block.axes) if not any(_matches(engine.resolve(c), p) for p in block.exclude)]
+    if not product and not block.include:
+        raise UserError(f"{matrix.path}: {section}.{name}: every cell was excluded; loosen 'exclude' or add 'include'")
+    cells = []
+    for entry in product + block.include:
+        overrides = {k: v for k, v in entry.items() if k in engine.settings}
+        settings = engine.resolve(overrides)
+        gpus = tuple(entry.get("gpus", block.placement.gpus))
+        problem = engine.check(settings, gpus)
+        if problem:
+            raise UserError(f"{matrix.path}: {section}.{name}: cell {overrides}: {problem}")
+        timeout = entry.get("timeout_s", block.placement.timeout_s)
+        batch = entry.get("batch_size") or block.placement.batch_size or matrix.workload.batch_size
+        version = entry.get("engine_version") or block.placement.engine_version
+        cid = make_id(name, settings, gpus, batch, version)
+        cells.append(Cell(cid, name, settings, gpus, timeout, batch, version))
+    return cells
 
 
 def find_baseline(matrix: Matrix, cells: list[Cell]) -> Cell:

@@ -31,6 +31,7 @@ ENTRYPOINTS_DIR = REPO / "entrypoints"
 SHARED_ENTRYPOINT_FILES = (
     "harness.py",
     "shared.py",
+    "serving.py",
     "prompt.txt",
     "side_quantiser.py",
     "calibration.txt",

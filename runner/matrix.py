@@ -15,6 +15,18 @@ Schema (version 1):
         exclude: [{dtype: fp32}]      # drop product cells matching every key
         include: [{dtype: fp16, gpus: [1]}]   # extra cells, added after exclude
 
+    serving:                          # optional: serving cells (each engine's own server under load)
+      levels: [1, 4, 16, 64]          # concurrency levels, swept in this order against one server
+      requests: 64                    # requests per level (at least the level)
+      warmup_requests: 4              # sent before each level, not counted
+      prompt_tokens: 64               # per request (synthetic prompts, the checkpoint's tokenizer)
+      new_tokens: 256                 # exactly, per request
+      ttft_p99_ms: 2000               # the summary row's bound: highest level with p99 TTFT under it
+      server_timeout_s: 900           # how long the server may take to answer its health check
+      engines: {llamacpp: {include: [{quant: f16}]}}   # as engines:, plus each server's own settings
+
+A matrix may have serving and no engines (serving cells only).
+
 batch_size and engine_version may also be given per engine, per include entry
 or as an axis (``axes: {batch_size: [1, 8], engine_version: ["0.24.0", "0.23.0"]}``):
 batch_size overrides the workload's for those cells; engine_version runs them on
@@ -25,7 +37,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +107,31 @@ class Baseline:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A serving workload: one server per cell, swept through concurrency levels (runner/serving)."""
+
+    levels: tuple[int, ...] = (1, 4, 16, 64)
+    requests: int = 64
+    warmup_requests: int = 4
+    prompt_tokens: int = 64
+    new_tokens: int = 256
+    ttft_p99_ms: float = 2000.0
+    server_timeout_s: int = 900
+
+    def identity(self) -> dict[str, Any]:
+        """What a serving cell's id hashes (the TTFT bound only reads results, so it is left out)."""
+        found = {**self.__dict__, "levels": list(self.levels)}
+        del found["ttft_p99_ms"]
+        return found
+
+
+@dataclass(frozen=True)
+class Serving:
+    sweep: Sweep
+    engines: dict[str, EngineBlock]
+
+
+@dataclass(frozen=True)
 class Matrix:
     path: Path
     name: str
@@ -103,6 +140,7 @@ class Matrix:
     engines: dict[str, EngineBlock]
     baseline: Baseline | None = None
     defaults: Placement = field(default_factory=Placement)
+    serving: Serving | None = None
 
 
 class _Where:
@@ -173,18 +211,20 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _n
 def parse_matrix(raw: Any, path: Path) -> Matrix:
     w = _Where(path)
     top = w.mapping(raw if raw is not None else {}, "(top level)")
-    w.known(top, "", ("version", "name", "model", "workload", "defaults", "baseline", "engines"))
+    w.known(top, "", ("version", "name", "model", "workload", "defaults", "baseline", "engines", "serving"))
     if "version" not in top:
         raise w.fail("version", f"missing; add 'version: {SCHEMA_VERSION}' at the top")
     if isinstance(top["version"], bool) or top["version"] != SCHEMA_VERSION:
         raise w.fail("version", f"unsupported version {top['version']!r}; this runner reads version {SCHEMA_VERSION}")
     for required in ("model", "engines"):
-        if required not in top:
+        if required not in top and not (required == "engines" and "serving" in top):
             raise w.fail(required, "missing; see matrix.yaml for an example")
     defaults_table = w.mapping(top.get("defaults", {}), "defaults")
     w.known(defaults_table, "defaults", DEFAULT_KEYS)
     defaults = _placement(w, defaults_table, "defaults", Placement())
-    engines = _engines(w, w.mapping(top["engines"], "engines"), defaults)
+    engines = _engines(w, w.mapping(top["engines"], "engines"), defaults) if "engines" in top else {}
+    if "baseline" in top and not engines:
+        raise w.fail("baseline", "compares offline cells; this matrix has no engines: section")
     matrix = Matrix(
         path=path,
         name=_name(w, top.get("name"), path),
@@ -193,8 +233,62 @@ def parse_matrix(raw: Any, path: Path) -> Matrix:
         engines=engines,
         baseline=_baseline(w, top.get("baseline"), engines),
         defaults=defaults,
+        serving=_serving(w, w.mapping(top["serving"], "serving"), defaults) if "serving" in top else None,
     )
     return matrix
+
+
+def serving_engine(name: str) -> Engine | None:
+    """The engine as its serving cells see it: its settings plus its server's, its server's entrypoint."""
+    engine = ENGINES[name]
+    if engine.server is None:
+        return None
+    return replace(engine, settings={**engine.settings, **engine.server.settings}, entrypoint=engine.server.entrypoint)
+
+
+def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
+    w.known(table, "serving", (*Sweep.__dataclass_fields__, "engines"))
+    d = Sweep()
+    levels = table.get("levels", list(d.levels))
+    if (
+        not isinstance(levels, list)
+        or not levels
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in levels)
+    ):
+        raise w.fail(
+            "serving.levels", f"expected a non-empty list of concurrencies >= 1, like [1, 4, 16], got {levels!r}"
+        )
+    if len(set(levels)) != len(levels):
+        raise w.fail("serving.levels", f"a level is listed twice in {levels!r}")
+    bound = table.get("ttft_p99_ms", d.ttft_p99_ms)
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or bound <= 0:
+        raise w.fail("serving.ttft_p99_ms", f"expected a number of milliseconds > 0, got {bound!r}")
+    sweep = Sweep(
+        levels=tuple(levels),
+        requests=w.integer(table, "serving", "requests", d.requests, 1),
+        warmup_requests=w.integer(table, "serving", "warmup_requests", d.warmup_requests, 0),
+        prompt_tokens=w.integer(table, "serving", "prompt_tokens", d.prompt_tokens, 1),
+        new_tokens=w.integer(table, "serving", "new_tokens", d.new_tokens, 1),
+        ttft_p99_ms=float(bound),
+        server_timeout_s=w.integer(table, "serving", "server_timeout_s", d.server_timeout_s, 1),
+    )
+    if "engines" not in table:
+        raise w.fail("serving.engines", "missing; name the engines whose servers to sweep, e.g. 'llamacpp:'")
+    engines_table = w.mapping(table["engines"], "serving.engines")
+    if not engines_table:
+        raise w.fail("serving.engines", "empty; name at least one engine with a server, e.g. 'llamacpp:'")
+    w.known(engines_table, "serving.engines", tuple(ENGINES))
+    blocks = {}
+    for name, body in engines_table.items():
+        engine = serving_engine(name)
+        if engine is None:
+            with_server = ", ".join(n for n in ENGINES if ENGINES[n].server) or "none yet"
+            raise w.fail(
+                f"serving.engines.{name}",
+                f"{ENGINES[name].software} has no server this tool runs; engines with one: {with_server}",
+            )
+        blocks[name] = _engine_block(w, name, body, defaults, engine=engine, section="serving.engines")
+    return Serving(sweep=sweep, engines=blocks)
 
 
 def _name(w: _Where, given: Any, path: Path) -> str:
@@ -288,11 +382,14 @@ def _engines(w: _Where, table: dict[str, Any], defaults: Placement) -> dict[str,
     return {name: _engine_block(w, name, body, defaults) for name, body in table.items()}
 
 
-def _engine_block(w: _Where, name: str, body: Any, defaults: Placement) -> EngineBlock:
-    key = f"engines.{name}"
+def _engine_block(
+    w: _Where, name: str, body: Any, defaults: Placement, engine: Engine | None = None, section: str = "engines"
+) -> EngineBlock:
+    """One engine's cells; engine: the description whose settings they take (default: ENGINES[name])."""
+    key = f"{section}.{name}"
     body = w.mapping(body if body is not None else {}, key)
     w.known(body, key, ("axes", "include", "exclude", *CELL_KEYS))
-    engine = ENGINES[name]
+    engine = engine or ENGINES[name]
     axes = dict(w.mapping(body.get("axes", {}), f"{key}.axes"))
     cell_axes = {axis: axes.pop(axis) for axis in AXIS_CELL_KEYS if axis in axes}
     _check_settings(w, engine, axes, f"{key}.axes", lists=True)

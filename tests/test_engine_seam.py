@@ -51,6 +51,11 @@ SHARED_MODULES = [
     "runner/executors/docker.py",
     "entrypoints/harness.py",
     "entrypoints/shared.py",
+    "entrypoints/serving.py",
+    "runner/serving/__init__.py",
+    "runner/serving/loadgen.py",
+    "runner/serving/session.py",
+    "runner/serving/table.py",
     "entrypoints/side_quantiser.py",
 ]
 # Engines of the seed table, wired or not, by every name they go by in code.

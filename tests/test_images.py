@@ -143,8 +143,10 @@ def test_final_stage_carries_no_build_secrets():
 def test_image_gets_the_shared_files_and_the_files_its_description_names():
     for engine in ENGINES.values():
         names = [p.name for p in entrypoint_files(engine.name)]
-        assert names == ["harness.py", "shared.py", "prompt.txt", "side_quantiser.py", "calibration.txt", *engine.files]
-    assert [p.name for p in entrypoint_files("transformers")][5:] == ["run_transformers.py"]
+        shared = ["harness.py", "shared.py", "serving.py", "prompt.txt", "side_quantiser.py", "calibration.txt"]
+        assert names == [*shared, *engine.files]
+    assert [p.name for p in entrypoint_files("transformers")][6:] == ["run_transformers.py"]
+    assert [p.name for p in entrypoint_files("llamacpp")][-1] == "serve_llamacpp.py"  # its server's entrypoint
 
 
 def test_tag_is_stable_and_changes_with_what_goes_in(monkeypatch, tmp_path):

@@ -39,6 +39,18 @@ def harness_threads(result: dict[str, Any]) -> int | None:
 
 
 @dataclass(frozen=True)
+class Server:
+    """An engine's own server for serving cells (runner/serving): what runs it, how requests keep to N tokens."""
+
+    entrypoint: str  # its script in entrypoints/ (over the shared entrypoints/serving.py), run as the cell
+    settings: dict[str, Setting]  # server-only settings, beside the engine's own
+    # fields every request carries beside max_tokens so that it returns exactly N tokens
+    request_extras: dict[str, Any]
+    forced_length: str  # how the server keeps to N tokens (or why it cannot), for the table's Notes
+    helpers: tuple[str, ...] = ()  # its files beside it in entrypoints/
+
+
+@dataclass(frozen=True)
 class Engine:
     """An inference engine the matrix can use: everything the runner knows about it, and nothing more.
 
@@ -79,11 +91,14 @@ class Engine:
     # The CPU threads a cell computed with, from its result: what the harness recorded, unless the engine
     # says it only in its log (a worker process that binds its own threads).
     compute_threads: Callable[[dict[str, Any]], int | None] = field(default=harness_threads)
+    # Its OpenAI-compatible server for serving cells, or None: such a cell fails validation, saying so.
+    server: Server | None = None
 
     @property
     def files(self) -> tuple[str, ...]:
-        """Its files in entrypoints/: the entrypoint and its helpers."""
-        return (self.entrypoint, *self.helpers)
+        """Its files in entrypoints/: the entrypoint and its helpers, and its server's."""
+        server = (self.server.entrypoint, *self.server.helpers) if self.server else ()
+        return (self.entrypoint, *self.helpers, *server)
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with the given settings (already validated by name)."""

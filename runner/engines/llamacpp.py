@@ -10,7 +10,7 @@ from __future__ import annotations
 from numbers import Real
 from typing import Any
 
-from runner.engines.base import Engine, Setting
+from runner.engines.base import Engine, Server, Setting
 
 # llama.cpp's quantisation types this tool offers (llama-quantize names them in capitals).
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
@@ -87,6 +87,18 @@ def notes(result: dict[str, Any]) -> list[str]:
     return []
 
 
+SERVER = Server(
+    entrypoint="serve_llamacpp.py",
+    settings={
+        "parallel": Setting(
+            None, "llama-server slots (--parallel); null = the sweep's highest level", type=(int, type(None))
+        ),
+        "cont_batching": Setting(True, "continuous batching (llama-server's default)", type=bool),
+    },
+    request_extras={"ignore_eos": True},
+    forced_length="max_tokens with ignore_eos (llama-server's sampling parameter): the end token cannot stop a request",
+)
+
 LLAMACPP = Engine(
     name="llamacpp",
     software="llama.cpp",
@@ -97,4 +109,5 @@ LLAMACPP = Engine(
     check=check,
     recorded_env_prefixes=("GGML_", "LLAMA_"),
     notes=notes,
+    server=SERVER,
 )

@@ -1,0 +1,120 @@
+"""The load generator of serving cells: NVIDIA's AIPerf (pinned), one run per concurrency level.
+
+Each level is one ``aiperf profile`` against the server's OpenAI-compatible
+completions endpoint, streamed (so time to first token and inter-token latency
+are seen), closed-loop at the level's concurrency for the sweep's number of
+requests after its warm-up requests, with synthetic prompts of exactly the
+sweep's prompt tokens (made with the checkpoint's own tokenizer) and
+``max_tokens`` of exactly its new tokens, plus whatever the engine's server
+needs to keep the end token from stopping a request early. Tokens are counted
+as the server reports them (its usage fields): a random model's text does not
+re-tokenise to the same count, so counting on the client would misstate them.
+Every request opens its own connection (``--connection-reuse-strategy never``):
+with pooled connections a request could land on one llama-server had just closed
+(a "Server disconnected" error at concurrency 1 on the CPU); a fresh local
+connection costs well under a millisecond, the same for every engine. AIPerf writes its
+summary as JSON (``profile_export_aiperf.json``) and every request as a line;
+``level_metrics`` keeps what the table shows and the raw export stays in the run
+folder beside the cell.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UserError
+
+AIPERF_VERSION = "0.13.0"
+SUMMARY_FILE = "profile_export_aiperf.json"
+# AIPerf's metric tags -> our names; latency in ms, throughput per second
+LATENCIES = {
+    "time_to_first_token": "ttft_ms",
+    "inter_token_latency": "itl_ms",
+    "request_latency": "e2e_ms",
+}
+PERCENTILES = ("p50", "p90", "p99")
+
+
+def find_aiperf(given: str | None) -> str:
+    """The aiperf executable: the one named, else .venv/aiperf's (make setup-aiperf), else PATH's."""
+    candidates = [given] if given else [str(Path(sys.prefix) / "aiperf" / "bin" / "aiperf"), "aiperf"]
+    for candidate in candidates:
+        found = shutil.which(candidate) if candidate else None
+        if found:
+            return found
+    raise UserError(
+        f"no load generator: {'--loadgen ' + given if given else 'aiperf'} not found; serving cells drive their "
+        f"server with AIPerf {AIPERF_VERSION}: run `make setup-aiperf` (it installs into .venv/aiperf) or pass "
+        "--loadgen PATH"
+    )
+
+
+def aiperf_command(
+    aiperf: str,
+    url: str,
+    model_name: str,
+    tokenizer: str,
+    level: int,
+    sweep: dict[str, Any],
+    request_extras: dict[str, Any],
+    artifacts: Path,
+) -> list[str]:
+    """One level's ``aiperf profile`` command line."""
+    command = [
+        aiperf, "profile",
+        "--url", url, "--endpoint-type", "completions", "--streaming",
+        "--model", model_name, "--tokenizer", tokenizer,
+        "--concurrency", str(level),
+        "--request-count", str(max(sweep["requests"], level)),
+        "--warmup-request-count", str(sweep["warmup_requests"]),
+        "--isl", str(sweep["prompt_tokens"]), "--synthetic-input-tokens-stddev", "0",
+        "--osl", str(sweep["new_tokens"]), "--osl-stddev", "0",
+        "--use-legacy-max-tokens",
+        "--use-server-token-count",  # the server's own usage counts: random text does not re-tokenise to itself
+        "--connection-reuse-strategy", "never",
+        "--random-seed", "0",
+        "--wait-for-model-timeout", "0",
+        "--no-server-metrics", "--no-gpu-telemetry", "--no-auto-plot",
+        "--ui-type", "none",
+        "--artifact-dir", str(artifacts),
+    ]  # fmt: skip
+    for key, value in request_extras.items():
+        command += ["--extra-inputs", f"{key}:{json.dumps(value)}"]
+    return command
+
+
+def _stat(summary: dict[str, Any], tag: str, stat: str) -> float | None:
+    entry = summary.get(tag)
+    if isinstance(entry, dict) and entry.get(stat) is not None:
+        return float(entry[stat])
+    return None
+
+
+def level_metrics(artifacts: Path) -> dict[str, Any]:
+    """What one level measured, from AIPerf's summary JSON in its artifact folder."""
+    path = artifacts / SUMMARY_FILE
+    if not path.is_file():
+        raise RuntimeError(f"AIPerf wrote no {SUMMARY_FILE} in {artifacts}")
+    summary = json.loads(path.read_text())
+    metrics: dict[str, Any] = {
+        "output_tokens_per_s": _stat(summary, "output_token_throughput", "avg"),
+        "total_tokens_per_s": _stat(summary, "total_token_throughput", "avg"),
+        "output_tokens_per_s_per_user": _stat(summary, "output_token_throughput_per_user", "avg"),
+        "requests_per_s": _stat(summary, "request_throughput", "avg"),
+        "requests": _stat(summary, "request_count", "avg"),
+        "errors": _stat(summary, "error_request_count", "avg") or 0,
+        "complete": bool(summary.get("is_complete")) and not summary.get("was_cancelled"),
+        "output_tokens_mean": _stat(summary, "output_sequence_length", "avg"),
+        "output_tokens_min": _stat(summary, "output_sequence_length", "min"),
+        "output_tokens_max": _stat(summary, "output_sequence_length", "max"),
+        "prompt_tokens_mean": _stat(summary, "input_sequence_length", "avg"),
+        "duration_s": _stat(summary, "benchmark_duration", "avg"),
+    }
+    for tag, name in LATENCIES.items():
+        for stat in ("avg", *PERCENTILES):
+            metrics[f"{name}_{stat}"] = _stat(summary, tag, stat)
+    return metrics

@@ -1,0 +1,258 @@
+"""Run serving cells: one server per cell, started once, swept through every concurrency level, stopped.
+
+The cell's child is its engine's server entrypoint (entrypoints/serve_<engine>.py
+over entrypoints/serving.py), run by the executor like any cell, in a thread:
+it prepares the model, starts the server and writes ``<child result>.ready.json``
+once the server answers. The runner then runs the load generator
+(runner/serving/loadgen.py) once per level, in the matrix's order, and asks the
+child to stop by creating ``<child result>.stop``. Each level is a result of its
+own inside the cell's: a level whose load generator failed, or that found the
+server gone, is failed with the reason (the server's last error line), and the
+levels before it keep their numbers. The cell's memory per level is the peak of
+the child's memory timeline within the level's time.
+
+For now the load generator runs as a local process, next to a server started by
+the local executor; the container path (a load generator image sharing the
+server container's network) is still to come, and a serving cell under another
+executor fails with that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.engines import ENGINES
+from runner.expand import Cell, block_cells
+from runner.job import Executor, Job
+from runner.matrix import Matrix, serving_engine
+from runner.provenance import tool_version
+from runner.results import failure
+from runner.serving.loadgen import AIPERF_VERSION, aiperf_command, level_metrics
+from runner.session import _cell_model, cell_paths
+from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
+
+READY_POLL_S = 0.5
+
+
+def serving_cell_id(name: str, settings: dict[str, Any], gpus: tuple[int, ...], matrix: Matrix) -> str:
+    assert matrix.serving is not None
+    identity = {
+        "mode": "serving",
+        "engine": name,
+        "settings": settings,
+        "gpus": list(gpus),
+        "model": matrix.model.identity(),
+        "sweep": matrix.serving.sweep.identity(),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"serve-{name}-{digest[:12]}"
+
+
+def serving_cells(matrix: Matrix) -> list[Cell]:
+    """The matrix's serving cells, in order (none without a serving: section)."""
+    if matrix.serving is None:
+        return []
+    cells: dict[str, Cell] = {}
+    for name, block in matrix.serving.engines.items():
+        engine = serving_engine(name)
+        assert engine is not None  # validated by the matrix
+        make_id = lambda n, settings, gpus, *_: serving_cell_id(n, settings, gpus, matrix)  # noqa: E731
+        for cell in block_cells(matrix, name, block, engine, "serving.engines", make_id):
+            cells.setdefault(cell.id, cell)
+    return list(cells.values())
+
+
+def server_label(cell: Cell) -> list[str]:
+    """The cell's label: its engine's, then its server's settings where they are not the defaults."""
+    server = ENGINES[cell.engine].server
+    assert server is not None
+    extra = [f"{k}={cell.settings[k]}" for k, s in server.settings.items() if cell.settings[k] != s.default]
+    return [*cell.label, *extra]
+
+
+def sweep_workload(matrix: Matrix) -> dict[str, Any]:
+    assert matrix.serving is not None
+    return {"kind": "serving", **matrix.serving.sweep.__dict__, "levels": list(matrix.serving.sweep.levels)}
+
+
+def make_serving_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any], cpus: tuple[int, ...]) -> Job:
+    paths = cell_paths(folder, cell)
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = ENGINES[cell.engine]
+    spec = {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "cell": {**cell.to_json(), "label": server_label(cell), "mode": "serving"},
+        "model": model,
+        "workload": sweep_workload(matrix),
+        "recorded_env_prefixes": list(engine.recorded_env_prefixes),
+    }
+    paths["spec_path"].write_text(json.dumps(spec, indent=2) + "\n")
+    assert engine.server is not None
+    return Job(
+        spec=spec,
+        spec_path=paths["spec_path"],
+        child_result_path=folder / "cells" / f".{cell.id}.child.json",
+        result_path=paths["result_path"],
+        log_path=paths["log_path"],
+        entrypoint=engine.server.entrypoint,
+        timeout_s=cell.timeout_s,
+        env={**SAFETY_ENV, **engine.cell_env},
+        cpus=() if cell.gpus else cpus,
+    )
+
+
+def _wait_ready(ready_path: Path, server: threading.Thread) -> dict[str, Any] | None:
+    while server.is_alive():
+        if ready_path.exists():
+            return json.loads(ready_path.read_text())
+        time.sleep(READY_POLL_S)
+    return None
+
+
+def _peak_between(timeline: list[list[float]], start: float, end: float) -> float | None:
+    inside = [value for at, value in timeline if start <= at <= end]
+    return max(inside) if inside else None
+
+
+def _check_level(metrics: dict[str, Any], level: int, sweep: dict[str, Any]) -> str | None:
+    """Why a level's numbers do not stand (errors, missing requests, a length other than asked), or None."""
+    wanted = max(sweep["requests"], level)
+    if metrics["errors"]:
+        return f"{metrics['errors']:.0f} of {wanted} requests failed"
+    if metrics["requests"] is None or metrics["requests"] < wanted:
+        return f"{metrics['requests'] or 0:.0f} of {wanted} requests completed"
+    low, high = metrics["output_tokens_min"], metrics["output_tokens_max"]
+    if low != sweep["new_tokens"] or high != sweep["new_tokens"]:
+        return f"requests returned {low:g}-{high:g} tokens, not exactly {sweep['new_tokens']}"
+    return None
+
+
+class ServingRun:
+    """Sweeps one server: the executor runs its child in a thread, the load generator runs here."""
+
+    def __init__(self, folder: Path, executor: Executor, aiperf: str, log=print):
+        self.folder, self.executor, self.aiperf, self.log = folder, executor, aiperf, log
+
+    def run(self, cell: Cell, job: Job) -> dict[str, Any]:
+        sweep = job.spec["workload"]
+        if self.executor.name != "local":
+            reason = (
+                "serving cells run with the local executor for now (--executor local): the load generator "
+                "does not yet run in a container beside the server's"
+            )
+            return failure(job.cell, job.spec["model"], sweep, "failed", reason)
+        outcome: list[dict[str, Any]] = []
+        server = threading.Thread(target=lambda: outcome.append(self.executor.run(job)), daemon=True)
+        job.child_result_path.unlink(missing_ok=True)
+        ready_path, stop_path = (Path(f"{job.child_result_path}{suffix}") for suffix in (".ready.json", ".stop"))
+        for path in (ready_path, stop_path):
+            path.unlink(missing_ok=True)
+        deadline = time.monotonic() + job.timeout_s
+        server.start()
+        ready = _wait_ready(ready_path, server)
+        levels = []
+        if ready:
+            self.log(f"[{cell.id}] server ready on port {ready['port']}; sweeping levels {sweep['levels']}")
+            levels = self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", server, deadline)
+        stop_path.touch()
+        server.join()
+        for path in (ready_path, stop_path):
+            path.unlink(missing_ok=True)
+        result = outcome[0] if outcome else failure(job.cell, job.spec["model"], sweep, "failed", "no result")
+        timeline = result.pop("memory_timeline", None) or []
+        for level in levels:
+            level["peak_memory_mib"] = _peak_between(timeline, level["started"], level["ended"])
+        result["levels"] = levels
+        result["loadgen"] = {"name": "aiperf", "version": AIPERF_VERSION, "executable": self.aiperf}
+        if result["status"] == "ok" and (not levels or any(lv["status"] != "ok" for lv in levels)):
+            bad = next((lv for lv in levels if lv["status"] != "ok"), None)
+            result["status"] = "failed"
+            result["reason"] = f"level {bad['level']}: {bad['reason']}" if bad else "no level ran"
+        elif result["status"] != "ok" and levels:
+            result["reason"] = f"{result['reason']} (after levels {[lv['level'] for lv in levels]})"
+        return result
+
+    def _sweep(self, cell: Cell, job: Job, url: str, server: threading.Thread, deadline: float) -> list[dict]:
+        sweep = job.spec["workload"]
+        model = job.spec["model"]
+        extras = ENGINES[cell.engine].server.request_extras
+        levels: list[dict[str, Any]] = []
+        for level in sweep["levels"]:
+            entry: dict[str, Any] = {"level": level}
+            if not server.is_alive():
+                levels.append(
+                    {**entry, "status": "failed", "reason": "the server had stopped", "started": 0, "ended": 0}
+                )
+                continue
+            artifacts = self.folder / "serving" / cell.id / f"c{level}"
+            artifacts.mkdir(parents=True, exist_ok=True)
+            command = aiperf_command(self.aiperf, url, model["name"], model["path"], level, sweep, extras, artifacts)
+            entry["command"] = command
+            entry["started"] = time.time()
+            self.log(f"[{cell.id}] level {level}: {max(sweep['requests'], level)} requests")
+            try:
+                with open(artifacts / "aiperf.log", "w") as out:
+                    done = subprocess.run(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        timeout=max(deadline - time.monotonic(), 1),
+                        cwd=artifacts,
+                    )
+                if done.returncode != 0:
+                    raise RuntimeError(f"aiperf exited with code {done.returncode} (see {artifacts / 'aiperf.log'})")
+                entry["metrics"] = level_metrics(artifacts)
+                problem = _check_level(entry["metrics"], level, sweep)
+                entry.update(status="failed" if problem else "ok", reason=problem)
+            except subprocess.TimeoutExpired:
+                entry.update(status="timeout", reason="the cell's timeout_s ran out during this level")
+            except Exception as exc:
+                entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+            entry["ended"] = time.time()
+            if entry["status"] != "ok" and not server.is_alive():
+                entry["reason"] += "; the server had stopped"
+            levels.append(entry)
+            self.log(
+                f"[{cell.id}] level {level} {entry['status']}" + (f": {entry['reason']}" if entry["reason"] else "")
+            )
+            if entry["status"] == "timeout":
+                break
+        return levels
+
+
+def run_serving_cells(
+    matrix: Matrix,
+    cells: list[Cell],
+    model: dict[str, Any],
+    folder: Path,
+    executor: Executor,
+    aiperf: str,
+    cpus: tuple[int, ...],
+    log=print,
+) -> list[dict[str, Any]]:
+    """Run every serving cell, one at a time (each server takes its GPUs or CPUs alone)."""
+    results = []
+    runner = ServingRun(folder, executor, aiperf, log)
+    for cell in cells:
+        cell_model, problem = _cell_model(cell, model, log)
+        job = make_serving_job(folder, cell, matrix, cell_model, cpus)
+        log(f"[{cell.id}] serving {cell.software}: {'; '.join(server_label(cell))}")
+        started = time.time()
+        if problem:
+            result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem)
+        else:
+            result = runner.run(cell, job)
+        result.update(wall_s=time.time() - started, executor=executor.name, runner=tool_version())
+        write_json_atomic(job.result_path, result)
+        job.child_result_path.unlink(missing_ok=True)
+        log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
+        results.append(result)
+    return results

@@ -1,0 +1,129 @@
+"""The serving table: a row per (server setting, concurrency level), then a summary row per setting.
+
+Each level row shows what AIPerf measured at that concurrency: output and total
+tokens per second, requests per second, time to first token, inter-token and
+end-to-end latency at p50 / p90 / p99, failed requests, and the server's peak
+memory during the level. The summary row gives the setting's peak output
+throughput and the highest level whose p99 TTFT stayed under the matrix's bound
+(``serving.ttft_p99_ms``). Written as serving.md, serving.csv and serving.json
+beside the offline table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from runner.shared import write_text_atomic
+
+COLUMNS = [
+    "Software",
+    "Settings",
+    "Concurrency",
+    "Output Tok/s",
+    "Total Tok/s",
+    "Req/s",
+    "TTFT p50/p90/p99 (ms)",
+    "ITL p50/p90/p99 (ms)",
+    "E2E p50/p99 (ms)",
+    "Errors",
+    "Max Mem (MiB)",
+    "Notes",
+]
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def _trio(metrics: dict[str, Any], name: str, stats: tuple[str, ...], digits: int = 1) -> str:
+    values = [metrics.get(f"{name}_{s}") for s in stats]
+    return "" if all(v is None for v in values) else " / ".join(_fmt(v, digits) for v in values)
+
+
+def _level_row(result: dict[str, Any], level: dict[str, Any]) -> dict[str, Any]:
+    m = level.get("metrics") or {}
+    return {
+        "Software": result["cell"]["software"],
+        "Settings": "; ".join(result["cell"]["label"]),
+        "Concurrency": str(level["level"]),
+        "Output Tok/s": _fmt(m.get("output_tokens_per_s")),
+        "Total Tok/s": _fmt(m.get("total_tokens_per_s")),
+        "Req/s": _fmt(m.get("requests_per_s"), 2),
+        "TTFT p50/p90/p99 (ms)": _trio(m, "ttft_ms", ("p50", "p90", "p99")),
+        "ITL p50/p90/p99 (ms)": _trio(m, "itl_ms", ("p50", "p90", "p99"), 2),
+        "E2E p50/p99 (ms)": _trio(m, "e2e_ms", ("p50", "p99")),
+        "Errors": "" if not m else f"{m.get('errors', 0):.0f}",
+        "Max Mem (MiB)": _fmt(level.get("peak_memory_mib"), 0),
+        "Notes": "" if level["status"] == "ok" else f"{level['status']}: {level.get('reason')}",
+    }
+
+
+def summary_row(result: dict[str, Any], ttft_bound_ms: float) -> dict[str, Any]:
+    """Peak output throughput and the highest level whose p99 TTFT stayed under the bound."""
+    ok = [lv for lv in result.get("levels", []) if lv["status"] == "ok"]
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(Software=result["cell"]["software"], Settings="; ".join(result["cell"]["label"]), Concurrency="summary")
+    if result["status"] != "ok" and not ok:
+        row["Notes"] = f"{result['status']}: {result.get('reason')}"
+        return row
+    best = max(ok, key=lambda lv: lv["metrics"]["output_tokens_per_s"] or 0, default=None)
+    under = [lv["level"] for lv in ok if (lv["metrics"].get("ttft_ms_p99") or 0) < ttft_bound_ms]
+    notes = []
+    if best:
+        row["Output Tok/s"] = _fmt(best["metrics"]["output_tokens_per_s"])
+        notes.append(f"peak output at concurrency {best['level']}")
+    notes.append(
+        f"p99 TTFT under {ttft_bound_ms:g} ms up to concurrency {max(under)}"
+        if under
+        else f"p99 TTFT never under {ttft_bound_ms:g} ms"
+    )
+    if result["status"] != "ok":
+        notes.append(f"{result['status']}: {result.get('reason')}")
+    peaks = [lv.get("peak_memory_mib") for lv in result.get("levels", []) if lv.get("peak_memory_mib")]
+    row["Max Mem (MiB)"] = _fmt(max(peaks), 0) if peaks else ""
+    row["Notes"] = "; ".join(notes)
+    return row
+
+
+def frame(results: list[dict[str, Any]], ttft_bound_ms: float) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        rows += [_level_row(result, level) for level in result.get("levels", [])]
+        rows.append(summary_row(result, ttft_bound_ms))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def caption(results: list[dict[str, Any]]) -> list[str]:
+    sweep = results[0]["workload"]
+    model = results[0]["model"]
+    synthetic = "SYNTHETIC random weights, real architecture and tokenizer" if model.get("synthetic") else "real"
+    loadgen = results[0].get("loadgen") or {}
+    return [
+        f"Model: {model['name']} ({synthetic})",
+        f"Serving workload: {sweep['prompt_tokens']} prompt tokens, exactly {sweep['new_tokens']} new tokens per "
+        f"request (server-counted), {sweep['requests']} requests per level after {sweep['warmup_requests']} "
+        f"warm-up, closed loop at each concurrency, streamed",
+        f"Load generator: {loadgen.get('name', '?')} {loadgen.get('version', '')}; memory: the server's peak during "
+        "each level (device memory on its GPUs, or the process tree's RSS on CPU)",
+    ]
+
+
+def render_serving(results: list[dict[str, Any]], ttft_bound_ms: float, folder: Path) -> str:
+    from tabulate import tabulate
+
+    table = frame(results, ttft_bound_ms)
+    text = "\n".join(
+        [
+            *(f"{line}  " for line in caption(results)),
+            "",
+            tabulate(table, headers="keys", tablefmt="github", showindex=False),
+        ]
+    )
+    write_text_atomic(folder / "serving.md", text + "\n")
+    write_text_atomic(folder / "serving.csv", table.to_csv(index=False))
+    write_text_atomic(folder / "serving.json", json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
+    return text

@@ -1,0 +1,114 @@
+"""Serving cells: the matrix's serving section, the load generator's command, and a real sweep on the CPU.
+
+The sweep runs llama.cpp's own llama-server (the build `make setup-llamacpp`
+lays out) on the tiny model through `python -m runner` with the local executor,
+driven by AIPerf from .venv/aiperf (`make setup-aiperf`), two levels of a few
+requests each; it checks every level's numbers and that no server is left.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.errors import UserError
+from runner.matrix import load_matrix, parse_matrix
+from runner.serving.loadgen import aiperf_command, find_aiperf
+from runner.serving.session import serving_cells
+
+AIPERF = Path(sys.prefix) / "aiperf" / "bin" / "aiperf"
+LLAMA_SERVER = Path(sys.prefix) / "llama.cpp" / "bin" / "llama-server"
+
+
+def serving_matrix(serving: dict, **top) -> dict:
+    return {"version": 1, "model": {"synthetic": "tiny-mistral"}, "serving": serving, **top}
+
+
+def test_a_serving_only_matrix_expands_to_server_cells(matrices):
+    matrix = load_matrix(matrices / "serving_cpu.yaml")
+    assert matrix.engines == {} and matrix.serving is not None
+    assert matrix.serving.sweep.levels == (1, 2) and matrix.serving.sweep.new_tokens == 16
+    (cell,) = serving_cells(matrix)
+    assert cell.id.startswith("serve-llamacpp-") and cell.gpus == ()
+    assert cell.settings["parallel"] is None and cell.settings["cont_batching"] is True
+    assert serving_cells(matrix)[0].id == cell.id  # stable
+
+
+@pytest.mark.parametrize(
+    ("serving", "message"),
+    [
+        ({"levels": [1, 0], "engines": {"llamacpp": {"include": [{}]}}}, "serving.levels: expected a non-empty list"),
+        ({"levels": [2, 2], "engines": {"llamacpp": {"include": [{}]}}}, "serving.levels: a level is listed twice"),
+        ({"levels": [1]}, "serving.engines: missing"),
+        ({"engines": {"exllamav2": {"include": [{}]}}}, "serving.engines.exllamav2: ExLlamaV2 has no server"),
+        ({"engines": {"llamacpp": {"include": [{"paralel": 4}]}}}, "did you mean 'parallel'?"),
+        ({"ttft_p99": 5, "engines": {"llamacpp": {"include": [{}]}}}, "did you mean 'ttft_p99_ms'?"),
+    ],
+)
+def test_serving_section_mistakes_name_key_and_fix(serving, message):
+    with pytest.raises(UserError, match=message.replace("?", r"\?")):
+        parse_matrix(serving_matrix(serving), Path("m.yaml"))
+
+
+def test_server_settings_change_the_cell_and_its_label():
+    def cell(include):
+        matrix = parse_matrix(serving_matrix({"engines": {"llamacpp": {"include": [include]}}}), Path("m.yaml"))
+        return serving_cells(matrix)[0]
+
+    plain, slots = cell({"quant": "q8_0"}), cell({"quant": "q8_0", "parallel": 4})
+    assert plain.id != slots.id
+    from runner.serving.session import server_label
+
+    assert server_label(plain) == ["q8_0"] and server_label(slots) == ["q8_0", "parallel=4"]
+
+
+def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path):
+    sweep = {"requests": 8, "warmup_requests": 2, "prompt_tokens": 64, "new_tokens": 256}
+    command = aiperf_command("aiperf", "http://127.0.0.1:9", "m", "/ckpt", 16, sweep, {"ignore_eos": True}, tmp_path)
+    text = " ".join(command)
+    assert "--concurrency 16" in text and "--request-count 16" in text  # at least one request per slot
+    assert "--isl 64 --synthetic-input-tokens-stddev 0 --osl 256 --osl-stddev 0" in text
+    assert "--use-server-token-count" in text and "--streaming" in text
+    assert command[command.index("--extra-inputs") + 1] == "ignore_eos:true"
+
+
+def test_a_missing_load_generator_says_how_to_get_it():
+    with pytest.raises(UserError, match="make setup-aiperf"):
+        find_aiperf("/nonexistent/aiperf")
+
+
+@pytest.mark.slow
+def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_store):
+    if not AIPERF.exists() or not LLAMA_SERVER.exists():
+        pytest.skip(f"needs {AIPERF} (make setup-aiperf) and {LLAMA_SERVER} (make setup-llamacpp)")
+    folder = tmp_path / "run"
+    done = runner_cli(
+        str(matrices / "serving_cpu.yaml"), "-o", str(folder), "--executor", "local", "--store", str(model_store)
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (path,) = (folder / "cells").glob("serve-llamacpp-*.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "ok", result.get("reason")
+    assert result["server"]["command"][0].endswith("llama-server") and result["server"]["ready_s"] > 0
+    assert "--parallel" in result["server"]["command"]
+    assert result["server"]["command"][result["server"]["command"].index("--parallel") + 1] == "2"  # highest level
+    assert [lv["level"] for lv in result["levels"]] == [1, 2]
+    for level in result["levels"]:
+        m = level["metrics"]
+        assert level["status"] == "ok" and m["errors"] == 0 and m["complete"]
+        assert m["requests"] == 6
+        assert m["output_tokens_min"] == m["output_tokens_max"] == 16  # exactly N, as the server counted
+        assert m["output_tokens_per_s"] > 0 and m["requests_per_s"] > 0
+        assert 0 < m["ttft_ms_p50"] <= m["ttft_ms_p99"] and m["e2e_ms_p50"] >= m["ttft_ms_p50"]
+        assert level["peak_memory_mib"] > 0 and level["ended"] > level["started"]
+        assert (folder / "serving" / result["cell"]["id"] / f"c{level['level']}" / "profile_export.jsonl").exists()
+    assert result["loadgen"]["name"] == "aiperf"
+    table = (folder / "serving.md").read_text()
+    assert "| llama.cpp" in table and "summary" in table and "p99 TTFT under 5000 ms up to concurrency" in table
+    assert not list((folder / "cells").glob(".*"))  # no handshake or scratch file left
+    left = subprocess.run(["pgrep", "-f", str(LLAMA_SERVER)], capture_output=True, text=True)
+    assert left.stdout == "", f"llama-server left running: {left.stdout}"
