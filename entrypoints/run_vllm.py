@@ -113,6 +113,11 @@ class Engine:
         return record
 
     def load(self) -> None:
+        self.llm = LLM(**self.engine_arguments(self.workload["batch_size"]))
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def engine_arguments(self, sequences: int) -> dict[str, Any]:
+        """vllm.LLM's (EngineArgs') arguments for this cell; on CPU a KV cache for `sequences` at once."""
         s = self.settings
         arguments: dict[str, Any] = {
             "enable_prefix_caching": False,  # each repetition prefills, as the first one did
@@ -130,10 +135,8 @@ class Engine:
         }
         if not self.gpus and "kv_cache_memory_bytes" not in arguments:
             config = json.loads((Path(self.model_path) / "config.json").read_text())
-            batch = self.workload["batch_size"]
-            arguments["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, arguments["max_model_len"], batch)
-        self.llm = LLM(**arguments)
-        self.tokenizer = self.llm.get_tokenizer()
+            arguments["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, arguments["max_model_len"], sequences)
+        return arguments
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]

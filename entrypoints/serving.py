@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from harness import MemorySampler, check_spec, process_tree_rss_mib
+from harness import CellInvalid, CellUnsupported, MemorySampler, check_spec, process_tree_rss_mib
 from shared import RESULT_SCHEMA_VERSION, write_json_atomic
 
 STOP_GRACE_S = 20
@@ -179,6 +179,10 @@ def serve(server_class: type, argv: list[str] | None = None) -> int:
             if process.poll() is not None:
                 raise RuntimeError(f"the server exited with code {process.returncode} while it served")
             time.sleep(0.2)
+    except CellUnsupported as exc:  # this environment cannot run the engine: said, not failed
+        result["status"], result["reason"] = "unsupported", str(exc)
+    except CellInvalid as exc:
+        result["status"], result["reason"] = "failed", str(exc)
     except Exception as exc:
         result["status"] = "failed"
         result["reason"] = f"{type(exc).__name__}: {exc}"
@@ -190,7 +194,7 @@ def serve(server_class: type, argv: list[str] | None = None) -> int:
         result["memory_timeline"] = timeline.stop() if timeline._thread.is_alive() else []
         log_text = server_log.read_text(errors="replace") if server_log.exists() else ""
         sys.stdout.write(log_text[-20000:])  # the server's own output goes to the cell's log
-        if result["status"] != "ok":
+        if result["status"] == "failed":
             cause = last_error_line(log_text)
             if cause and cause not in result["reason"]:
                 result["reason"] += f"; server said: {cause}"

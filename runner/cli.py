@@ -314,7 +314,9 @@ def _list(cells: list[Cell], baseline: Cell | None) -> None:
         print(cell_line(cell) + mark)
 
 
-def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path) -> Executor:
+def _executor(
+    args: argparse.Namespace, chosen: list[Cell], folder: Path, tools: dict[str, str | None] | None = None
+) -> Executor:
     """The executor this run uses, with a line saying which and why."""
     kind = args.executor
     if kind == "auto":
@@ -324,7 +326,13 @@ def _executor(args: argparse.Namespace, chosen: list[Cell], folder: Path) -> Exe
         print(f"executor: {kind} ({why}; choose with --executor)", flush=True)
     elif kind not in EXECUTORS:  # argparse checks --executor, not a default from BENCH_EXECUTOR
         raise UserError(f"BENCH_EXECUTOR={kind}: unknown executor; choose one of auto, {', '.join(sorted(EXECUTORS))}")
-    options = ExecutorOptions(folder, chosen, args.python, build_options(args), build_missing=not args.no_build)
+    if tools is not None and kind == "local":  # the tools' local executables
+        tools = {name: find_aiperf(args.loadgen) if name == "aiperf" else path for name, path in tools.items()}
+    elif tools and args.loadgen:
+        print(f"note: --loadgen names a local executable; the {kind} executor runs images/aiperf", flush=True)
+    options = ExecutorOptions(
+        folder, chosen, args.python, build_options(args), build_missing=not args.no_build, tools=tools or {}
+    )
     return make_executor(kind, options)
 
 
@@ -349,13 +357,12 @@ def _run(args: argparse.Namespace) -> int:
         if serving:
             _serving_table(folder, matrix, serving, {})
         return _table(folder, cells, {}, baseline, refresh=True) if cells else 0
-    aiperf = find_aiperf(args.loadgen) if chosen_serving else ""
     model = resolve_model(matrix.model, args.store, matrix.path)  # a bad model leaves no run folder behind
     folder.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(folder):
         code = _run_in(folder, args, matrix, cells, chosen, baseline, model) if chosen else 0
         if chosen_serving:
-            code = max(code, _serve_in(folder, args, matrix, serving, chosen_serving, model, aiperf))
+            code = max(code, _serve_in(folder, args, matrix, serving, chosen_serving, model))
         return code
 
 
@@ -370,16 +377,13 @@ def _serve_in(
     serving: list[Cell],
     chosen: list[Cell],
     model: dict,
-    aiperf: str,
 ) -> int:
     """Run the chosen serving cells into folder, render the serving table, choose the exit code."""
-    if args.executor == "auto":  # the load generator runs beside a local server for now (runner/serving/session.py)
-        args.executor = "local"
-        print("executor: local for serving cells (their load generator runs as a local process)", flush=True)
-    executor = _executor(args, chosen, folder)
-    print(f"{len(chosen)} serving cell(s), executor {executor.name}, load generator {aiperf}", flush=True)
+    executor = _executor(args, chosen, folder, tools={"aiperf": None})
+    where = executor.tools["aiperf"]  # its local executable, or its image
+    print(f"{len(chosen)} serving cell(s), executor {executor.name}, load generator {where}", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results = run_serving_cells(matrix, chosen, model, folder, executor, aiperf, args.cpu_set)
+    results = run_serving_cells(matrix, chosen, model, folder, executor, where, args.cpu_set)
     _manifest(folder, args, executor.name, matrix.path, chosen, None, started)
     _serving_table(folder, matrix, serving, {r["cell"]["id"]: r for r in results})
     print(f"serving: {summary(results)}")

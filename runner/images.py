@@ -59,6 +59,7 @@ class ImageSpec:
     env: dict[str, str] = field(default_factory=dict)  # ENV of the final image
     unverified_pins: str | None = None
     not_wired: str | None = None  # why no cell can use this image yet (its engine has no description)
+    tool: str | None = None  # not an engine's: a tool run beside cells (executors' run_tool), and what for
     engine_package: str = ""  # the requirement an engine_version replaces (empty: versions not offered)
     # a second venv over the engine's, for a tool whose pins conflict with the engine's (a quantiser that
     # pins other versions of the engine's dependencies): {path, purpose, module (smoke-tested), requirements}
@@ -76,7 +77,8 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
     for path in sorted(images_dir.glob("*/image.yaml")):
         raw = yaml.safe_load(path.read_text())
         engine = path.parent.name
-        _check_wired(path, engine, raw.get("not_wired"))
+        if not raw.get("tool"):  # a tool's image (a load generator) runs beside cells, not as one
+            _check_wired(path, engine, raw.get("not_wired"))
         for flavour, body in raw["flavours"].items():
             if flavour not in FLAVOURS:
                 raise UserError(f"{path}: flavours.{flavour}: unknown flavour; use one of {', '.join(FLAVOURS)}")
@@ -87,6 +89,7 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
                 smoke_test=raw["smoke_test"],
                 unverified_pins=raw.get("unverified_pins"),
                 not_wired=raw.get("not_wired"),
+                tool=raw.get("tool"),
                 base_image=body["base_image"],
                 requirements=tuple(body["requirements"]),
                 apt_runtime=tuple(body.get("apt_runtime", ())),

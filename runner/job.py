@@ -37,6 +37,7 @@ class Job:
 class Executor(Protocol):
     name: str
     interrupted: bool
+    tools: dict[str, str]  # what run_tool runs for each tool: its local executable, or its image
 
     def run(self, job: Job) -> dict[str, Any]:
         """Run the cell and return its result (status, reason, metrics), never raising for a cell's failure."""
@@ -44,6 +45,11 @@ class Executor(Protocol):
 
     def stop_all(self) -> None:
         """Stop every running cell and start no other (the run was interrupted)."""
+        ...
+
+    def run_tool(self, job: Job, tool: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
+        """Run a tool beside the job's running cell, where it reaches the cell's 127.0.0.1 (a serving cell's
+        load generator); its output to log_path. The exit code, or None if it ran past timeout_s (then killed)."""
         ...
 
     def environment(self, cell: Cell) -> str:
@@ -61,3 +67,6 @@ class ExecutorOptions:
     python: str | None = None  # local: the interpreter that has the engines (default: the runner's)
     build_options: dict[str, BuildOptions] = field(default_factory=dict)  # docker: per image flavour
     build_missing: bool = True  # docker: build missing images (False: refuse and name them)
+    # tools run beside cells (run_tool): name -> local executable (local executor) or None (docker: the
+    # tool's image, images/<name>/, built like an engine's)
+    tools: dict[str, str | None] = field(default_factory=dict)

@@ -436,3 +436,38 @@ def test_a_build_leaves_no_dangling_image_and_keeps_its_builder_by_name(cpu_imag
     finally:
         docker("image", "rm", *tags, builder)
     assert _dangling(*ours) == set() and _image_id(builder) is None
+
+
+def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_image, runner_cli, model_store, tmp_path):
+    """llama-server in the llamacpp CPU image (--network none), AIPerf in images/aiperf sharing its network."""
+    folder = tmp_path / "serve"
+    done = runner_cli(
+        str(MATRICES / "serving_cpu.yaml"), "--executor", "docker", "-o", str(folder), "--store", str(model_store),
+        timeout=2400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for engine, server in (("llamacpp", "llama-server"), ("vllm", "vllm.entrypoints.openai.api_server")):
+        (path,) = (folder / "cells").glob(f"serve-{engine}-*.json")
+        result = json.loads(path.read_text())
+        assert result["status"] == "ok", result.get("reason")
+        assert result["executor"] == "docker"
+        assert result["loadgen"]["executable"].startswith("inference-matrix/aiperf:")
+        assert server in " ".join(result["server"]["command"])
+        cell_id = result["cell"]["id"]
+        first = (folder / "logs" / f"{cell_id}.log").read_text().splitlines()[0]
+        assert re.match(rf"\$ docker run --name inference-matrix-{cell_id}-[0-9a-f]{{8}} --network none", first)
+        assert [lv["level"] for lv in result["levels"]] == [1, 2]
+        for level in result["levels"]:
+            m = level["metrics"]
+            assert level["status"] == "ok" and m["errors"] == 0 and m["requests"] == 6, (engine, level)
+            assert m["output_tokens_min"] == m["output_tokens_max"] == 16  # exactly N, as the server counted
+            assert m["ttft_ms_p50"] > 0 and level["peak_memory_mib"] > 0
+            aiperf_log = (folder / "serving" / cell_id / f"c{level['level']}" / "aiperf.log").read_text()
+            assert re.match(
+                rf"\$ docker run --rm --name inference-matrix-{cell_id}-[0-9a-f]{{8}}-aiperf-[0-9a-f]{{4}} "
+                rf"--network container:inference-matrix-{cell_id}-[0-9a-f]{{8}} ",
+                aiperf_log,
+            )
+    table = (folder / "serving.md").read_text()
+    assert "| vLLM " in table and "| llama.cpp " in table
+    assert leftover_containers() == []

@@ -31,9 +31,14 @@ CPU_FLAVOURS = {"transformers", "vllm", "llamacpp", "ctranslate2"}
 NOT_WIRED: set[str] = set()  # every image folder has its engine now (MLC was the last, issue 21)
 
 
+TOOL_IMAGES = {"aiperf"}  # run beside cells (the serving cells' load generator), CPU only
+
+
 def test_every_image_folder_has_a_gpu_flavour_and_the_cpu_builds_a_cpu_flavour():
     assert {engine for engine, flavour in SPECS if flavour == "gpu"} == IMAGE_FOLDERS
-    assert {engine for engine, flavour in SPECS if flavour == "cpu"} == CPU_FLAVOURS
+    assert {engine for engine, flavour in SPECS if flavour == "cpu"} == CPU_FLAVOURS | TOOL_IMAGES
+    assert {name for (name, _), spec in SPECS.items() if spec.tool} == TOOL_IMAGES
+    assert TOOL_IMAGES.isdisjoint(ENGINES)
 
 
 def test_an_image_folder_names_its_engine_or_says_it_has_none_yet():

@@ -8,6 +8,7 @@ requests each; it checks every level's numbers and that no server is left.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from runner.errors import UserError
 from runner.matrix import load_matrix, parse_matrix
-from runner.serving.loadgen import aiperf_command, find_aiperf
+from runner.serving.loadgen import aiperf_arguments, find_aiperf
 from runner.serving.session import serving_cells
 
 AIPERF = Path(sys.prefix) / "aiperf" / "bin" / "aiperf"
@@ -32,8 +33,8 @@ def test_a_serving_only_matrix_expands_to_server_cells(matrices):
     matrix = load_matrix(matrices / "serving_cpu.yaml")
     assert matrix.engines == {} and matrix.serving is not None
     assert matrix.serving.sweep.levels == (1, 2) and matrix.serving.sweep.new_tokens == 16
-    (cell,) = serving_cells(matrix)
-    assert cell.id.startswith("serve-llamacpp-") and cell.gpus == ()
+    cell, vllm = serving_cells(matrix)
+    assert cell.id.startswith("serve-llamacpp-") and cell.gpus == () and vllm.id.startswith("serve-vllm-")
     assert cell.settings["parallel"] is None and cell.settings["cont_batching"] is True
     assert serving_cells(matrix)[0].id == cell.id  # stable
 
@@ -68,8 +69,9 @@ def test_server_settings_change_the_cell_and_its_label():
 
 def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path):
     sweep = {"requests": 8, "warmup_requests": 2, "prompt_tokens": 64, "new_tokens": 256}
-    command = aiperf_command("aiperf", "http://127.0.0.1:9", "m", "/ckpt", 16, sweep, {"ignore_eos": True}, tmp_path)
+    command = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 16, sweep, {"ignore_eos": True}, tmp_path)
     text = " ".join(command)
+    assert command[0] == "profile"  # the executor runs it with its aiperf (local executable or image)
     assert "--concurrency 16" in text and "--request-count 16" in text  # at least one request per slot
     assert "--isl 64 --synthetic-input-tokens-stddev 0 --osl 256 --osl-stddev 0" in text
     assert "--use-server-token-count" in text and "--streaming" in text
@@ -110,5 +112,9 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     table = (folder / "serving.md").read_text()
     assert "| llama.cpp" in table and "summary" in table and "p99 TTFT under 5000 ms up to concurrency" in table
     assert not list((folder / "cells").glob(".*"))  # no handshake or scratch file left
+    (vllm,) = [json.loads(p.read_text()) for p in (folder / "cells").glob("serve-vllm-*.json")]
+    if importlib.util.find_spec("vllm") is None:  # this environment has no vLLM: the row says so, the run goes on
+        assert vllm["status"] == "unsupported" and "vLLM is not importable here" in vllm["reason"]
+        assert "not importable" in table
     left = subprocess.run(["pgrep", "-f", str(LLAMA_SERVER)], capture_output=True, text=True)
     assert left.stdout == "", f"llama-server left running: {left.stdout}"

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from runner.cpuset import named
-from runner.engines.base import Engine, Setting, harness_threads
+from runner.engines.base import Engine, Server, Setting, harness_threads
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
 
@@ -168,6 +168,13 @@ def failure_cause(facts: dict[str, list[Any]]) -> str | None:
     return found[0][:300] if found else None
 
 
+SERVER = Server(
+    entrypoint="serve_vllm.py",
+    settings={},  # max_num_seqs and the rest through engine_args, as offline
+    request_extras={"ignore_eos": True},
+    forced_length="max_tokens with ignore_eos (vLLM's sampling parameter): the end token cannot stop a request",
+)
+
 VLLM = Engine(
     name="vllm",
     software="vLLM",
@@ -184,4 +191,5 @@ VLLM = Engine(
     notes=notes,
     failure_cause=failure_cause,
     compute_threads=compute_threads,
+    server=SERVER,
 )

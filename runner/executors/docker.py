@@ -120,6 +120,19 @@ def run_command(job: Job, image: str, run_folder: Path, run_token: str) -> list[
     return [*command, image, "python3", script, "--spec", str(job.spec_path), "--output", str(job.child_result_path)]
 
 
+def tool_command(job: Job, image: str, args: list[str], run_folder: Path, name: str, cell_container: str) -> list[str]:
+    """`docker run` of a tool's image in the cell container's network namespace (its 127.0.0.1), as the
+    invoking user, with the model read-only and the run folder read-write at their host paths."""
+    mount = model_mount(job.spec["model"])
+    return [
+        "docker", "run", "--rm", "--name", name, "--network", f"container:{cell_container}",
+        "--label", f"{FOLDER_LABEL}={run_folder}", "--user", f"{os.getuid()}:{os.getgid()}",
+        "--env", "HOME=/tmp", "--env", "PYTHONUNBUFFERED=1",
+        "--volume", f"{mount}:{mount}:ro", "--volume", f"{run_folder}:{run_folder}:rw",
+        image, *args,
+    ]  # fmt: skip
+
+
 def _remove(name: str) -> None:
     subprocess.run(["docker", "rm", "--force", name], capture_output=True, stdin=subprocess.DEVNULL)
 
@@ -138,8 +151,15 @@ def leftover_containers(run_folder: Path) -> list[str]:
 class DockerExecutor:
     name = "docker"
 
-    def __init__(self, images: dict[tuple, str], run_folder: Path, run_token: str | None = None):
+    def __init__(
+        self,
+        images: dict[tuple, str],
+        run_folder: Path,
+        run_token: str | None = None,
+        tools: dict[str, str] | None = None,
+    ):
         self.images = images  # runner.build.image_key of a cell -> tag
+        self.tools = tools or {}  # tool name -> its image's tag
         self.run_folder = run_folder
         self.run_token = run_token or secrets.token_hex(4)
         self.interrupted = False
@@ -190,6 +210,31 @@ class DockerExecutor:
         self._names.discard(name)
         return outcome(job, process.returncode, timed_out=timed_out, interrupted=self.interrupted)
 
+    def run_tool(self, job: Job, tool: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
+        """The tool's image, running its executable of the same name, beside the cell's running container."""
+        cell_container = container_name(job.cell["id"], self.run_token)
+        name = f"{cell_container}-{tool}-{secrets.token_hex(2)}"
+        command = tool_command(job, self.tools[tool], [tool, *args], self.run_folder, name, cell_container)
+        with open(log_path, "w") as log:
+            log.write("$ " + " ".join(shlex.quote(a) for a in command) + "\n")
+            log.flush()
+            with self._lock:
+                if self.interrupted:
+                    return None
+                self._names.add(name)
+                process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            try:
+                code = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                code = None
+                subprocess.run(["docker", "kill", name], capture_output=True, stdin=subprocess.DEVNULL)
+                process.wait()
+        _remove(name)
+        self._names.discard(name)
+        return code
+
 
 def from_options(options: ExecutorOptions) -> DockerExecutor:
     """A docker executor once the daemon answers and every image the cells need exists (built if allowed)."""
@@ -198,5 +243,10 @@ def from_options(options: ExecutorOptions) -> DockerExecutor:
         print(f"removing container {name}, left in this run folder by a runner that was killed", flush=True)
         _remove(name)
     needed = {image_key(c.engine, c.gpus, c.engine_version) for c in options.cells}
+    needed |= {(tool, "cpu") for tool in options.tools}  # a tool runs on the CPU beside any cell
     tags = ensure_images(needed, load_specs(), options.build_options, options.build_missing, exists=image_exists)
-    return DockerExecutor(tags, options.run_folder)
+    missing = [tool for tool in options.tools if (tool, "cpu") not in tags]
+    if missing:
+        raise UserError(f"no image for {', '.join(missing)}: images/<name>/image.yaml with a cpu flavour")
+    tools = {tool: tags[(tool, "cpu")] for tool in options.tools}
+    return DockerExecutor(tags, options.run_folder, tools=tools)

@@ -72,8 +72,9 @@ def _kill_group(process: subprocess.Popen) -> None:
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, python: str | None = None):
+    def __init__(self, python: str | None = None, tools: dict[str, str | None] | None = None):
         self.python = python or sys.executable
+        self.tools = tools or {}  # name -> executable
         self.interrupted = False
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
@@ -137,6 +138,27 @@ class LocalExecutor:
             code = process.returncode
         return outcome(job, code, timed_out=timed_out, interrupted=self.interrupted)
 
+    def run_tool(self, job: Job, tool: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
+        """The tool's local executable with args, in its own process group (killed whole on a timeout)."""
+        command = [self.tools[tool], *args]
+        with open(log_path, "w") as log:
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            with self._lock:
+                if self.interrupted:
+                    return None
+                process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                self._running.add(process)
+            try:
+                code = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                code = None
+            _kill_group(process)
+            self._running.discard(process)
+        return code
+
 
 def from_options(options: ExecutorOptions) -> LocalExecutor:
     if any(not c.gpus for c in options.cells) and shutil.which("taskset") is None:
@@ -144,4 +166,7 @@ def from_options(options: ExecutorOptions) -> LocalExecutor:
             "taskset not found: the local executor pins CPU cells to their CPUs with it; install util-linux "
             "(apt-get install util-linux) or run with --executor docker"
         )
-    return LocalExecutor(python=options.python)
+    missing = [name for name, path in options.tools.items() if not path]
+    if missing:
+        raise UserError(f"the local executor runs {', '.join(missing)} from this machine: name its executable")
+    return LocalExecutor(python=options.python, tools=dict(options.tools))

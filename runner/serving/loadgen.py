@@ -53,8 +53,7 @@ def find_aiperf(given: str | None) -> str:
     )
 
 
-def aiperf_command(
-    aiperf: str,
+def aiperf_arguments(
     url: str,
     model_name: str,
     tokenizer: str,
@@ -63,9 +62,9 @@ def aiperf_command(
     request_extras: dict[str, Any],
     artifacts: Path,
 ) -> list[str]:
-    """One level's ``aiperf profile`` command line."""
+    """One level's ``aiperf`` arguments (``profile ...``), for the executor's run_tool."""
     command = [
-        aiperf, "profile",
+        "profile",
         "--url", url, "--endpoint-type", "completions", "--streaming",
         "--model", model_name, "--tokenizer", tokenizer,
         "--concurrency", str(level),

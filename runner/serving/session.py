@@ -11,17 +11,17 @@ server gone, is failed with the reason (the server's last error line), and the
 levels before it keep their numbers. The cell's memory per level is the peak of
 the child's memory timeline within the level's time.
 
-For now the load generator runs as a local process, next to a server started by
-the local executor; the container path (a load generator image sharing the
-server container's network) is still to come, and a serving cell under another
-executor fails with that reason.
+The executor runs the load generator beside the cell (Executor.run_tool): the
+local executor as a local process (.venv/aiperf, or --loadgen), the docker
+executor as a container of images/aiperf in the server container's network
+namespace, so the server's 127.0.0.1 is the load generator's and cells keep
+``--network none``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -33,7 +33,7 @@ from runner.job import Executor, Job
 from runner.matrix import Matrix, serving_engine
 from runner.provenance import tool_version
 from runner.results import failure
-from runner.serving.loadgen import AIPERF_VERSION, aiperf_command, level_metrics
+from runner.serving.loadgen import AIPERF_VERSION, aiperf_arguments, level_metrics
 from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
@@ -138,16 +138,10 @@ class ServingRun:
     """Sweeps one server: the executor runs its child in a thread, the load generator runs here."""
 
     def __init__(self, folder: Path, executor: Executor, aiperf: str, log=print):
-        self.folder, self.executor, self.aiperf, self.log = folder, executor, aiperf, log
+        self.folder, self.executor, self.aiperf, self.log = folder, executor, aiperf, log  # aiperf: where it ran
 
     def run(self, cell: Cell, job: Job) -> dict[str, Any]:
         sweep = job.spec["workload"]
-        if self.executor.name != "local":
-            reason = (
-                "serving cells run with the local executor for now (--executor local): the load generator "
-                "does not yet run in a container beside the server's"
-            )
-            return failure(job.cell, job.spec["model"], sweep, "failed", reason)
         outcome: list[dict[str, Any]] = []
         server = threading.Thread(target=lambda: outcome.append(self.executor.run(job)), daemon=True)
         job.child_result_path.unlink(missing_ok=True)
@@ -193,27 +187,21 @@ class ServingRun:
                 continue
             artifacts = self.folder / "serving" / cell.id / f"c{level}"
             artifacts.mkdir(parents=True, exist_ok=True)
-            command = aiperf_command(self.aiperf, url, model["name"], model["path"], level, sweep, extras, artifacts)
-            entry["command"] = command
+            args = aiperf_arguments(url, model["name"], model["path"], level, sweep, extras, artifacts)
+            entry["command"] = ["aiperf", *args]
             entry["started"] = time.time()
             self.log(f"[{cell.id}] level {level}: {max(sweep['requests'], level)} requests")
+            log_path = artifacts / "aiperf.log"
             try:
-                with open(artifacts / "aiperf.log", "w") as out:
-                    done = subprocess.run(
-                        command,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        timeout=max(deadline - time.monotonic(), 1),
-                        cwd=artifacts,
-                    )
-                if done.returncode != 0:
-                    raise RuntimeError(f"aiperf exited with code {done.returncode} (see {artifacts / 'aiperf.log'})")
-                entry["metrics"] = level_metrics(artifacts)
-                problem = _check_level(entry["metrics"], level, sweep)
-                entry.update(status="failed" if problem else "ok", reason=problem)
-            except subprocess.TimeoutExpired:
-                entry.update(status="timeout", reason="the cell's timeout_s ran out during this level")
+                code = self.executor.run_tool(job, "aiperf", args, log_path, max(deadline - time.monotonic(), 1))
+                if code is None:
+                    entry.update(status="timeout", reason="the cell's timeout_s ran out during this level")
+                elif code != 0:
+                    raise RuntimeError(f"aiperf exited with code {code} (see {log_path})")
+                else:
+                    entry["metrics"] = level_metrics(artifacts)
+                    problem = _check_level(entry["metrics"], level, sweep)
+                    entry.update(status="failed" if problem else "ok", reason=problem)
             except Exception as exc:
                 entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
             entry["ended"] = time.time()

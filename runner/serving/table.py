@@ -68,7 +68,8 @@ def summary_row(result: dict[str, Any], ttft_bound_ms: float) -> dict[str, Any]:
     row = dict.fromkeys(COLUMNS, "")
     row.update(Software=result["cell"]["software"], Settings="; ".join(result["cell"]["label"]), Concurrency="summary")
     if result["status"] != "ok" and not ok:
-        row["Notes"] = f"{result['status']}: {result.get('reason')}"
+        said = "not run here" if result["status"] == "unsupported" else result["status"]
+        row["Notes"] = f"{said}: {result.get('reason')}"
         return row
     best = max(ok, key=lambda lv: lv["metrics"]["output_tokens_per_s"] or 0, default=None)
     under = [lv["level"] for lv in ok if (lv["metrics"].get("ttft_ms_p99") or 0) < ttft_bound_ms]
