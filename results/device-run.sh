@@ -82,9 +82,21 @@ if [ -d /tmp/mlc-llm/python ]; then
   # TVM compiles CUDA through NVRTC and finds the toolkit's headers under CUDA_PATH
   export MLC_LLM_SOURCE=/tmp/mlc-llm PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
 fi
+# AIPerf for serving cells (results/aiperf-carry.sh): its site carried in pieces into /tmp/aparts (or
+# whole under .carry/aiperf-1), unpacked once per machine, run through a wrapper with that site alone
+# ahead of the device's packages, and named to the runner as --loadgen.
+loadgen=()
+if [ ! -d /tmp/aiperf-site ]; then
+  parts=$(ls /tmp/aparts/part-* 2>/dev/null || ls .carry/aiperf-*/part-* 2>/dev/null || true)
+  if [ -n "$parts" ]; then mkdir -p /tmp/aiperf-site && cat $parts | xz -dc -T0 | tar -x -C /tmp/aiperf-site; fi
+fi
+if [ -d /tmp/aiperf-site ]; then
+  printf '#!/bin/sh\nPYTHONPATH=/tmp/aiperf-site exec python3 -m aiperf "$@"\n' > /tmp/aiperf && chmod +x /tmp/aiperf
+  loadgen=(--loadgen /tmp/aiperf)
+fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version --format=csv
-timeout --signal=INT --kill-after=20 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store
+timeout --signal=INT --kill-after=20 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store "${loadgen[@]}"
 echo "runner exit: $?"
 if [ -n "${OUT:-}" ]; then
   tar -C "$(dirname "$run_folder")" -czf "$OUT/$(basename "$run_folder").tgz" "$(basename "$run_folder")"

@@ -19,7 +19,7 @@ import pytest
 from runner.errors import UserError
 from runner.matrix import load_matrix, parse_matrix
 from runner.serving.loadgen import aiperf_arguments, find_aiperf
-from runner.serving.session import serving_cells
+from runner.serving.session import server_label, serving_cells
 
 AIPERF = Path(sys.prefix) / "aiperf" / "bin" / "aiperf"
 LLAMA_SERVER = Path(sys.prefix) / "llama.cpp" / "bin" / "llama-server"
@@ -62,8 +62,6 @@ def test_server_settings_change_the_cell_and_its_label():
 
     plain, slots = cell({"quant": "q8_0"}), cell({"quant": "q8_0", "parallel": 4})
     assert plain.id != slots.id
-    from runner.serving.session import server_label
-
     assert server_label(plain) == ["q8_0"] and server_label(slots) == ["q8_0", "parallel=4"]
 
 
@@ -118,3 +116,17 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
         assert "not importable" in table
     left = subprocess.run(["pgrep", "-f", str(LLAMA_SERVER)], capture_output=True, text=True)
     assert left.stdout == "", f"llama-server left running: {left.stdout}"
+
+
+def test_the_gpu_serving_matrix_has_the_issues_rows(repo):
+    matrix = load_matrix(repo / "matrix-serving.yaml")
+    assert matrix.engines == {} and matrix.serving.sweep.levels == (1, 4, 16, 64)
+    assert (matrix.serving.sweep.prompt_tokens, matrix.serving.sweep.new_tokens) == (64, 256)
+    labels = {(c.engine, "; ".join(server_label(c))) for c in serving_cells(matrix)}
+    assert labels == {
+        ("vllm", "tensor_parallel_size=1"),
+        ("vllm", "tensor_parallel_size=1; quantization='fp8'"),
+        ("llamacpp", "fp16"),
+        ("llamacpp", "q4_k_m"),
+    }
+    assert all(c.gpus == (0,) for c in serving_cells(matrix))
