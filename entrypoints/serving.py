@@ -3,12 +3,12 @@
 A serving cell has two halves. This one runs inside the engine's environment
 (its image, or the local interpreter): the engine's server module (serve_<engine>.py)
 prepares what the server reads (a converted checkpoint, cached in the store) and
-names the server's command line; this harness starts it in its own process
-group on 127.0.0.1, waits until it answers its health path (up to the sweep's
+names the server's command line; this harness starts it (in the cell's process
+group, so the executor's kill reaches it) on 127.0.0.1, waits until it answers its health path (up to the sweep's
 ``server_timeout_s``), and says so in ``<output>.ready.json`` (port, command).
 The runner then drives the load from outside (runner/serving/) and asks for the
-end by creating ``<output>.stop``; the harness stops the server (SIGINT, then
-SIGKILL after a grace period) and writes the result: the server's command, how
+end by creating ``<output>.stop`` (or stops the cell with SIGTERM); the harness
+stops the server (SIGINT, then SIGKILL after a grace period) and writes the result: the server's command, how
 long it took to become ready, its exit, the last error line of its log, and its
 memory over time (device memory through NVML on the cell's GPUs, the process
 tree's RSS on CPU), sampled twice a second so the runner can cut a peak per
@@ -120,17 +120,25 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float) -> f
         time.sleep(0.25)
 
 
+class Stopped(Exception):
+    """The executor stopped the cell (its timeout, or the run was interrupted): SIGTERM."""
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise Stopped("stopped by SIGTERM (the cell's timeout, or the run was interrupted)")
+
+
 def stop_server(process: subprocess.Popen) -> int | None:
-    """SIGINT to the server's group (servers shut down cleanly on it), SIGKILL after a grace period."""
+    """SIGINT to the server (servers shut down cleanly on it), SIGKILL after a grace period. The server
+    stays in this process's group, so whatever it leaves behind goes with the cell's group (the executor
+    kills it whole) or its container."""
     for sig, wait_s in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, 5)):
         if process.poll() is not None:
             break
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
+            process.send_signal(sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=wait_s)
-    with contextlib.suppress(ProcessLookupError):  # anything the server left in its group
-        os.killpg(process.pid, signal.SIGKILL)
     return process.returncode
 
 
@@ -152,6 +160,7 @@ def serve(server_class: type, argv: list[str] | None = None) -> int:
         "metrics": {},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    signal.signal(signal.SIGTERM, _stopped)  # a stopped cell still stops its server and writes its result
     sampler, timeline = MemorySampler(interval_s=0.05), Timeline()
     process = None
     server_log = args.output.with_name(args.output.name + ".server.log")
@@ -166,9 +175,7 @@ def serve(server_class: type, argv: list[str] | None = None) -> int:
         sampler.start()
         timeline.start()
         with open(server_log, "w") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         ready_s = wait_until_ready(
             f"http://127.0.0.1:{port}{server.health_path}", process, spec["workload"]["server_timeout_s"]
         )

@@ -12,13 +12,14 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from runner.errors import UserError
 from runner.matrix import load_matrix, parse_matrix
-from runner.serving.loadgen import aiperf_arguments, find_aiperf
+from runner.serving.loadgen import aiperf_arguments, error_lines, find_aiperf
 from runner.serving.session import server_label, serving_cells
 
 AIPERF = Path(sys.prefix) / "aiperf" / "bin" / "aiperf"
@@ -130,3 +131,43 @@ def test_the_gpu_serving_matrix_has_the_issues_rows(repo):
         ("llamacpp", "q4_k_m"),
     }
     assert all(c.gpus == (0,) for c in serving_cells(matrix))
+
+
+@pytest.mark.slow
+def test_a_sweep_past_its_timeout_stops_server_and_load_and_keeps_the_row(runner_cli, tmp_path, model_store):
+    if not AIPERF.exists() or not LLAMA_SERVER.exists():
+        pytest.skip(f"needs {AIPERF} (make setup-aiperf) and {LLAMA_SERVER} (make setup-llamacpp)")
+    matrix = tmp_path / "slow.yaml"
+    matrix.write_text(
+        "version: 1\nmodel: {synthetic: tiny-mistral}\ndefaults: {gpus: [], timeout_s: 25}\n"
+        "serving:\n  levels: [1, 2]\n  requests: 100000\n  warmup_requests: 0\n  prompt_tokens: 16\n"
+        "  new_tokens: 64\n  engines: {llamacpp: {include: [{quant: f16}]}}\n"
+    )
+    folder = tmp_path / "run"
+    started = time.monotonic()
+    done = runner_cli(str(matrix), "-o", str(folder), "--executor", "local", "--store", str(model_store))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert time.monotonic() - started < 120  # the timeout bounded the sweep
+    (path,) = (folder / "cells").glob("serve-llamacpp-*.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "timeout", result
+    (level,) = result["levels"]  # the sweep stopped at its first level; level 2 never started
+    assert level["level"] == 1 and level["status"] == "timeout"
+    assert "summary" in (folder / "serving.md").read_text()
+    for program in (str(LLAMA_SERVER), str(AIPERF.parent)):
+        left = subprocess.run(["pgrep", "-f", program], capture_output=True, text=True)
+        assert left.stdout == "", f"{program} left running: {left.stdout}"
+
+
+def test_aiperf_failures_are_told_in_its_own_words():
+    log = (
+        "$ aiperf profile --warmup-request-count 0\n"
+        "╭─ Error ─────────────╮\n"
+        "│ 1 validation error for CLIConfig   │\n"
+        "│ warmup_request_count               │\n"
+        "│   Input should be greater than 0   │\n"
+        "╰─────────────────────╯\n"
+    )
+    said = error_lines(log)
+    assert said == "1 validation error for CLIConfig warmup_request_count Input should be greater than 0"
+    assert error_lines("starting\nTraceback ...\nValueError: boom\n") == "starting / Traceback ... / ValueError: boom"

@@ -69,7 +69,6 @@ def aiperf_arguments(
         "--model", model_name, "--tokenizer", tokenizer,
         "--concurrency", str(level),
         "--request-count", str(max(sweep["requests"], level)),
-        "--warmup-request-count", str(sweep["warmup_requests"]),
         "--isl", str(sweep["prompt_tokens"]), "--synthetic-input-tokens-stddev", "0",
         "--osl", str(sweep["new_tokens"]), "--osl-stddev", "0",
         "--use-legacy-max-tokens",
@@ -81,6 +80,8 @@ def aiperf_arguments(
         "--ui-type", "none",
         "--artifact-dir", str(artifacts),
     ]  # fmt: skip
+    if sweep["warmup_requests"]:  # AIPerf takes no warm-up count of 0: none is asked for then
+        command += ["--warmup-request-count", str(sweep["warmup_requests"])]
     for key, value in request_extras.items():
         command += ["--extra-inputs", f"{key}:{json.dumps(value)}"]
     return command
@@ -117,3 +118,19 @@ def level_metrics(artifacts: Path) -> dict[str, Any]:
         for stat in ("avg", *PERCENTILES):
             metrics[f"{name}_{stat}"] = _stat(summary, tag, stat)
     return metrics
+
+
+def error_lines(log_text: str, most_chars: int = 400) -> str:
+    """AIPerf's own words when it failed: the text of its last error box, else its last lines."""
+    lines = log_text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("╭─ Error")]
+    if starts:
+        box = []
+        for line in lines[starts[-1] + 1 :]:
+            if line.startswith("╰"):
+                break
+            box.append(line.strip("│ "))
+        text = " ".join(part for part in box if part)
+    else:
+        text = " / ".join(line.strip() for line in lines[-3:] if line.strip())
+    return " ".join(text.split())[:most_chars]

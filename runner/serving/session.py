@@ -33,7 +33,7 @@ from runner.job import Executor, Job
 from runner.matrix import Matrix, serving_engine
 from runner.provenance import tool_version
 from runner.results import failure
-from runner.serving.loadgen import AIPERF_VERSION, aiperf_arguments, level_metrics
+from runner.serving.loadgen import AIPERF_VERSION, aiperf_arguments, error_lines, level_metrics
 from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
@@ -197,7 +197,8 @@ class ServingRun:
                 if code is None:
                     entry.update(status="timeout", reason="the cell's timeout_s ran out during this level")
                 elif code != 0:
-                    raise RuntimeError(f"aiperf exited with code {code} (see {log_path})")
+                    said = error_lines(log_path.read_text(errors="replace")) if log_path.exists() else ""
+                    raise RuntimeError(f"aiperf exited with code {code}: {said} (log: {log_path})")
                 else:
                     entry["metrics"] = level_metrics(artifacts)
                     problem = _check_level(entry["metrics"], level, sweep)
@@ -229,18 +230,36 @@ def run_serving_cells(
     """Run every serving cell, one at a time (each server takes its GPUs or CPUs alone)."""
     results = []
     runner = ServingRun(folder, executor, aiperf, log)
-    for cell in cells:
-        cell_model, problem = _cell_model(cell, model, log)
-        job = make_serving_job(folder, cell, matrix, cell_model, cpus)
-        log(f"[{cell.id}] serving {cell.software}: {'; '.join(server_label(cell))}")
-        started = time.time()
-        if problem:
-            result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem)
-        else:
-            result = runner.run(cell, job)
-        result.update(wall_s=time.time() - started, executor=executor.name, runner=tool_version())
-        write_json_atomic(job.result_path, result)
-        job.child_result_path.unlink(missing_ok=True)
-        log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
-        results.append(result)
+    try:
+        for cell in cells:
+            results.append(_run_one(matrix, cell, model, folder, executor, runner, cpus, log))
+    except KeyboardInterrupt:  # stop the running server and load generator (processes or containers)
+        executor.stop_all()
+        raise
     return results
+
+
+def _run_one(
+    matrix: Matrix,
+    cell: Cell,
+    model: dict[str, Any],
+    folder: Path,
+    executor: Executor,
+    runner: ServingRun,
+    cpus: tuple[int, ...],
+    log,
+) -> dict[str, Any]:
+    """One serving cell: its checkpoint, its job, the sweep, its result written."""
+    cell_model, problem = _cell_model(cell, model, log)
+    job = make_serving_job(folder, cell, matrix, cell_model, cpus)
+    log(f"[{cell.id}] serving {cell.software}: {'; '.join(server_label(cell))}")
+    started = time.time()
+    if problem:
+        result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem)
+    else:
+        result = runner.run(cell, job)
+    result.update(wall_s=time.time() - started, executor=executor.name, runner=tool_version())
+    write_json_atomic(job.result_path, result)
+    job.child_result_path.unlink(missing_ok=True)
+    log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
+    return result
