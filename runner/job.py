@@ -52,6 +52,12 @@ class Executor(Protocol):
         load generator); its output to log_path. The exit code, or None if it ran past timeout_s (then killed)."""
         ...
 
+    def run_in_cell(self, job: Job, script: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
+        """Run an entrypoints/ script in the job's running cell's environment (its container, or the local
+        interpreter), beside the cell (an engine's own benchmark against its server). Exit code, or None on a
+        timeout."""
+        ...
+
     def environment(self, cell: Cell) -> str:
         """What the cell's engine runs in, as one comparable line: its image tag, or the local interpreter
         with a digest of its installed packages and the cell's entrypoint files (runner/reuse.py)."""

@@ -462,6 +462,12 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
             assert level["status"] == "ok" and m["errors"] == 0 and m["requests"] == 6, (engine, level)
             assert m["output_tokens_min"] == m["output_tokens_max"] == 16  # exactly N, as the server counted
             assert m["ttft_ms_p50"] > 0 and level["peak_memory_mib"] > 0
+            if engine == "vllm":  # its own benchmark beside each level, on the same server
+                ref = level["reference"]
+                assert ref["tool"] == "vllm bench serve" and "error" not in ref, ref
+                assert ref["output_tokens_per_s"] > 0 and ref["ttft_ms_p50"] > 0 and ref["output_ratio"] > 0
+            else:
+                assert "reference" not in level
             aiperf_log = (folder / "serving" / cell_id / f"c{level['level']}" / "aiperf.log").read_text()
             assert re.match(
                 rf"\$ docker run --rm --name inference-matrix-{cell_id}-[0-9a-f]{{8}}-aiperf-[0-9a-f]{{4}} "
@@ -469,5 +475,5 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                 aiperf_log,
             )
     table = (folder / "serving.md").read_text()
-    assert "| vLLM " in table and "| llama.cpp " in table
+    assert "| vLLM " in table and "| llama.cpp " in table and "vllm bench serve: " in table
     assert leftover_containers() == []

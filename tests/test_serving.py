@@ -171,3 +171,23 @@ def test_aiperf_failures_are_told_in_its_own_words():
     said = error_lines(log)
     assert said == "1 validation error for CLIConfig warmup_request_count Input should be greater than 0"
     assert error_lines("starting\nTraceback ...\nValueError: boom\n") == "starting / Traceback ... / ValueError: boom"
+
+
+def test_vllm_rows_carry_vllms_own_serving_benchmark_on_the_same_level():
+    from runner.engines import ENGINES
+    from runner.serving.session import _ratios
+    from runner.serving.table import _reference_note
+
+    reference = ENGINES["vllm"].server.reference
+    assert reference.name == "vllm bench serve" and reference.script in ENGINES["vllm"].files
+    sweep = {"requests": 8, "warmup_requests": 2, "prompt_tokens": 64, "new_tokens": 256}
+    args = reference.arguments("http://127.0.0.1:9", "m", "/ckpt", 16, sweep, "/r.json")
+    text = " ".join(args)
+    assert "--max-concurrency 16 " in text and "--num-prompts 16 " in text and "--ignore-eos" in text
+    assert "--random-input-len 64 --random-output-len 256 --random-range-ratio 0" in text
+    ours = {"output_tokens_per_s": 99.0, "ttft_ms_p50": 22.0}
+    theirs = {"tool": "vllm bench serve", "output_tokens_per_s": 100.0, "ttft_ms_p50": 20.0}
+    theirs.update(_ratios(ours, theirs))
+    assert (theirs["output_ratio"], theirs["ttft_p50_ratio"]) == (0.99, 1.1)
+    assert _reference_note(theirs) == "vllm bench serve: 100.0 tok/s (this row 0.99x), TTFT p50 20.0 ms (1.10x)"
+    assert ENGINES["llamacpp"].server.reference is None  # llama.cpp's server bench needs its own client

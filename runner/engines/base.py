@@ -39,6 +39,19 @@ def harness_threads(result: dict[str, Any]) -> int | None:
 
 
 @dataclass(frozen=True)
+class ServerReference:
+    """The engine's own serving benchmark, run beside its server after each level (the row's fidelity check)."""
+
+    script: str  # its helper in entrypoints/, run in the cell's environment (Executor.run_in_cell)
+    name: str  # how the table names it
+    # (server url, served model name, tokenizer path, level, sweep, result JSON path) -> the script's arguments
+    arguments: Callable[[str, str, str, int, dict[str, Any], str], list[str]]
+    # the result JSON's output tokens per second and median TTFT (ms)
+    output_key: str = "output_throughput"
+    ttft_key: str = "median_ttft_ms"
+
+
+@dataclass(frozen=True)
 class Server:
     """An engine's own server for serving cells (runner/serving): what runs it, how requests keep to N tokens."""
 
@@ -48,6 +61,7 @@ class Server:
     request_extras: dict[str, Any]
     forced_length: str  # how the server keeps to N tokens (or why it cannot), for the table's Notes
     helpers: tuple[str, ...] = ()  # its files beside it in entrypoints/
+    reference: ServerReference | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,8 @@ class Engine:
     def files(self) -> tuple[str, ...]:
         """Its files in entrypoints/: the entrypoint and its helpers, and its server's."""
         server = (self.server.entrypoint, *self.server.helpers) if self.server else ()
+        if self.server and self.server.reference:
+            server += (self.server.reference.script,)
         return (self.entrypoint, *self.helpers, *server)
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from runner.cpuset import named
-from runner.engines.base import Engine, Server, Setting, harness_threads
+from runner.engines.base import Engine, Server, ServerReference, Setting, harness_threads
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
 
@@ -168,11 +168,27 @@ def failure_cause(facts: dict[str, list[Any]]) -> str | None:
     return found[0][:300] if found else None
 
 
+def bench_serve_arguments(
+    url: str, served: str, tokenizer: str, level: int, sweep: dict[str, Any], result: str
+) -> list[str]:
+    """vllm bench serve for one level, as the load generator ran it (entrypoints/vllm_bench_serve.py)."""
+    return [
+        "--result", result,
+        "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
+        "--model", tokenizer, "--served-model-name", served, "--tokenizer", tokenizer,
+        "--dataset-name", "random", "--random-input-len", str(sweep["prompt_tokens"]),
+        "--random-output-len", str(sweep["new_tokens"]), "--random-range-ratio", "0",
+        "--num-prompts", str(max(sweep["requests"], level)), "--max-concurrency", str(level),
+        "--num-warmups", str(sweep["warmup_requests"]), "--ignore-eos", "--seed", "0", "--disable-tqdm",
+    ]  # fmt: skip
+
+
 SERVER = Server(
     entrypoint="serve_vllm.py",
     settings={},  # max_num_seqs and the rest through engine_args, as offline
     request_extras={"ignore_eos": True},
     forced_length="max_tokens with ignore_eos (vLLM's sampling parameter): the end token cannot stop a request",
+    reference=ServerReference("vllm_bench_serve.py", "vllm bench serve", bench_serve_arguments),
 )
 
 VLLM = Engine(

@@ -235,6 +235,23 @@ class DockerExecutor:
         self._names.discard(name)
         return code
 
+    def run_in_cell(self, job: Job, script: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
+        """The script in the cell's running container (docker exec), with the image's Python."""
+        container = container_name(job.cell["id"], self.run_token)
+        command = ["docker", "exec", container, "python3", f"{CONTAINER_ENTRYPOINTS}/{script}", *args]
+        with open(log_path, "w") as log:
+            log.write("$ " + " ".join(shlex.quote(a) for a in command) + "\n")
+            log.flush()
+            if self.interrupted:
+                return None
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                return process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:  # the container goes with the cell; the client goes now
+                process.kill()
+                process.wait()
+                return None
+
 
 def from_options(options: ExecutorOptions) -> DockerExecutor:
     """A docker executor once the daemon answers and every image the cells need exists (built if allowed)."""

@@ -140,7 +140,14 @@ class LocalExecutor:
 
     def run_tool(self, job: Job, tool: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
         """The tool's local executable with args, in its own process group (killed whole on a timeout)."""
-        command = [self.tools[tool], *args]
+        return self._beside([self.tools[tool], *args], None, log_path, timeout_s)
+
+    def run_in_cell(self, job: Job, script: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
+        """The script under the cell's interpreter and environment (its GPUs), in its own process group."""
+        env = cell_environment(tuple(job.cell["gpus"]), job.env)
+        return self._beside([self.python, str(ENTRYPOINTS / script), *args], env, log_path, timeout_s)
+
+    def _beside(self, command: list[str], env: dict[str, str] | None, log_path: Path, timeout_s: float) -> int | None:
         with open(log_path, "w") as log:
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
@@ -148,7 +155,13 @@ class LocalExecutor:
                 if self.interrupted:
                     return None
                 process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=env,
+                    cwd=ENTRYPOINTS if env is not None else None,
                 )
                 self._running.add(process)
             try:

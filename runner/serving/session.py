@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.engines import ENGINES
+from runner.engines.base import ServerReference
 from runner.expand import Cell, block_cells
 from runner.job import Executor, Job
 from runner.matrix import Matrix, serving_engine
@@ -177,6 +178,7 @@ class ServingRun:
         sweep = job.spec["workload"]
         model = job.spec["model"]
         extras = ENGINES[cell.engine].server.request_extras
+        reference = ENGINES[cell.engine].server.reference
         levels: list[dict[str, Any]] = []
         for level in sweep["levels"]:
             entry: dict[str, Any] = {"level": level}
@@ -203,6 +205,9 @@ class ServingRun:
                     entry["metrics"] = level_metrics(artifacts)
                     problem = _check_level(entry["metrics"], level, sweep)
                     entry.update(status="failed" if problem else "ok", reason=problem)
+                    if not problem and reference is not None:
+                        entry["reference"] = self._reference(job, reference, url, level, artifacts, deadline)
+                        entry["reference"].update(_ratios(entry["metrics"], entry["reference"]))
             except Exception as exc:
                 entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
             entry["ended"] = time.time()
@@ -215,6 +220,38 @@ class ServingRun:
             if entry["status"] == "timeout":
                 break
         return levels
+
+    def _reference(
+        self, job: Job, reference: ServerReference, url: str, level: int, artifacts: Path, deadline: float
+    ) -> dict[str, Any]:
+        """The engine's own serving benchmark on the same level and server: its throughput and median TTFT."""
+        sweep, model = job.spec["workload"], job.spec["model"]
+        result = artifacts / "reference.json"
+        args = reference.arguments(url, model["name"], model["path"], level, sweep, str(result))
+        log_path = artifacts / "reference.log"
+        found: dict[str, Any] = {"tool": reference.name, "command": [reference.script, *args]}
+        code = self.executor.run_in_cell(job, reference.script, args, log_path, max(deadline - time.monotonic(), 1))
+        if code != 0 or not result.exists():
+            said = error_lines(log_path.read_text(errors="replace")) if log_path.exists() else ""
+            return {**found, "error": f"exit {code}: {said}"}
+        figures = json.loads(result.read_text())
+        return {
+            **found,
+            "output_tokens_per_s": figures.get(reference.output_key),
+            "ttft_ms_p50": figures.get(reference.ttft_key),
+        }
+
+
+def _ratios(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """The row's figures over its engine's own benchmark's: output throughput and median TTFT."""
+    found = {}
+    for ours, theirs, name in (
+        ("output_tokens_per_s", "output_tokens_per_s", "output_ratio"),
+        ("ttft_ms_p50", "ttft_ms_p50", "ttft_p50_ratio"),
+    ):
+        if metrics.get(ours) and reference.get(theirs):
+            found[name] = round(metrics[ours] / reference[theirs], 4)
+    return found
 
 
 def run_serving_cells(

@@ -58,8 +58,28 @@ def _level_row(result: dict[str, Any], level: dict[str, Any]) -> dict[str, Any]:
         "E2E p50/p99 (ms)": _trio(m, "e2e_ms", ("p50", "p99")),
         "Errors": "" if not m else f"{m.get('errors', 0):.0f}",
         "Max Mem (MiB)": _fmt(level.get("peak_memory_mib"), 0),
-        "Notes": "" if level["status"] == "ok" else f"{level['status']}: {level.get('reason')}",
+        "Notes": "; ".join(filter(None, [_failure(level), _reference_note(level.get("reference"))])),
     }
+
+
+def _failure(level: dict[str, Any]) -> str:
+    return "" if level["status"] == "ok" else f"{level['status']}: {level.get('reason')}"
+
+
+def _reference_note(reference: dict[str, Any] | None) -> str:
+    """The engine's own serving benchmark on the same level: its figures and the row's ratio to them."""
+    if not reference:
+        return ""
+    if reference.get("error"):
+        return f"{reference['tool']} failed: {reference['error']}"
+    parts = []
+    if reference.get("output_tokens_per_s"):
+        parts.append(
+            f"{reference['output_tokens_per_s']:,.1f} tok/s (this row {reference.get('output_ratio', 0):.2f}x)"
+        )
+    if reference.get("ttft_ms_p50"):
+        parts.append(f"TTFT p50 {reference['ttft_ms_p50']:,.1f} ms ({reference.get('ttft_p50_ratio', 0):.2f}x)")
+    return f"{reference['tool']}: " + ", ".join(parts)
 
 
 def summary_row(result: dict[str, Any], ttft_bound_ms: float) -> dict[str, Any]:

