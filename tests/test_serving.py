@@ -75,6 +75,10 @@ def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path
     assert "--isl 64 --synthetic-input-tokens-stddev 0 --osl 256 --osl-stddev 0" in text
     assert "--use-server-token-count" in text and "--streaming" in text
     assert command[command.index("--extra-inputs") + 1] == "ignore_eos:true"
+    assert command[command.index("--connection-reuse-strategy") + 1] == "pooled"  # as clients do
+    from runner.engines import ENGINES
+
+    assert ENGINES["llamacpp"].server.connections == "never" and ENGINES["vllm"].server.connections == "pooled"
 
 
 def test_a_missing_load_generator_says_how_to_get_it():

@@ -62,6 +62,9 @@ class Server:
     forced_length: str  # how the server keeps to N tokens (or why it cannot), for the table's Notes
     helpers: tuple[str, ...] = ()  # its files beside it in entrypoints/
     reference: ServerReference | None = None
+    # the load generator's connections: "pooled" (kept alive, as clients do) or "never" (one per request),
+    # for a server that closes a connection after each streamed response
+    connections: str = "pooled"
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,9 @@ SERVER = Server(
         "cont_batching": Setting(True, "continuous batching (llama-server's default)", type=bool),
     },
     request_extras={"ignore_eos": True},
+    # llama-server closed kept-alive connections after streamed responses: a pooled client's next request on
+    # one failed ("Server disconnected", on the CPU at concurrency 1), so each request opens its own
+    connections="never",
     forced_length="max_tokens with ignore_eos (llama-server's sampling parameter): the end token cannot stop a request",
 )
 

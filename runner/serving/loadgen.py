@@ -9,10 +9,13 @@ sweep's prompt tokens (made with the checkpoint's own tokenizer) and
 needs to keep the end token from stopping a request early. Tokens are counted
 as the server reports them (its usage fields): a random model's text does not
 re-tokenise to the same count, so counting on the client would misstate them.
-Every request opens its own connection (``--connection-reuse-strategy never``):
-with pooled connections a request could land on one llama-server had just closed
-(a "Server disconnected" error at concurrency 1 on the CPU); a fresh local
-connection costs well under a millisecond, the same for every engine. AIPerf writes its
+Connections are pooled (kept alive, as real clients and vllm bench serve keep
+them) unless the engine's server says otherwise (Server.connections): llama-server
+closed kept-alive connections after streamed responses, so a pooled request could
+land on a closed one ("Server disconnected" at concurrency 1 on the CPU); its
+requests each open their own. That is not free: against vLLM's server on CI's
+CPU a connection per request cost about 4 ms of TTFT and a quarter of the output
+rate at concurrency 1. AIPerf writes its
 summary as JSON (``profile_export_aiperf.json``) and every request as a line;
 ``level_metrics`` keeps what the table shows and the raw export stays in the run
 folder beside the cell.
@@ -61,6 +64,7 @@ def aiperf_arguments(
     sweep: dict[str, Any],
     request_extras: dict[str, Any],
     artifacts: Path,
+    connections: str = "pooled",
 ) -> list[str]:
     """One level's ``aiperf`` arguments (``profile ...``), for the executor's run_tool."""
     command = [
@@ -73,7 +77,7 @@ def aiperf_arguments(
         "--osl", str(sweep["new_tokens"]), "--osl-stddev", "0",
         "--use-legacy-max-tokens",
         "--use-server-token-count",  # the server's own usage counts: random text does not re-tokenise to itself
-        "--connection-reuse-strategy", "never",
+        "--connection-reuse-strategy", connections,
         "--random-seed", "0",
         "--wait-for-model-timeout", "0",
         "--no-server-metrics", "--no-gpu-telemetry", "--no-auto-plot",

@@ -179,6 +179,7 @@ class ServingRun:
         model = job.spec["model"]
         extras = ENGINES[cell.engine].server.request_extras
         reference = ENGINES[cell.engine].server.reference
+        connections = ENGINES[cell.engine].server.connections
         levels: list[dict[str, Any]] = []
         for level in sweep["levels"]:
             entry: dict[str, Any] = {"level": level}
@@ -189,7 +190,7 @@ class ServingRun:
                 continue
             artifacts = self.folder / "serving" / cell.id / f"c{level}"
             artifacts.mkdir(parents=True, exist_ok=True)
-            args = aiperf_arguments(url, model["name"], model["path"], level, sweep, extras, artifacts)
+            args = aiperf_arguments(url, model["name"], model["path"], level, sweep, extras, artifacts, connections)
             entry["command"] = ["aiperf", *args]
             entry["started"] = time.time()
             self.log(f"[{cell.id}] level {level}: {max(sweep['requests'], level)} requests")
