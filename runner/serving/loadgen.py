@@ -9,13 +9,10 @@ sweep's prompt tokens (made with the checkpoint's own tokenizer) and
 needs to keep the end token from stopping a request early. Tokens are counted
 as the server reports them (its usage fields): a random model's text does not
 re-tokenise to the same count, so counting on the client would misstate them.
-Connections are pooled (kept alive, as real clients and vllm bench serve keep
-them) unless the engine's server says otherwise (Server.connections): llama-server
-closed kept-alive connections after streamed responses, so a pooled request could
-land on a closed one ("Server disconnected" at concurrency 1 on the CPU); its
-requests each open their own. That is not free: against vLLM's server on CI's
-CPU a connection per request cost about 4 ms of TTFT and a quarter of the output
-rate at concurrency 1. AIPerf writes its
+Connections are pooled (kept alive, as real clients keep them) unless the
+engine's server needs one per request (Server.connections, which says why): a
+connection per request is not free (on CI's CPU it cost one server about 4 ms of
+TTFT and a quarter of its output rate at concurrency 1). AIPerf writes its
 summary as JSON (``profile_export_aiperf.json``) and every request as a line;
 ``level_metrics`` keeps what the table shows and the raw export stays in the run
 folder beside the cell.
