@@ -36,6 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import CellInvalid, CellUnsupported, MemorySampler, check_spec, process_tree_rss_mib
 from shared import RESULT_SCHEMA_VERSION, write_json_atomic
 
@@ -71,9 +72,8 @@ class Timeline:
             try:
                 import pynvml
 
-                pynvml.nvmlInit()
-                count = pynvml.nvmlDeviceGetCount()
-                self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+                pynvml.nvmlInit()  # the cell's GPUs only (NVML itself sees every GPU of the host)
+                self._handles = [harness._nvml_handle(pynvml, entry) for entry in harness._visible_devices()]
                 self._nvml = pynvml
                 self._read = self._gpu
             except Exception:  # no NVML: the overall sampler says why
