@@ -57,6 +57,14 @@ def missing_cuda_library(exc: BaseException) -> str | None:
     )
 
 
+def compute_cache_bytes() -> int | None:
+    """Bytes in the driver's JIT cache (CUDA_CACHE_PATH), or None where it is not set or not there yet."""
+    folder = os.environ.get("CUDA_CACHE_PATH")
+    if not folder or not Path(folder).is_dir():
+        return None if not folder else 0
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
 def vocabulary(model_dir: Path) -> list[str]:
     """The converted model's vocabulary, by id (vocabulary.json, or vocabulary.txt from older converters)."""
     listed = model_dir / "vocabulary.json"
@@ -75,6 +83,7 @@ class Engine:
         if self.device == "cuda" and derived and not os.environ.get("CUDA_CACHE_PATH"):
             os.environ["CUDA_CACHE_PATH"] = str(Path(derived).parent / "cuda-cache")  # before CUDA starts
             os.environ.setdefault("CUDA_CACHE_MAXSIZE", CUDA_CACHE_BYTES)
+        self.compute_cache_before = compute_cache_bytes() if self.device == "cuda" else None
         self.model_dir: Path | None = None
         self.generator: Any = None
         self.vocab: list[str] = []
@@ -154,17 +163,23 @@ class Engine:
         counts = [0] * len(batch)
         first = None
         start = time.perf_counter()
-        for step in self.generator.generate_tokens(
-            batch if len(batch) > 1 else batch[0],
-            max_batch_size=self.settings["max_batch_size"],
-            max_length=new_tokens,
-            min_length=new_tokens,
-            end_token=[],
-            sampling_topk=1,
-        ):
-            if first is None:
-                first = time.perf_counter() - start
-            counts[step.batch_id] += 1
+        try:
+            for step in self.generator.generate_tokens(
+                batch if len(batch) > 1 else batch[0],
+                max_batch_size=self.settings["max_batch_size"],
+                max_length=new_tokens,
+                min_length=new_tokens,
+                end_token=[],
+                sampling_topk=1,
+            ):
+                if first is None:
+                    first = time.perf_counter() - start
+                counts[step.batch_id] += 1
+        except RuntimeError as exc:  # cuBLAS is loaded at the first matrix product, not at load()
+            problem = missing_cuda_library(exc)
+            if problem:
+                raise harness.CellUnsupported(problem) from None
+            raise
         total = time.perf_counter() - start
         if len(set(counts)) != 1:
             raise RuntimeError(f"CTranslate2 gave sequences of {sorted(set(counts))} tokens, not one length")
@@ -179,12 +194,23 @@ class Engine:
         return self._threads(), "CTranslate2 intra_threads (OpenMP threads of the generator)"
 
     def details(self) -> dict[str, Any]:
-        return {
+        found = {
             "device": self.device,
             "compute_type": self.generator.compute_type if self.generator is not None else None,
             "vocabulary": len(self.vocab),
             "supported_compute_types": sorted(ctranslate2.get_supported_compute_types(self.device)),
         }
+        if self.device == "cuda":
+            # the driver compiles PTX it has not cached during load and warm-up: a cache that grew means
+            # this cell's load_s and first warm-up include that compile (the first load on this store)
+            after = compute_cache_bytes()
+            found["compute_cache"] = {
+                "path": os.environ.get("CUDA_CACHE_PATH"),
+                "bytes_before": self.compute_cache_before,
+                "bytes_after": after,
+                "compiled_here": bool(after and after > (self.compute_cache_before or 0)),
+            }
+        return found
 
     def close(self) -> None:
         if self.generator is not None:

@@ -55,10 +55,16 @@ fi
 # ExLlamaV2's CUDA extension, JIT-built on an earlier machine and brought back by
 # results/device-background.sh (BACKGROUND_KEEP=.cache/store/torch-extensions), carried in
 # .carry/exllamav2-ext: unpacked into the store once per machine. The wheel's sources were just
-# installed, so they are newer than the carried objects; touching the build makes ninja (torch's JIT
-# builds with it) find nothing to rebuild. Only valid for the same exllamav2 and torch as the build.
+# installed, so they are newer than the carried objects. Ninja (torch's JIT builds with it) judges an
+# output by the mtime its .ninja_log recorded, not the file's: touching the objects alone still rebuilt
+# everything (2026-12-02, 122 s); so the objects are touched and the log's mtimes (field 3, ns) set to
+# now. Only valid for the same exllamav2, torch, paths and flags as the build (ninja also compares
+# each command's hash).
 if ls .carry/exllamav2-ext/torch-extensions.txz.part-* >/dev/null 2>&1 && [ ! -d .cache/store/torch-extensions ]; then
-  cat .carry/exllamav2-ext/torch-extensions.txz.part-* | xz -dc | tar -x && find .cache/store/torch-extensions -type f -exec touch {} +
+  cat .carry/exllamav2-ext/torch-extensions.txz.part-* | xz -dc | tar -x && find .cache/store/torch-extensions -type f -exec touch {} + \
+    && for log in .cache/store/torch-extensions/*/.ninja_log; do
+      awk -v now="$(date +%s%N)" 'BEGIN { OFS = "\t" } /^#/ { print; next } { $3 = now; print }' "$log" > "$log.new" && mv "$log.new" "$log"
+    done
 fi
 # CUDA 12's cuBLAS for CTranslate2's wheel (results/ctranslate2-carry.sh), carried in pieces into
 # /tmp/ct2parts over back-to-back calls: unpacked once per machine, put on the library path.

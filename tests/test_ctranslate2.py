@@ -106,12 +106,25 @@ def test_converted_models_are_keyed_by_checkpoint_release_and_this_code(tmp_path
 
 def test_a_gpu_load_without_cuda_12_cublas_says_how_to_get_it():
     # the message CTranslate2 4.8.5 builds when it cannot dlopen a library ("Library " {} " is not found or
-    # cannot be loaded", read from libctranslate2's strings; not yet seen on a GPU machine)
+    # cannot be loaded"): seen on an H200 without cuBLAS 12 (2026-12-02), raised at the first generation,
+    # not at load, which is why generate() checks for it too
     seen = RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
     problem = run_ctranslate2.missing_cuda_library(seen)
     assert "needs CUDA 12's cuBLAS at run time (Library libcublas.so.12 is not found" in problem
     assert problem.endswith("put the lib folder of the nvidia-cublas-cu12 wheel on LD_LIBRARY_PATH")
     assert run_ctranslate2.missing_cuda_library(RuntimeError("CUDA out of memory")) is None
+
+
+def test_the_drivers_compute_cache_is_measured_where_the_cell_points_it(tmp_path, monkeypatch):
+    cache = tmp_path / "cuda-cache"
+    monkeypatch.setenv("CUDA_CACHE_PATH", str(cache))
+    assert run_ctranslate2.compute_cache_bytes() == 0  # set, not made yet: nothing compiled
+    (cache / "ComputeCache" / "a").mkdir(parents=True)
+    (cache / "ComputeCache" / "a" / "entry").write_bytes(b"x" * 300)
+    (cache / "ComputeCache" / "index").write_bytes(b"y" * 45)
+    assert run_ctranslate2.compute_cache_bytes() == 345
+    monkeypatch.delenv("CUDA_CACHE_PATH")
+    assert run_ctranslate2.compute_cache_bytes() is None
 
 
 def model_record(folder: Path) -> dict:
