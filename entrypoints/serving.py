@@ -180,7 +180,8 @@ def serve(server_class: type, argv: list[str] | None = None) -> int:
             f"http://127.0.0.1:{port}{server.health_path}", process, spec["workload"]["server_timeout_s"]
         )
         result["server"]["ready_s"] = round(ready_s, 2)
-        write_json_atomic(ready_path, {"port": port, "command": command, "pid": process.pid})
+        served = getattr(server, "served_model", None) or spec["model"]["name"]  # what requests name as model
+        write_json_atomic(ready_path, {"port": port, "command": command, "pid": process.pid, "model": served})
         print(f"server ready on port {port} after {ready_s:.1f} s", flush=True)
         while not stop_path.exists():
             if process.poll() is not None:

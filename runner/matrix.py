@@ -243,7 +243,13 @@ def serving_engine(name: str) -> Engine | None:
     engine = ENGINES[name]
     if engine.server is None:
         return None
-    return replace(engine, settings={**engine.settings, **engine.server.settings}, entrypoint=engine.server.entrypoint)
+    server = engine.server
+    return replace(
+        engine,
+        settings={**engine.settings, **server.settings},
+        entrypoint=server.entrypoint,
+        check=lambda settings, gpus: server.check(settings) or engine.check(settings, gpus),
+    )
 
 
 def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:

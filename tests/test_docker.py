@@ -439,14 +439,20 @@ def test_a_build_leaves_no_dangling_image_and_keeps_its_builder_by_name(cpu_imag
 
 
 def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_image, runner_cli, model_store, tmp_path):
-    """llama-server in the llamacpp CPU image (--network none), AIPerf in images/aiperf sharing its network."""
+    """llama-server, vllm serve and transformers serve in their CPU images (--network none), AIPerf in
+    images/aiperf sharing each one's network."""
     folder = tmp_path / "serve"
     done = runner_cli(
         str(MATRICES / "serving_cpu.yaml"), "--executor", "docker", "-o", str(folder), "--store", str(model_store),
         timeout=2400,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for engine, server in (("llamacpp", "llama-server"), ("vllm", "vllm.entrypoints.openai.api_server")):
+    servers = (
+        ("llamacpp", "llama-server"),
+        ("vllm", "vllm.entrypoints.openai.api_server"),
+        ("transformers", "transformers.cli.transformers serve"),
+    )
+    for engine, server in servers:
         (path,) = (folder / "cells").glob(f"serve-{engine}-*.json")
         result = json.loads(path.read_text())
         assert result["status"] == "ok", result.get("reason")
@@ -475,5 +481,6 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                 aiperf_log,
             )
     table = (folder / "serving.md").read_text()
-    assert "| vLLM " in table and "| llama.cpp " in table and "vllm bench serve: " in table
+    assert "| vLLM " in table and "| llama.cpp " in table and "| HF Transformers " in table
+    assert "vllm bench serve: " in table
     assert leftover_containers() == []

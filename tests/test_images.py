@@ -150,7 +150,7 @@ def test_image_gets_the_shared_files_and_the_files_its_description_names():
         names = [p.name for p in entrypoint_files(engine.name)]
         shared = ["harness.py", "shared.py", "serving.py", "prompt.txt", "side_quantiser.py", "calibration.txt"]
         assert names == [*shared, *engine.files]
-    assert [p.name for p in entrypoint_files("transformers")][6:] == ["run_transformers.py"]
+    assert [p.name for p in entrypoint_files("transformers")][6:] == ["run_transformers.py", "serve_transformers.py"]
     assert [p.name for p in entrypoint_files("llamacpp")][-1] == "serve_llamacpp.py"  # its server's entrypoint
 
 

@@ -1,7 +1,7 @@
 """Serving cells: the matrix's serving section, the load generator's command, and a real sweep on the CPU.
 
 The sweep runs llama.cpp's own llama-server (the build `make setup-llamacpp`
-lays out) on the tiny model through `python -m runner` with the local executor,
+lays out) and transformers serve on the tiny model through `python -m runner` with the local executor,
 driven by AIPerf from .venv/aiperf (`make setup-aiperf`), two levels of a few
 requests each; it checks every level's numbers and that no server is left.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import UserError
+from runner.expand import expand
 from runner.matrix import load_matrix, parse_matrix
 from runner.serving.loadgen import aiperf_arguments, error_lines, find_aiperf
 from runner.serving.session import server_label, serving_cells
@@ -34,8 +36,9 @@ def test_a_serving_only_matrix_expands_to_server_cells(matrices):
     matrix = load_matrix(matrices / "serving_cpu.yaml")
     assert matrix.engines == {} and matrix.serving is not None
     assert matrix.serving.sweep.levels == (1, 2) and matrix.serving.sweep.new_tokens == 16
-    cell, vllm = serving_cells(matrix)
+    cell, vllm, transformers = serving_cells(matrix)
     assert cell.id.startswith("serve-llamacpp-") and cell.gpus == () and vllm.id.startswith("serve-vllm-")
+    assert transformers.id.startswith("serve-transformers-") and transformers.settings["continuous_batching"]
     assert cell.settings["parallel"] is None and cell.settings["cont_batching"] is True
     assert serving_cells(matrix)[0].id == cell.id  # stable
 
@@ -56,6 +59,29 @@ def test_serving_section_mistakes_name_key_and_fix(serving, message):
         parse_matrix(serving_matrix(serving), Path("m.yaml"))
 
 
+@pytest.mark.parametrize(
+    ("include", "message"),
+    [
+        (
+            {"grad_mode": "inference_mode"},
+            "m.yaml: serving.engines.transformers: cell {'grad_mode': 'inference_mode'}: grad_mode: transformers "
+            "serve runs generation in its own autograd context; leave grad_mode at default",
+        ),
+        ({"cache": "static"}, "cell {'cache': 'static'}: cache: transformers serve chooses its KV cache"),
+        ({"bettertransformer": True}, "transformers serve has no BetterTransformer conversion"),
+    ],
+)
+def test_offline_settings_a_server_cannot_honour_are_refused(include, message):
+    matrix = parse_matrix(serving_matrix({"engines": {"transformers": {"include": [include]}}}), Path("m.yaml"))
+    with pytest.raises(UserError, match=re.escape(message)):
+        serving_cells(matrix)
+    offline = parse_matrix(
+        {"version": 1, "model": {"synthetic": "tiny-mistral"}, "engines": {"transformers": {"include": [include]}}},
+        Path("m.yaml"),
+    )
+    assert expand(offline)  # the same settings stay valid offline
+
+
 def test_server_settings_change_the_cell_and_its_label():
     def cell(include):
         matrix = parse_matrix(serving_matrix({"engines": {"llamacpp": {"include": [include]}}}), Path("m.yaml"))
@@ -74,11 +100,25 @@ def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path
     assert "--concurrency 16" in text and "--request-count 16" in text  # at least one request per slot
     assert "--isl 64 --synthetic-input-tokens-stddev 0 --osl 256 --osl-stddev 0" in text
     assert "--use-server-token-count" in text and "--streaming" in text
-    assert command[command.index("--extra-inputs") + 1] == "ignore_eos:true"
+    assert json.loads(command[command.index("--extra-inputs") + 1]) == {"ignore_eos": True}
     assert command[command.index("--connection-reuse-strategy") + 1] == "pooled"  # as clients do
     from runner.engines import ENGINES
 
     assert ENGINES["llamacpp"].server.connections == "never" and ENGINES["vllm"].server.connections == "pooled"
+
+
+def test_transformers_requests_name_their_exact_length_in_a_generation_config(tmp_path):
+    from runner.engines import ENGINES
+
+    server = ENGINES["transformers"].server
+    extras = server.extras(256)  # transformers serve has no ignore_eos: the request's own GenerationConfig
+    assert json.loads(extras["generation_config"]) == {"max_new_tokens": 256, "min_new_tokens": 256, "do_sample": False}
+    assert ENGINES["vllm"].server.extras(256) == {"ignore_eos": True}
+    sweep = {"requests": 4, "warmup_requests": 0, "prompt_tokens": 16, "new_tokens": 256}
+    command = aiperf_arguments("http://127.0.0.1:9", "/ckpt", "/ckpt", 1, sweep, extras, tmp_path)
+    # one JSON object: AIPerf's key:value form would split the config at its commas
+    sent = json.loads(command[command.index("--extra-inputs") + 1])
+    assert json.loads(sent["generation_config"])["min_new_tokens"] == 256
 
 
 def test_a_missing_load_generator_says_how_to_get_it():
@@ -119,20 +159,34 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     if importlib.util.find_spec("vllm") is None:  # this environment has no vLLM: the row says so, the run goes on
         assert vllm["status"] == "unsupported" and "vLLM is not importable here" in vllm["reason"]
         assert "not importable" in table
-    left = subprocess.run(["pgrep", "-f", str(LLAMA_SERVER)], capture_output=True, text=True)
-    assert left.stdout == "", f"llama-server left running: {left.stdout}"
+    (hf,) = [json.loads(p.read_text()) for p in (folder / "cells").glob("serve-transformers-*.json")]
+    assert hf["status"] == "ok", hf.get("reason")
+    assert hf["server"]["command"][1:4] == ["-m", "transformers.cli.transformers", "serve"]
+    assert "--continuous-batching" in hf["server"]["command"]
+    for level in hf["levels"]:  # exactly N through the request's generation_config, as the server counted
+        m = level["metrics"]
+        assert level["status"] == "ok" and m["errors"] == 0 and m["requests"] == 6
+        assert m["output_tokens_min"] == m["output_tokens_max"] == 16 and m["ttft_ms_p50"] > 0
+    assert "| HF Transformers" in table
+    for server in (str(LLAMA_SERVER), "transformers.cli.transformers serve"):
+        left = subprocess.run(["pgrep", "-f", server], capture_output=True, text=True)
+        assert left.stdout == "", f"{server} left running: {left.stdout}"
 
 
-def test_the_gpu_serving_matrix_has_the_issues_rows(repo):
-    matrix = load_matrix(repo / "matrix-serving.yaml")
+@pytest.mark.parametrize(
+    ("path", "lengths"), [("matrix-serving.yaml", (64, 256)), ("matrix-serving-long.yaml", (1024, 128))]
+)
+def test_the_gpu_serving_matrices_have_the_issues_rows(repo, path, lengths):
+    matrix = load_matrix(repo / path)
     assert matrix.engines == {} and matrix.serving.sweep.levels == (1, 4, 16, 64)
-    assert (matrix.serving.sweep.prompt_tokens, matrix.serving.sweep.new_tokens) == (64, 256)
+    assert (matrix.serving.sweep.prompt_tokens, matrix.serving.sweep.new_tokens) == lengths
     labels = {(c.engine, "; ".join(server_label(c))) for c in serving_cells(matrix)}
     assert labels == {
         ("vllm", "tensor_parallel_size=1"),
         ("vllm", "tensor_parallel_size=1; quantization='fp8'"),
         ("llamacpp", "fp16"),
         ("llamacpp", "q4_k_m"),
+        ("transformers", "BF16; attn_implementation=sdpa"),
     }
     assert all(c.gpus == (0,) for c in serving_cells(matrix))
 

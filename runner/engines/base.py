@@ -57,14 +57,21 @@ class Server:
 
     entrypoint: str  # its script in entrypoints/ (over the shared entrypoints/serving.py), run as the cell
     settings: dict[str, Setting]  # server-only settings, beside the engine's own
-    # fields every request carries beside max_tokens so that it returns exactly N tokens
-    request_extras: dict[str, Any]
+    # fields every request carries beside max_tokens so that it returns exactly N tokens: fixed, or made
+    # from N where the fields must name it (extras() gives them for a sweep)
+    request_extras: dict[str, Any] | Callable[[int], dict[str, Any]]
     forced_length: str  # how the server keeps to N tokens (or why it cannot), for the table's Notes
     helpers: tuple[str, ...] = ()  # its files beside it in entrypoints/
     reference: ServerReference | None = None
     # the load generator's connections: "pooled" (kept alive, as clients do) or "never" (one per request),
     # for a server that closes a connection after each streamed response
     connections: str = "pooled"
+    # the engine's settings its server cannot honour: (settings) -> why and what to do, or None
+    check: Callable[[dict[str, Any]], str | None] = field(default=lambda settings: None)
+
+    def extras(self, new_tokens: int) -> dict[str, Any]:
+        """The request fields for a sweep of new_tokens per request."""
+        return self.request_extras(new_tokens) if callable(self.request_extras) else dict(self.request_extras)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from runner.engines.base import Engine, Setting
+from runner.engines.base import Engine, Server, Setting
 
 DTYPE_LABELS = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
 TORCH_DTYPE = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
@@ -40,10 +41,51 @@ def label(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+# What `transformers serve` has no option for: its generation runs under its own autograd context, cache and
+# model loading. Said at validation, never silently different from the offline row of the same settings.
+NOT_SERVED = {
+    "grad_mode": "transformers serve runs generation in its own autograd context; leave grad_mode at default",
+    "cache": "transformers serve chooses its KV cache (a paged cache with continuous_batching, the static one "
+    "with compile); leave cache at dynamic",
+    "bettertransformer": "transformers serve has no BetterTransformer conversion; leave bettertransformer off",
+    "bnb_compute_dtype": "transformers serve's --quantization takes no compute dtype; leave bnb_compute_dtype unset",
+}
+
+
+def server_check(settings: dict[str, Any]) -> str | None:
+    for name, why in NOT_SERVED.items():
+        if settings[name] != SETTINGS[name].default:
+            return f"{name}: {why}"
+    return None
+
+
+def exact_length(new_tokens: int) -> dict[str, Any]:
+    """transformers serve takes no ignore_eos or min_tokens; a request's generation_config (a JSON string it
+    builds the GenerationConfig from) can ask for exactly N greedy tokens."""
+    config = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+    return {"generation_config": json.dumps(config)}
+
+
+SERVER = Server(
+    entrypoint="serve_transformers.py",
+    settings={
+        "continuous_batching": Setting(
+            True,
+            "transformers serve --continuous-batching (paged cache, requests batched); false: one at a time",
+            type=bool,
+        ),
+    },
+    request_extras=exact_length,
+    forced_length="max_tokens and a generation_config with min_new_tokens = max_new_tokens = N (transformers "
+    "serve has no ignore_eos): the end token cannot stop a request before N",
+    check=server_check,
+)
+
 TRANSFORMERS = Engine(
     name="transformers",
     software="HF Transformers",
     entrypoint="run_transformers.py",
     settings=SETTINGS,
     label=label,
+    server=SERVER,
 )

@@ -83,8 +83,8 @@ def aiperf_arguments(
     ]  # fmt: skip
     if sweep["warmup_requests"]:  # AIPerf takes no warm-up count of 0: none is asked for then
         command += ["--warmup-request-count", str(sweep["warmup_requests"])]
-    for key, value in request_extras.items():
-        command += ["--extra-inputs", f"{key}:{json.dumps(value)}"]
+    if request_extras:  # one JSON object: AIPerf reads it typed (its key:value form splits on commas, coerces)
+        command += ["--extra-inputs", json.dumps(request_extras)]
     return command
 
 

@@ -155,7 +155,8 @@ class ServingRun:
         levels = []
         if ready:
             self.log(f"[{cell.id}] server ready on port {ready['port']}; sweeping levels {sweep['levels']}")
-            levels = self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", server, deadline)
+            served = ready.get("model") or job.spec["model"]["name"]  # the name its requests carry
+            levels = self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", served, server, deadline)
         stop_path.touch()
         server.join()
         for path in (ready_path, stop_path):
@@ -174,10 +175,12 @@ class ServingRun:
             result["reason"] = f"{result['reason']} (after levels {[lv['level'] for lv in levels]})"
         return result
 
-    def _sweep(self, cell: Cell, job: Job, url: str, server: threading.Thread, deadline: float) -> list[dict]:
+    def _sweep(
+        self, cell: Cell, job: Job, url: str, served: str, server: threading.Thread, deadline: float
+    ) -> list[dict]:
         sweep = job.spec["workload"]
         model = job.spec["model"]
-        extras = ENGINES[cell.engine].server.request_extras
+        extras = ENGINES[cell.engine].server.extras(sweep["new_tokens"])
         reference = ENGINES[cell.engine].server.reference
         connections = ENGINES[cell.engine].server.connections
         levels: list[dict[str, Any]] = []
@@ -190,7 +193,7 @@ class ServingRun:
                 continue
             artifacts = self.folder / "serving" / cell.id / f"c{level}"
             artifacts.mkdir(parents=True, exist_ok=True)
-            args = aiperf_arguments(url, model["name"], model["path"], level, sweep, extras, artifacts, connections)
+            args = aiperf_arguments(url, served, model["path"], level, sweep, extras, artifacts, connections)
             entry["command"] = ["aiperf", *args]
             entry["started"] = time.time()
             self.log(f"[{cell.id}] level {level}: {max(sweep['requests'], level)} requests")
@@ -207,7 +210,7 @@ class ServingRun:
                     problem = _check_level(entry["metrics"], level, sweep)
                     entry.update(status="failed" if problem else "ok", reason=problem)
                     if not problem and reference is not None:
-                        entry["reference"] = self._reference(job, reference, url, level, artifacts, deadline)
+                        entry["reference"] = self._reference(job, reference, url, served, level, artifacts, deadline)
                         entry["reference"].update(_ratios(entry["metrics"], entry["reference"]))
             except Exception as exc:
                 entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
@@ -223,12 +226,12 @@ class ServingRun:
         return levels
 
     def _reference(
-        self, job: Job, reference: ServerReference, url: str, level: int, artifacts: Path, deadline: float
+        self, job: Job, reference: ServerReference, url: str, served: str, level: int, artifacts: Path, deadline: float
     ) -> dict[str, Any]:
         """The engine's own serving benchmark on the same level and server: its throughput and median TTFT."""
         sweep, model = job.spec["workload"], job.spec["model"]
         result = artifacts / "reference.json"
-        args = reference.arguments(url, model["name"], model["path"], level, sweep, str(result))
+        args = reference.arguments(url, served, model["path"], level, sweep, str(result))
         log_path = artifacts / "reference.log"
         found: dict[str, Any] = {"tool": reference.name, "command": [reference.script, *args]}
         code = self.executor.run_in_cell(job, reference.script, args, log_path, max(deadline - time.monotonic(), 1))
