@@ -2,7 +2,9 @@
 
 Software | Settings | Avg Tok/s | Max Mem (MiB) | Speed X | Max mem % | Notes,
 plus a details table (spread, time to first token, decode rate, load time,
-allocator peak). Written as markdown, CSV and JSON into the run's folder.
+allocator peak). Written as markdown, CSV and JSON into the run's folder, with
+charts (runner/report/charts.py) linked from the markdown and table.html
+(runner/report/html.py) beside them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from runner.cpu_load import BUSY_SHARE
 from runner.cpuset import format_cpus, named
 from runner.engines import ENGINES
 from runner.provenance import describe
+from runner.report.charts import markdown_links, offline_charts
+from runner.report.html import write_html
 from runner.results import STATUS_WORDS
 from runner.shared import write_text_atomic
 
@@ -336,6 +340,7 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
     head = caption(results)
     if results and (line := relative_columns_line(results, baseline_id)):
         head.append(line)
+    charts = offline_charts(frame, folder)
     markdown = "\n".join(
         [
             *(f"{line}  " for line in head),
@@ -350,12 +355,14 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
                 details_frame(frame, "<br>"), headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True
             ),
             "",
+            *markdown_links(charts),
         ]
     )
     write_text_atomic(folder / "table.md", markdown)
     csv_frame = frame.assign(Settings=[" / ".join(s) for s in frame["Settings"]])
     write_text_atomic(folder / "table.csv", csv_frame.to_csv(index=False))
     write_text_atomic(folder / "table.json", csv_frame.to_json(orient="records", indent=2))
+    write_html(folder, f"inference-matrix: {folder.name}")
     printed = tabulate(
         display_frame(frame, "; "), headers="keys", tablefmt="github", showindex=False, disable_numparse=True
     )

@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from runner.report.charts import markdown_links, serving_charts
+from runner.report.html import write_html
 from runner.shared import write_text_atomic
 
 COLUMNS = [
@@ -144,7 +146,9 @@ def render_serving(results: list[dict[str, Any]], ttft_bound_ms: float, folder: 
             tabulate(table, headers="keys", tablefmt="github", showindex=False),
         ]
     )
-    write_text_atomic(folder / "serving.md", text + "\n")
+    links = markdown_links(serving_charts(results, ttft_bound_ms, folder))
+    write_text_atomic(folder / "serving.md", "\n".join([text, "", *links]) + "\n")
     write_text_atomic(folder / "serving.csv", table.to_csv(index=False))
     write_text_atomic(folder / "serving.json", json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
+    write_html(folder, f"inference-matrix: {folder.name}")
     return text

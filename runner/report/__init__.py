@@ -1,0 +1,1 @@
+"""A run's report beyond the markdown: charts (PNG and SVG) and the self-contained table.html."""
