@@ -24,6 +24,7 @@ from pathlib import Path
 
 from runner import cpuset
 from runner.build import BuildOptions, ensure_images, image_spec
+from runner.compare import parse_compare_args, run_compare
 from runner.errors import UserError
 from runner.executors import EXECUTORS, make_executor
 from runner.executors.docker import daemon_problem, image_exists, require_daemon
@@ -201,6 +202,8 @@ def _main(argv: list[str]) -> int:
             return _build(parse_build_args(argv[1:]))
         if argv[:1] == ["images"]:
             return _images(argv[1:])
+        if argv[:1] == ["compare"]:
+            return run_compare(parse_compare_args(argv[1:]))
         return _run(parse_run_args(argv))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

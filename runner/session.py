@@ -24,6 +24,7 @@ from runner.host import hardware_of
 from runner.job import Executor, Job
 from runner.matrix import Matrix
 from runner.models import derived
+from runner.progress import Progress
 from runner.provenance import tool_version
 from runner.results import failure, read_result
 from runner.reuse import measured_with, why_not_reuse
@@ -80,7 +81,7 @@ def run_cells(
     executor: Executor,
     max_parallel: int = 1,
     force: bool = False,
-    log=print,
+    log=None,
     guard: GpuGuard | None = None,
     cpus: tuple[int, ...] | None = None,
 ) -> list[dict[str, Any]]:
@@ -89,8 +90,11 @@ def run_cells(
     CPU cells run on cpus (default: every CPU this runner may use).
 
     A GPU cell starts only once its GPUs are free (runner.gpu_guard); if they stay
-    busy, the cell is a failed row saying so and nothing runs on them.
+    busy, the cell is a failed row saying so and nothing runs on them. After each
+    cell, the run's progress (runner.progress): cells done, time spent, what is left.
     """
+    progress = Progress({c.id: c.timeout_s for c in cells}, max_parallel)
+    log = log or progress.log
     guard = guard or GpuGuard(log=log)
     cpus = cpus or cpuset.available()
 
@@ -106,6 +110,7 @@ def run_cells(
                 f"[{cell.id}] kept earlier ok result ({'; '.join(cell.label)}): same checkpoint, engine "
                 "environment, executor and hardware" + (f", {cpuset.named(pinned)}" if pinned else "")
             )
+            progress.finished(cell.id, previous, kept=True)
             return previous
         if previous is not None:
             log(f"[{cell.id}] measuring again: {why}")
@@ -127,9 +132,13 @@ def run_cells(
         write_json_atomic(job.result_path, result)
         job.child_result_path.unlink(missing_ok=True)
         log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
+        progress.finished(cell.id, result)
         return result
 
-    return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel, on_interrupt=executor.stop_all)
+    try:
+        return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel, on_interrupt=executor.stop_all)
+    finally:
+        progress.close()
 
 
 def _cell_model(cell: Cell, model: dict[str, Any], log) -> tuple[dict[str, Any], str | None]:

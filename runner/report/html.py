@@ -115,22 +115,21 @@ def _charts(folder: Path, kind: str) -> list[str]:
     return parts
 
 
-def write_html(folder: Path, title: str) -> Path:
-    """(Re)write folder/table.html from the folder's tables and charts; return its path."""
+def page(title: str, body: list[str]) -> str:
+    """A whole self-contained HTML page around body's parts, its tables made sortable."""
     scripts = "\n".join((VENDOR / name).read_text() for name in SCRIPTS)
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    body += _offline(folder) + _charts(folder, "offline") + _serving(folder) + _charts(folder, "serving")
     ready = (
         "document.querySelectorAll('table.sortable').forEach(function (t) { new Tablesort(t); });"
         "document.body.setAttribute('data-report', 'ready');"
     )
-    page = "\n".join(
+    return "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
             f"<title>{html.escape(title)}</title>",
             f"<style>{STYLE}</style>",
             "</head><body>",
+            f"<h1>{html.escape(title)}</h1>",
             *body,
             f"<script>\n{scripts}\n</script>",
             f"<script>{ready}</script>",
@@ -138,6 +137,11 @@ def write_html(folder: Path, title: str) -> Path:
             "",
         ]
     )
+
+
+def write_html(folder: Path, title: str) -> Path:
+    """(Re)write folder/table.html from the folder's tables and charts; return its path."""
+    body = _offline(folder) + _charts(folder, "offline") + _serving(folder) + _charts(folder, "serving")
     path = folder / "table.html"
-    write_text_atomic(path, page)
+    write_text_atomic(path, page(title, body))
     return path
