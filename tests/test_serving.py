@@ -163,6 +163,7 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     assert hf["status"] == "ok", hf.get("reason")
     assert hf["server"]["command"][1:4] == ["-m", "transformers.cli.transformers", "serve"]
     assert "--continuous-batching" in hf["server"]["command"]
+    assert "generation_config" in hf["exact_length"]["request_extras"] and "min_new_tokens" in hf["exact_length"]["how"]
     for level in hf["levels"]:  # exactly N through the request's generation_config, as the server counted
         m = level["metrics"]
         assert level["status"] == "ok" and m["errors"] == 0 and m["requests"] == 6

@@ -167,6 +167,11 @@ class ServingRun:
             level["peak_memory_mib"] = _peak_between(timeline, level["started"], level["ended"])
         result["levels"] = levels
         result["loadgen"] = {"name": "aiperf", "version": AIPERF_VERSION, "executable": self.aiperf}
+        server_kind = ENGINES[cell.engine].server
+        result["exact_length"] = {  # how each request asked for exactly N tokens (levels check they came back)
+            "request_extras": server_kind.extras(sweep["new_tokens"]),
+            "how": server_kind.forced_length,
+        }
         if result["status"] == "ok" and (not levels or any(lv["status"] != "ok" for lv in levels)):
             bad = next((lv for lv in levels if lv["status"] != "ok"), None)
             result["status"] = "failed"
