@@ -18,7 +18,7 @@ from runner.cpu_load import BUSY_SHARE
 from runner.cpuset import format_cpus, named
 from runner.engines import ENGINES
 from runner.provenance import describe
-from runner.report.charts import markdown_links, offline_charts
+from runner.report.charts import drawn, markdown_links, offline_charts
 from runner.report.html import write_html
 from runner.results import STATUS_WORDS
 from runner.shared import write_text_atomic
@@ -340,7 +340,7 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
     head = caption(results)
     if results and (line := relative_columns_line(results, baseline_id)):
         head.append(line)
-    charts = offline_charts(frame, folder)
+    charts, problem = drawn(offline_charts, frame, folder)
     markdown = "\n".join(
         [
             *(f"{line}  " for line in head),
@@ -356,6 +356,7 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
             ),
             "",
             *markdown_links(charts),
+            *([f"Charts could not be drawn: {problem}", ""] if problem else []),
         ]
     )
     write_text_atomic(folder / "table.md", markdown)

@@ -100,3 +100,12 @@ def test_table_html_opens_offline_in_a_real_browser_with_its_charts_drawn(render
     assert (31, 119, 180) in colours or len(colours) > 200, f"{len(colours)} colours in {shot}"
     coloured = ((rgb.max(axis=2) - rgb.min(axis=2)) > 60).mean()
     assert coloured > 0.01, f"only {coloured:.2%} of {shot} is coloured: the charts did not draw"
+
+
+def test_a_chart_that_cannot_be_drawn_costs_no_table():
+    from runner.report.charts import drawn
+
+    def broken(frame, folder):
+        raise ValueError("Image size of 100x900000 pixels is too large")
+
+    assert drawn(broken, None, None) == ([], "ValueError: Image size of 100x900000 pixels is too large")

@@ -242,6 +242,14 @@ def serving_charts(results: list[dict[str, Any]], ttft_bound_ms: float, folder: 
     return charts
 
 
+def drawn(draw, *args: Any) -> tuple[list[Chart], str | None]:
+    """The charts draw(*args) made, or none and why: a chart that cannot be drawn never costs the tables."""
+    try:
+        return draw(*args), None
+    except Exception as exc:  # any plotting failure: the tables are written regardless
+        return [], f"{type(exc).__name__}: {exc}"
+
+
 def markdown_links(charts: list[Chart]) -> list[str]:
     """Lines linking the charts' PNG files, for the markdown beside them."""
     if not charts:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from runner.report.charts import markdown_links, serving_charts
+from runner.report.charts import drawn, markdown_links, serving_charts
 from runner.report.html import write_html
 from runner.shared import write_text_atomic
 
@@ -146,7 +146,8 @@ def render_serving(results: list[dict[str, Any]], ttft_bound_ms: float, folder: 
             tabulate(table, headers="keys", tablefmt="github", showindex=False),
         ]
     )
-    links = markdown_links(serving_charts(results, ttft_bound_ms, folder))
+    charts, problem = drawn(serving_charts, results, ttft_bound_ms, folder)
+    links = markdown_links(charts) + ([f"Charts could not be drawn: {problem}", ""] if problem else [])
     write_text_atomic(folder / "serving.md", "\n".join([text, "", *links]) + "\n")
     write_text_atomic(folder / "serving.csv", table.to_csv(index=False))
     write_text_atomic(folder / "serving.json", json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
