@@ -402,6 +402,8 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
             check_spec(spec)
             engine = engine_class(spec)
             _prepare(engine, spec, result)  # conversions run before memory sampling starts
+            if spec.get("probe_bandwidth"):
+                result["bandwidth"] = probe_bandwidth()  # its own process, done before the sampler starts
             sampler.start()
             _measure(engine, spec, result)
         except Exception as exc:
@@ -416,6 +418,25 @@ def run(engine_class: type, argv: list[str] | None = None) -> int:
     write_json_atomic(args.output, result)
     print(f"[{spec['cell']['id']}] {result['status']}: {result['reason'] or _headline(result)}", flush=True)
     return 0 if result["status"] == "ok" else 1
+
+
+def probe_bandwidth(timeout_s: float = 180) -> dict[str, Any]:
+    """The visible GPUs' copy bandwidth (bandwidth.py, in a process of its own); never fails the cell."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "bandwidth.py"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+        )
+        lines = done.stdout.strip().splitlines()
+        return (
+            json.loads(lines[-1])
+            if lines
+            else {"error": f"bandwidth.py exited {done.returncode}: {done.stderr[-300:]}"}
+        )
+    except (subprocess.TimeoutExpired, ValueError, OSError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _record_failure(result: dict[str, Any], exc: BaseException) -> None:

@@ -35,6 +35,7 @@ SHARED_ENTRYPOINT_FILES = (
     "prompt.txt",
     "side_quantiser.py",
     "calibration.txt",
+    "bandwidth.py",
 )  # in every image
 FLAVOURS = ("gpu", "cpu")
 IMAGE_REPOSITORY = "inference-matrix"

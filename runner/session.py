@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner import cpuset
+from runner import cpuset, roofline
 from runner.cpu_load import busy_share
 from runner.engines import ENGINES
 from runner.expand import Cell
@@ -51,13 +51,23 @@ def cell_spec(cell: Cell, matrix: Matrix, model: dict[str, Any]) -> dict[str, An
     }
 
 
-def make_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, Any], cpus: tuple[int, ...] = ()) -> Job:
+def make_job(
+    folder: Path,
+    cell: Cell,
+    matrix: Matrix,
+    model: dict[str, Any],
+    cpus: tuple[int, ...] = (),
+    probe_bandwidth: bool = False,
+) -> Job:
     """The cell's job, its spec written to spec/<id>.json; the child writes to a scratch path. A CPU cell
-    is pinned to cpus (a GPU cell to nothing)."""
+    is pinned to cpus (a GPU cell to nothing). probe_bandwidth: the cell measures its GPUs' bandwidth
+    before its model loads (runner.roofline)."""
     paths = cell_paths(folder, cell)
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     spec = cell_spec(cell, matrix, model)
+    if probe_bandwidth:
+        spec["probe_bandwidth"] = True
     paths["spec_path"].write_text(json.dumps(spec, indent=2) + "\n")
     engine = ENGINES[cell.engine]
     return Job(
@@ -114,7 +124,7 @@ def run_cells(
             return previous
         if previous is not None:
             log(f"[{cell.id}] measuring again: {why}")
-        job = make_job(folder, cell, matrix, cell_model, cpus)
+        job = make_job(folder, cell, matrix, cell_model, cpus, roofline.needs_probe(folder, cell.gpus, hardware))
         busy = None if problem else guard.wait_until_free(cell.gpus)
         log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell, cpus)}")
         load = None if cell.gpus or problem else busy_share()
@@ -130,6 +140,7 @@ def run_cells(
         if load is not None:
             result["host_cpu_busy_before"] = round(load, 3)
         write_json_atomic(job.result_path, result)
+        roofline.keep(folder, result)
         job.child_result_path.unlink(missing_ok=True)
         log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
         progress.finished(cell.id, result)

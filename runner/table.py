@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from runner import roofline
 from runner.cpu_load import BUSY_SHARE
 from runner.cpuset import format_cpus, named
 from runner.engines import ENGINES
@@ -108,8 +109,11 @@ def _engine_notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
-def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
-    """One row per result with numeric columns; Speed X and Max mem % against the baseline."""
+def rows(
+    results: list[dict[str, Any]], baseline_id: str, bandwidths: dict[str, dict[str, Any]] | None = None
+) -> pd.DataFrame:
+    """One row per result with numeric columns; Speed X and Max mem % against the baseline; the roofline
+    share where the run measured its GPUs' bandwidth (runner.roofline)."""
     base = next((r for r in results if r["cell"]["id"] == baseline_id), None)
     base_tps = _stat(base, "tokens_per_s") if base and base.get("status") == "ok" else None
     base_mem = _memory(base) if base else None
@@ -135,6 +139,7 @@ def rows(results: list[dict[str, Any]], baseline_id: str) -> pd.DataFrame:
                 "Load (s)": r.get("metrics", {}).get("load_s"),
                 "Prepare (s)": r.get("metrics", {}).get("prepare_s"),
                 "Reference decode tok/s": (r.get("reference") or {}).get("decode_tokens_per_s"),
+                "Roofline %": roofline.share_pct(r, bandwidths or {}),
                 "Engine version": (r.get("environment") or {}).get("engine_version"),
                 "torch": (r.get("environment") or {}).get("torch"),
                 "Executor": r.get("executor"),
@@ -191,6 +196,8 @@ def details_frame(frame: pd.DataFrame, settings_joiner: str) -> pd.DataFrame:
     shown["Load (s)"] = [_fmt(v, 1) for v in frame["Load (s)"]]
     shown["Prepare (s)"] = [_fmt(v, 1) for v in frame["Prepare (s)"]]
     shown["Reference decode tok/s"] = [_fmt(v, 2) for v in frame["Reference decode tok/s"]]
+    if frame["Roofline %"].notna().any():  # only where the run measured its GPUs' bandwidth
+        shown["Roofline %"] = [_fmt(v, 0) for v in frame["Roofline %"]]
     for column in ("Engine version", "torch", "Executor"):
         shown[column] = [_text(v) for v in frame[column]]
     if frame["CPU threads"].notna().any():  # only where the table has CPU rows
@@ -336,9 +343,12 @@ def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str
     """Write table.md, table.csv and table.json into folder; return the text to print."""
     from tabulate import tabulate
 
-    frame = rows(results, baseline_id)
+    bandwidths = roofline.load(folder)
+    frame = rows(results, baseline_id, bandwidths)
     head = caption(results)
     if results and (line := relative_columns_line(results, baseline_id)):
+        head.append(line)
+    if frame["Roofline %"].notna().any() and (line := roofline.caption_line(bandwidths)):
         head.append(line)
     charts, problem = drawn(offline_charts, frame, folder)
     markdown = "\n".join(

@@ -57,6 +57,12 @@ SHARED_MODULES = [
     "runner/serving/session.py",
     "runner/serving/table.py",
     "entrypoints/side_quantiser.py",
+    "entrypoints/bandwidth.py",
+    "runner/roofline.py",
+    "runner/compare.py",
+    "runner/progress.py",
+    "runner/report/charts.py",
+    "runner/report/html.py",
 ]
 # Engines of the seed table, wired or not, by every name they go by in code.
 ENGINE_WORDS = r"vllm|llama[._-]?cpp|ggml|gguf|transformers|exllama|exl2|ctranslate|mlc|gpt[_-]?fast|awq|gptq"

@@ -149,8 +149,9 @@ def test_image_gets_the_shared_files_and_the_files_its_description_names():
     for engine in ENGINES.values():
         names = [p.name for p in entrypoint_files(engine.name)]
         shared = ["harness.py", "shared.py", "serving.py", "prompt.txt", "side_quantiser.py", "calibration.txt"]
+        shared.append("bandwidth.py")
         assert names == [*shared, *engine.files]
-    assert [p.name for p in entrypoint_files("transformers")][6:] == ["run_transformers.py", "serve_transformers.py"]
+    assert [p.name for p in entrypoint_files("transformers")][7:] == ["run_transformers.py", "serve_transformers.py"]
     assert [p.name for p in entrypoint_files("llamacpp")][-1] == "serve_llamacpp.py"  # its server's entrypoint
 
 

@@ -33,6 +33,15 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
+def recorded_weights_bytes(result: dict[str, Any]) -> int | None:
+    """The size of the model files an entrypoint loaded, where it recorded one (engine_details or prepare)."""
+    for section in ("engine_details", "prepare"):
+        found = (result.get(section) or {}).get("model_bytes")
+        if isinstance(found, int | float) and found > 0:
+            return int(found)
+    return None
+
+
 def harness_threads(result: dict[str, Any]) -> int | None:
     """The threads a cell computed with, as its harness recorded them (entrypoints/harness.py: threads)."""
     return (result.get("threads") or {}).get("compute")
@@ -117,6 +126,9 @@ class Engine:
     compute_threads: Callable[[dict[str, Any]], int | None] = field(default=harness_threads)
     # Its OpenAI-compatible server for serving cells, or None: such a cell fails validation, saying so.
     server: Server | None = None
+    # The bytes of weights a decode step reads, as this engine stores them, from an ok result (the
+    # roofline column, runner/roofline.py); None where the result does not tell.
+    weights_bytes: Callable[[dict[str, Any]], int | None] = field(default=lambda result: recorded_weights_bytes(result))
 
     @property
     def files(self) -> tuple[str, ...]:

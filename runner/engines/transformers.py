@@ -81,6 +81,17 @@ SERVER = Server(
     check=server_check,
 )
 
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def weights_bytes(result: dict[str, Any]) -> int | None:
+    """Parameters times the dtype's size; None for bitsandbytes (its packed layout is not recorded)."""
+    settings, parameters = result["cell"]["settings"], (result.get("model") or {}).get("parameters")
+    if settings.get("quantization", "none") != "none" or not parameters or settings.get("dtype") not in DTYPE_BYTES:
+        return None
+    return int(parameters) * DTYPE_BYTES[settings["dtype"]]
+
+
 TRANSFORMERS = Engine(
     name="transformers",
     software="HF Transformers",
@@ -88,4 +99,5 @@ TRANSFORMERS = Engine(
     settings=SETTINGS,
     label=label,
     server=SERVER,
+    weights_bytes=weights_bytes,
 )

@@ -183,6 +183,15 @@ def bench_serve_arguments(
     ]  # fmt: skip
 
 
+def weights_bytes(result: dict[str, Any]) -> int | None:
+    """What vLLM's log says its model weights took on each GPU, times the GPUs (tensor / pipeline parallel)."""
+    gib = (result.get("engine_log") or {}).get("weights_gib")
+    if not gib:
+        return None
+    per_gpu = max(gib) if isinstance(gib, list) else gib
+    return int(float(per_gpu) * 2**30 * max(1, len(result["cell"].get("gpus") or [])))
+
+
 SERVER = Server(
     entrypoint="serve_vllm.py",
     settings={},  # max_num_seqs and the rest through engine_args, as offline
@@ -208,4 +217,5 @@ VLLM = Engine(
     failure_cause=failure_cause,
     compute_threads=compute_threads,
     server=SERVER,
+    weights_bytes=weights_bytes,
 )

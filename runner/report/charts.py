@@ -47,6 +47,7 @@ def _pyplot() -> Any:
 
     matplotlib.use("Agg")  # files only: no display, whatever the environment says
     matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: smaller, searchable, the page's font
+    matplotlib.rcParams["svg.hashsalt"] = "inference-matrix"  # the same rows give the same SVG ids (no diff noise)
     import matplotlib.pyplot as plt
 
     return plt
