@@ -96,8 +96,9 @@ def share_pct(result: dict[str, Any], bandwidths: dict[str, dict[str, Any]]) -> 
     weights = engine.weights_bytes(result) if engine else None
     if not weights:
         return None
-    steps = rate / max(1, result["cell"].get("batch_size") or 1)  # each step reads the weights once for the batch
-    return 100.0 * steps * weights / (gb_s * 1e9 * len(gpus))
+    # decode_tokens_per_s is per sequence (entrypoints/harness.py): decode steps per second, each reading the
+    # weights once for the whole batch
+    return 100.0 * rate * weights / (gb_s * 1e9 * len(gpus))
 
 
 def caption_line(bandwidths: dict[str, dict[str, Any]]) -> str | None:

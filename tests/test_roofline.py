@@ -67,3 +67,20 @@ def test_the_probe_says_why_where_there_is_no_gpu():
 
     assert bandwidth.nominal("NVIDIA H200") == 4800 and bandwidth.nominal("NVIDIA H100 80GB HBM3") == 3350
     assert bandwidth.nominal("NVIDIA H100 PCIe") == 2000 and bandwidth.nominal("Tesla T4") is None
+
+
+def test_a_batch_reads_the_weights_once_per_step():
+    # decode_tokens_per_s is per sequence: 100 steps/s of 4 sequences read 100 x the weights, not 400 x
+    base = {
+        "status": "ok",
+        "cell": {"id": "t", "engine": "transformers", "gpus": [0], "batch_size": 4},
+        "settings": {},
+        "model": {"parameters": 1_000_000_000},
+        "metrics": {"decode_tokens_per_s": {"median": 100.0}},
+        "measured_with": {"hardware": "GPUs: NVIDIA H200; driver 580.159.04"},
+    }
+    base["cell"]["settings"] = {"dtype": "bf16", "quantization": "none"}
+    share = roofline.share_pct(base, {H200: record(4000.0)})
+    assert abs(share - 100 * 100.0 * 2e9 / 4000e9) < 1e-9  # 5 %
+    two = {**base, "cell": {**base["cell"], "gpus": [0, 1]}}
+    assert abs(roofline.share_pct(two, {H200: record(4000.0)}) - share / 2) < 1e-9  # two GPUs' bandwidth
