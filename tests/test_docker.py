@@ -484,3 +484,27 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
     assert "| vLLM " in table and "| llama.cpp " in table and "| HF Transformers " in table
     assert "vllm bench serve: " in table
     assert leftover_containers() == []
+
+
+def test_a_gpu_cell_on_a_host_without_gpus_says_so_at_once_and_builds_nothing(runner_cli, model_store, tmp_path):
+    """CI has Docker and no NVIDIA GPU: the GPU cell is a row with the reason at once, and no GPU image is
+    built or asked for (--no-build would refuse a missing one)."""
+    problem = daemon_problem()
+    if problem:
+        pytest.fail(f"no Docker daemon ({problem}): run `bash .ci/run`, or start dockerd")
+    matrix = tmp_path / "gpu.yaml"
+    matrix.write_text(
+        "version: 1\nname: gpu-here\nmodel: {synthetic: tiny-mistral}\n"
+        "workload: {prompt_tokens: 8, new_tokens: 4, warmup: 0, repetitions: 1}\n"
+        "engines:\n  transformers:\n    include:\n      - {dtype: bf16, gpus: [0]}\n"
+    )
+    folder = tmp_path / "run"
+    done = runner_cli(
+        str(matrix), "--executor", "docker", "-o", str(folder), "--store", str(model_store), "--no-build"
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "GPU cells will not run in containers here: this host has no NVIDIA GPU" in done.stdout
+    (result,) = [json.loads(p.read_text()) for p in (folder / "cells").glob("transformers-*.json")]
+    assert result["status"] == "unsupported" and result["reason"].startswith("this host has no NVIDIA GPU")
+    assert "not run here: this host has no NVIDIA GPU" in (folder / "table.md").read_text()
+    assert leftover_containers() == []

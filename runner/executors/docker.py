@@ -17,9 +17,11 @@ leaves its containers labelled with the folder: the next runner on the folder
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -67,6 +69,48 @@ def require_daemon() -> None:
             f"Docker daemon not reachable ({problem}); start it (sudo systemctl start docker, or dockerd &) "
             "or run with --executor local"
         )
+
+
+TOOLKIT_FIX = (
+    "install the NVIDIA Container Toolkit (nvidia-container-toolkit), run `sudo nvidia-ctk runtime configure "
+    "--runtime=docker` and restart Docker; check with `docker run --rm --gpus all debian:bookworm-slim nvidia-smi`"
+)
+
+
+def docker_runtimes() -> set[str]:
+    """The container runtimes the Docker daemon knows (docker info), empty if it does not say."""
+    done = subprocess.run(
+        ["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, timeout=20,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        return set(json.loads(done.stdout or "{}"))
+    except ValueError:
+        return set()
+
+
+def gpu_container_problem(gpus_listed: dict | None, runtimes: set[str], hook_installed: bool) -> tuple[str, str] | None:
+    """Why Docker cannot run GPU cells here, as (status, one line with the fix), or None when it can.
+
+    No NVIDIA GPU on the host: the cells are "not run here" (unsupported), as under the local executor.
+    GPUs, but Docker cannot hand them to containers (no nvidia runtime and no NVIDIA hook for --gpus):
+    a setup to fix, so the cells fail, saying how.
+    """
+    if not gpus_listed:
+        return "unsupported", "this host has no NVIDIA GPU (nvidia-smi lists none): GPU cells need one"
+    if "nvidia" in runtimes or hook_installed:
+        return None
+    return "failed", f"Docker cannot give containers this host's GPUs: {TOOLKIT_FIX}"
+
+
+def host_gpu_container_problem() -> tuple[str, str] | None:
+    """gpu_container_problem for this host and its Docker daemon."""
+    from runner.host import gpu_models
+
+    listed = gpu_models()
+    if not listed:
+        return gpu_container_problem(listed, set(), False)
+    return gpu_container_problem(listed, docker_runtimes(), shutil.which("nvidia-container-runtime-hook") is not None)
 
 
 def image_exists(tag: str) -> bool:
@@ -157,9 +201,11 @@ class DockerExecutor:
         run_folder: Path,
         run_token: str | None = None,
         tools: dict[str, str] | None = None,
+        gpu_problem: tuple[str, str] | None = None,
     ):
         self.images = images  # runner.build.image_key of a cell -> tag
         self.tools = tools or {}  # tool name -> its image's tag
+        self.gpu_problem = gpu_problem  # (status, why) when Docker cannot run GPU cells on this host
         self.run_folder = run_folder
         self.run_token = run_token or secrets.token_hex(4)
         self.interrupted = False
@@ -179,6 +225,10 @@ class DockerExecutor:
 
     def run(self, job: Job) -> dict[str, Any]:
         cell = job.cell
+        if cell["gpus"] and self.gpu_problem:  # at once, with the fix: not a CUDA error deep in an engine's log
+            status, reason = self.gpu_problem
+            job.log_path.write_text(f"not run: {reason}\n")
+            return failure(cell, job.spec["model"], job.spec["workload"], status, reason)
         image = self.images.get(image_key(cell["engine"], cell["gpus"], cell.get("engine_version")))
         if image is None:
             reason = no_image_reason(cell["engine"], flavour_of(cell["gpus"]))
@@ -259,11 +309,15 @@ def from_options(options: ExecutorOptions) -> DockerExecutor:
     for name in leftover_containers(options.run_folder):  # this runner holds the folder: none of them is live
         print(f"removing container {name}, left in this run folder by a runner that was killed", flush=True)
         _remove(name)
-    needed = {image_key(c.engine, c.gpus, c.engine_version) for c in options.cells}
+    gpu_problem = host_gpu_container_problem() if any(c.gpus for c in options.cells) else None
+    if gpu_problem:
+        print(f"GPU cells will not run in containers here: {gpu_problem[1]}", flush=True)
+    # GPU images are built only where GPU cells can run
+    needed = {image_key(c.engine, c.gpus, c.engine_version) for c in options.cells if not (c.gpus and gpu_problem)}
     needed |= {(tool, "cpu") for tool in options.tools}  # a tool runs on the CPU beside any cell
     tags = ensure_images(needed, load_specs(), options.build_options, options.build_missing, exists=image_exists)
     missing = [tool for tool in options.tools if (tool, "cpu") not in tags]
     if missing:
         raise UserError(f"no image for {', '.join(missing)}: images/<name>/image.yaml with a cpu flavour")
     tools = {tool: tags[(tool, "cpu")] for tool in options.tools}
-    return DockerExecutor(tags, options.run_folder, tools=tools)
+    return DockerExecutor(tags, options.run_folder, tools=tools, gpu_problem=gpu_problem)
