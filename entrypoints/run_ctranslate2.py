@@ -60,9 +60,9 @@ def missing_cuda_library(exc: BaseException) -> str | None:
 def compute_cache_bytes() -> int | None:
     """Bytes in the driver's JIT cache (CUDA_CACHE_PATH), or None where it is not set or not there yet."""
     folder = os.environ.get("CUDA_CACHE_PATH")
-    if not folder or not Path(folder).is_dir():
-        return None if not folder else 0
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+    if not folder:
+        return None
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())  # 0 while it is not made
 
 
 def vocabulary(model_dir: Path) -> list[str]:

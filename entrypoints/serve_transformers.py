@@ -28,8 +28,6 @@ import harness
 import run_transformers
 from serving import serve
 
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
 
 class TransformersServer:
     health_path = "/health"
@@ -57,7 +55,7 @@ class TransformersServer:
             sys.executable, "-m", "transformers.cli.transformers", "serve", self.served_model,
             "--host", "127.0.0.1", "--port", str(port),
             "--device", "cuda:0" if self.engine.cuda else "cpu",
-            "--dtype", TORCH_DTYPES[s["dtype"]],
+            "--dtype", str(run_transformers.DTYPES[s["dtype"]]).removeprefix("torch."),
             "--attn-implementation", s["attention"],
             "--continuous-batching" if s["continuous_batching"] else "--no-continuous-batching",
             "--log-level", "info",

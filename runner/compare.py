@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from runner.errors import UserError
+from runner.host import result_hardware
 from runner.provenance import describe
 from runner.results import read_result
 from runner.shared import write_text_atomic
@@ -161,7 +162,6 @@ def compare_rows(reference: list[dict[str, Any]], other: list[dict[str, Any]]) -
 
 def system(results: list[dict[str, Any]]) -> dict[str, str]:
     """What a run ran on and with, one text per aspect (several values joined when its rows differ)."""
-    from runner.table import _hardware
 
     def joined(values: list[str | None]) -> str:
         return "; ".join(dict.fromkeys(v for v in values if v)) or "?"
@@ -174,7 +174,7 @@ def system(results: list[dict[str, Any]]) -> dict[str, str]:
         ]
     )
     return {
-        "Hardware": joined([_hardware(r) for r in results]),
+        "Hardware": joined([result_hardware(r) for r in results]),
         "Engines": engines,
         "torch": joined([(r.get("environment") or {}).get("torch") for r in results]),
         "Executor": joined([r.get("executor") for r in results]),

@@ -41,3 +41,24 @@ def hardware_of(gpus: tuple[int, ...]) -> str:
     names = " + ".join(known[g]["name"] for g in gpus)
     drivers = sorted({known[g]["driver"] for g in gpus})
     return f"GPUs: {names}; driver {', '.join(drivers)}"
+
+
+def gpu_kind(hardware: str | None) -> str | None:
+    """The kind of GPU in a hardware_of line ("GPUs: A + A; driver D" -> "A; driver D"); None for a CPU."""
+    if not hardware or not hardware.startswith("GPUs: ") or "; driver " not in hardware:
+        return None
+    names, driver = hardware.removeprefix("GPUs: ").split("; driver ", 1)
+    return f"{' + '.join(dict.fromkeys(names.split(' + ')))}; driver {driver}"  # the kind of card, once
+
+
+def result_hardware(result: dict) -> str | None:
+    """What a result ran on: as the runner recorded it (a GPU line as its kind of card), else from what the
+    harness saw."""
+    recorded = (result.get("measured_with") or {}).get("hardware")
+    if recorded:
+        return gpu_kind(recorded) or recorded
+    env = result.get("environment") or {}
+    names = " + ".join(dict.fromkeys(d["name"] for d in (result.get("memory") or {}).get("devices") or []))
+    if names:
+        return f"{names}; driver {env['driver']}" if env.get("driver") else names
+    return f"CPU ({env['cpu_count']} cores)" if env.get("cpu_count") else None

@@ -25,28 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from runner.engines import ENGINES
+from runner.host import gpu_kind, result_hardware
 from runner.shared import write_json_atomic
 
 BANDWIDTH_FILE = "bandwidth.json"
 _LOCK = threading.Lock()
 
 
-def gpu_kind(hardware: str | None) -> str | None:
-    """The kind of GPU in a hardware line ("GPUs: A + A; driver D" -> "A; driver D"); None for a CPU."""
-    if not hardware or not hardware.startswith("GPUs: ") or "; driver " not in hardware:
-        return None
-    names, driver = hardware.removeprefix("GPUs: ").split("; driver ", 1)
-    return f"{' + '.join(dict.fromkeys(names.split(' + ')))}; driver {driver}"
-
-
 def hardware_key(result: dict[str, Any]) -> str | None:
-    """The kind of GPU a result ran on: as the runner recorded it, else from the harness's own record."""
-    recorded = (result.get("measured_with") or {}).get("hardware")
-    if recorded:
-        return gpu_kind(recorded)
-    names = [d["name"] for d in (result.get("memory") or {}).get("devices") or [] if d.get("name")]
-    driver = (result.get("environment") or {}).get("driver")
-    return gpu_kind(f"GPUs: {' + '.join(names)}; driver {driver}") if names and driver else None
+    """The kind of GPU a result ran on (runner.host.result_hardware); None for a CPU cell."""
+    return result_hardware(result) if result["cell"].get("gpus") else None
 
 
 def load(folder: Path) -> dict[str, dict[str, Any]]:

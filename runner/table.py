@@ -18,6 +18,7 @@ from runner import roofline
 from runner.cpu_load import BUSY_SHARE
 from runner.cpuset import format_cpus, named
 from runner.engines import ENGINES
+from runner.host import result_hardware
 from runner.provenance import describe
 from runner.report.charts import drawn, markdown_links, offline_charts
 from runner.report.html import write_html
@@ -226,7 +227,8 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
             f"{_repetitions(workload)}"
         ),
         _when_and_by(results),
-        "Hardware: " + "; ".join(_one_or_differs("hardware", [_hardware(r) for r in results]) + _cpu_cells(results)),
+        "Hardware: "
+        + "; ".join(_one_or_differs("hardware", [result_hardware(r) for r in results]) + _cpu_cells(results)),
         "Software: " + ", ".join(_versions(results)),
         "Avg Tok/s: new tokens / generation time, median of repetitions (min–max). "
         "Max Mem: peak device memory in use (NVML, as nvidia-smi shows it), summed over the cell's GPUs; "
@@ -249,21 +251,6 @@ def _when_and_by(results: list[dict[str, Any]]) -> str:
     runners = sorted({describe(r.get("runner")) for r in results})
     by = runners[0] if len(runners) == 1 else "several runners: " + "; ".join(runners)
     return f"Measured: {when}, by {by}"
-
-
-def _hardware(result: dict[str, Any]) -> str | None:
-    """What the cell ran on: as the runner recorded it, else from what the harness saw."""
-    recorded = (result.get("measured_with") or {}).get("hardware")
-    if recorded and recorded.startswith("GPUs: ") and "; driver " in recorded:
-        names, driver = recorded.removeprefix("GPUs: ").split("; driver ", 1)
-        return f"{' + '.join(dict.fromkeys(names.split(' + ')))}; driver {driver}"  # the kind of card, once
-    if recorded:
-        return recorded
-    env = result.get("environment") or {}
-    names = " + ".join(dict.fromkeys(d["name"] for d in (result.get("memory") or {}).get("devices") or []))
-    if names:
-        return f"{names}; driver {env['driver']}" if env.get("driver") else names
-    return f"CPU ({env['cpu_count']} cores)" if env.get("cpu_count") else None
 
 
 def cpu_threads(result: dict[str, Any]) -> str | None:

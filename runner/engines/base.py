@@ -128,7 +128,7 @@ class Engine:
     server: Server | None = None
     # The bytes of weights a decode step reads, as this engine stores them, from an ok result (the
     # roofline column, runner/roofline.py); None where the result does not tell.
-    weights_bytes: Callable[[dict[str, Any]], int | None] = field(default=lambda result: recorded_weights_bytes(result))
+    weights_bytes: Callable[[dict[str, Any]], int | None] = field(default=recorded_weights_bytes)
 
     @property
     def files(self) -> tuple[str, ...]:

@@ -143,6 +143,7 @@ class ServingRun:
 
     def run(self, cell: Cell, job: Job) -> dict[str, Any]:
         sweep = job.spec["workload"]
+        extras = ENGINES[cell.engine].server.extras(sweep["new_tokens"])  # what each request carries to get N
         outcome: list[dict[str, Any]] = []
         server = threading.Thread(target=lambda: outcome.append(self.executor.run(job)), daemon=True)
         job.child_result_path.unlink(missing_ok=True)
@@ -156,7 +157,7 @@ class ServingRun:
         if ready:
             self.log(f"[{cell.id}] server ready on port {ready['port']}; sweeping levels {sweep['levels']}")
             served = ready.get("model") or job.spec["model"]["name"]  # the name its requests carry
-            levels = self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", served, server, deadline)
+            levels = self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", served, extras, server, deadline)
         stop_path.touch()
         server.join()
         for path in (ready_path, stop_path):
@@ -167,10 +168,9 @@ class ServingRun:
             level["peak_memory_mib"] = _peak_between(timeline, level["started"], level["ended"])
         result["levels"] = levels
         result["loadgen"] = {"name": "aiperf", "version": AIPERF_VERSION, "executable": self.aiperf}
-        server_kind = ENGINES[cell.engine].server
         result["exact_length"] = {  # how each request asked for exactly N tokens (levels check they came back)
-            "request_extras": server_kind.extras(sweep["new_tokens"]),
-            "how": server_kind.forced_length,
+            "request_extras": extras,
+            "how": ENGINES[cell.engine].server.forced_length,
         }
         if result["status"] == "ok" and (not levels or any(lv["status"] != "ok" for lv in levels)):
             bad = next((lv for lv in levels if lv["status"] != "ok"), None)
@@ -181,11 +181,17 @@ class ServingRun:
         return result
 
     def _sweep(
-        self, cell: Cell, job: Job, url: str, served: str, server: threading.Thread, deadline: float
+        self,
+        cell: Cell,
+        job: Job,
+        url: str,
+        served: str,
+        extras: dict[str, Any],
+        server: threading.Thread,
+        deadline: float,
     ) -> list[dict]:
         sweep = job.spec["workload"]
         model = job.spec["model"]
-        extras = ENGINES[cell.engine].server.extras(sweep["new_tokens"])
         reference = ENGINES[cell.engine].server.reference
         connections = ENGINES[cell.engine].server.connections
         levels: list[dict[str, Any]] = []
