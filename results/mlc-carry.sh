@@ -7,7 +7,7 @@
 #
 # - .whl: what the machine lacks besides TVM itself (apache-tvm-ffi, pydantic and its parts, shortuuid),
 #   for its CPython 3.12; results/device-run.sh installs .whl into /tmp/site.
-# - .carry/mlc-tvm-1, -2: apache-tvm 0.27.0.post1's wheel (about 100 MB) in two pieces, one per
+# - .carry/mlc-tvm-1..3: apache-tvm 0.27.0.post1's wheel (about 100 MB) in three pieces, one per
 #   back-to-back call carrying nothing else: `mkdir -p /tmp/tvmparts && cp .carry/mlc-tvm-N/* /tmp/tvmparts/`;
 #   results/device-run.sh joins and installs it.
 # - .carry/mlc-llm/mlc-llm-python.tar.gz: mlc-llm's python/ at the Makefile's MLC_LLM_COMMIT (a few MB),
@@ -26,7 +26,7 @@ download .whl apache-tvm-ffi==0.1.15.post2 pydantic==2.14.4 pydantic-core==2.50.
   typing-inspection==0.4.2 shortuuid==1.0.13
 download "$work" apache-tvm==0.27.0.post1
 rm -rf .carry/mlc-tvm-[0-9]* "$work"/part-*
-split -b 55M -d -a 1 "$work"/apache_tvm-0.27.0.post1-*.whl "$work/part-"
+split -b 40M -d -a 1 "$work"/apache_tvm-0.27.0.post1-*.whl "$work/part-"
 n=0
 for part in "$work"/part-*; do
   n=$((n + 1)); mkdir -p ".carry/mlc-tvm-$n"; mv "$part" ".carry/mlc-tvm-$n/"
