@@ -53,6 +53,15 @@ def run_scheduled(
                 running -= 1
                 lock.notify_all()
 
+    def wait_until_idle() -> None:
+        """Wait for every started item to finish, on the condition rather than Thread.join(): a
+        KeyboardInterrupt that lands in join() makes CPython (up to 3.12; bpo-45274's handling) mark the
+        still-running thread as stopped, so the run would exit while its cell was being stopped, and that
+        cell's result would be lost (seen on the GPU machine: a one-cell run, interrupted by `timeout`)."""
+        with lock:
+            while running:
+                lock.wait()
+
     threads: list[threading.Thread] = []
     try:
         with lock:
@@ -68,25 +77,26 @@ def run_scheduled(
                 thread = threading.Thread(target=worker, args=(ready, held), daemon=True)
                 threads.append(thread)
                 thread.start()
-        for thread in threads:
-            thread.join()
+        wait_until_idle()
     except KeyboardInterrupt:
         if on_interrupt:
             on_interrupt()
-        _wait_for(threads, on_interrupt)
+        _wait_for(wait_until_idle, on_interrupt)
         raise
+    for thread in threads:
+        thread.join()  # each has finished (running is 0): this only reaps it
     if failures:
         raise failures[0]
     return outcomes
 
 
-def _wait_for(threads: list[threading.Thread], on_interrupt: Callable[[], None] | None) -> None:
+def _wait_for(wait_until_idle: Callable[[], None], on_interrupt: Callable[[], None] | None) -> None:
     """Let every running item wrap up (record its result, remove its container). A second Ctrl-C
     meanwhile stops them again rather than leaving them half done."""
-    for thread in threads:
-        while thread.is_alive():
-            try:
-                thread.join()
-            except KeyboardInterrupt:
-                if on_interrupt:
-                    on_interrupt()
+    while True:
+        try:
+            wait_until_idle()
+            return
+        except KeyboardInterrupt:
+            if on_interrupt:
+                on_interrupt()

@@ -221,3 +221,40 @@ def _open_writer(fifo: Path) -> int | None:
         if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
             raise
         return None
+
+
+def test_interrupt_during_the_last_cell_keeps_its_row(runner_cli, repo, model_store, tmp_path):
+    """A run of one cell (or the matrix's last), interrupted as `timeout --signal=INT` does on the GPU machine:
+    the running cell still gets its row and the table is rendered (the run used to exit without either)."""
+    first = cell_ids(runner_cli)[0]
+    folder = tmp_path / "run"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "runner", MATRIX, "-o", str(folder), "--store", str(model_store), "--only", first],
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=interruptible,
+    )
+    spec = str(folder / "spec" / f"{first}.json")
+    engine_pid = None
+    try:
+        engine_pid = wait_for(lambda: processes_with_argument(spec), runner, "the engine")[0]
+        os.kill(runner.pid, signal.SIGINT)
+        stdout, stderr = runner.communicate(timeout=DEADLINE_S)
+    finally:
+        for pgid in (runner.pid, engine_pid):
+            if pgid is not None and group_exists(pgid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+        if runner.poll() is None:
+            runner.wait(timeout=30)
+    assert runner.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    assert stderr.splitlines()[-1] == INTERRUPTED_LINE, stderr
+    assert not group_exists(engine_pid)
+    stopped = json.loads((folder / "cells" / f"{first}.json").read_text())
+    assert stopped["status"] == "failed" and stopped["reason"].startswith("interrupted"), stopped["reason"]
+    assert f"[{first}] failed: interrupted" in stdout
+    assert f"table: {folder.resolve() / 'table.md'} (1 of 3 cells have results)" in stdout

@@ -7,7 +7,10 @@ record of what was running whenever an item started.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -219,3 +222,30 @@ def test_exception_propagates_after_running_cells_finish():
         run_scheduled([("a", [0]), ("b", [1]), ("c", [0])], gpus_of, record.wrap(body), max_parallel=2)
     assert "a" in record.finished  # a was joined before the error surfaced
     assert "c" not in record.started
+
+
+def test_an_interrupt_while_the_last_item_runs_waits_for_it_to_wrap_up():
+    """Ctrl-C while the only (or last) item runs: the interrupt must wait for that item to record its result.
+
+    Regression: the scheduler waited with Thread.join(); a KeyboardInterrupt landing there makes CPython
+    (bpo-45274's handling, up to 3.12) mark the still-running thread as stopped, so the run exited while the
+    item was wrapping up and its result was lost (a one-cell GPU run stopped by `timeout` left no row).
+    """
+    stop_asked = threading.Event()
+    wrapped_up: list[int] = []
+
+    def run_one(item: int) -> int:
+        time.sleep(0.2)  # the scheduler is waiting for this item by now
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the runner gets it
+        assert stop_asked.wait(10), "on_interrupt was never called"
+        time.sleep(0.3)  # stopping the engine and recording its result take a moment
+        wrapped_up.append(item)
+        return item
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background pytest inherits it ignored
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_scheduled([7], lambda item: [0], run_one, on_interrupt=stop_asked.set)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert wrapped_up == [7]
