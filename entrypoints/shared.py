@@ -127,6 +127,8 @@ def run_logged(
     RuntimeError naming the step, its exit code, the log's last line and the log. ``append`` keeps an
     earlier attempt's output (a step that resumes); ``cwd`` is where a tool that writes into its working
     directory leaves those files."""
+    # said in the cell's own log too, so a run stopped mid-step shows which step and where its output is
+    print(f"{step}: started (its output: {log_path})", flush=True)
     t0 = time.perf_counter()
     with open(log_path, "a" if append else "w") as log:
         log.write("$ " + " ".join(command) + "\n")
@@ -136,6 +138,7 @@ def run_logged(
     if done.returncode != 0:
         tail = log_path.read_text()[-LOG_TAIL_CHARS:].strip().splitlines()
         raise RuntimeError(f"{step} failed (exit {done.returncode}): {tail[-1] if tail else ''} (log: {log_path})")
+    print(f"{step}: done in {seconds:.1f} s", flush=True)
     return seconds
 
 
