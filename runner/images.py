@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from runner.cuda_compat import min_driver
 from runner.engines import ENGINES
 from runner.errors import UserError
 
@@ -65,6 +66,14 @@ class ImageSpec:
     # a second venv over the engine's, for a tool whose pins conflict with the engine's (a quantiser that
     # pins other versions of the engine's dependencies): {path, purpose, module (smoke-tested), requirements}
     side_venv: dict[str, Any] | None = None
+    # gpu flavour: the CUDA it runs ("13.0"), what brings it, and whether the build checks torch's CUDA is it
+    cuda: str = ""
+    cuda_of: str = ""
+    torch_cuda: bool = False
+
+    @property
+    def min_driver(self) -> int | None:
+        return min_driver(self.cuda) if self.cuda else None
 
     @property
     def dockerfile(self) -> Path:
@@ -104,6 +113,7 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
                 env={k: str(v) for k, v in {**raw.get("env", {}), **body.get("env", {})}.items()},
                 engine_package=body.get("engine_package", ""),
                 side_venv=_side_venv(path, flavour, body.get("side_venv", raw.get("side_venv"))),
+                **_cuda(path, flavour, body),
             )
     return specs
 
@@ -117,6 +127,23 @@ def _check_wired(path: Path, engine: str, not_wired: str | None) -> None:
             f"{path}: no engine named {engine!r} in runner/engines; add its description, or say why not in a "
             "'not_wired:' line"
         )
+
+
+def _cuda(path: Path, flavour: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A gpu flavour's CUDA claim (cuda, cuda_of, torch_cuda), checked; the runner compares it with the driver."""
+    if flavour != "gpu":
+        return {}
+    cuda, of = str(body.get("cuda", "")), str(body.get("cuda_of", ""))
+    if not cuda or not of:
+        raise UserError(
+            f'{path}: flavours.gpu: needs cuda (the CUDA it runs, e.g. "13.0") and cuda_of (what brings it, '
+            "e.g. \"torch 2.11.0's CUDA wheels\"): the runner checks the host's driver against them"
+        )
+    try:
+        min_driver(cuda)
+    except ValueError as exc:
+        raise UserError(f'{path}: flavours.gpu.cuda: {exc}; write major.minor, e.g. "12.8"') from None
+    return {"cuda": cuda, "cuda_of": of, "torch_cuda": bool(body.get("torch_cuda", False))}
 
 
 SIDE_VENV_KEYS = ("path", "purpose", "module", "requirements")
@@ -157,6 +184,7 @@ def render(spec: ImageSpec) -> str:
     values: dict[str, Any] = dict(spec.__dict__)
     values["pip_env"] = f"{spec.pip_env} " if spec.pip_env else ""
     values["pins"] = dict(line.split("==", 1) for line in spec.requirements)
+    values["min_driver"] = spec.min_driver
     if spec.side_venv:
         pins = dict(line.split("==", 1) for line in spec.side_venv["requirements"])
         values["side_venv"] = {**spec.side_venv, "pins": pins}

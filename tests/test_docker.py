@@ -508,3 +508,53 @@ def test_a_gpu_cell_on_a_host_without_gpus_says_so_at_once_and_builds_nothing(ru
     assert result["status"] == "unsupported" and result["reason"].startswith("this host has no NVIDIA GPU")
     assert "not run here: this host has no NVIDIA GPU" in (folder / "table.md").read_text()
     assert leftover_containers() == []
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+# an H200 host on driver 550 (what nvidia-smi answers the runner's queries there); no GPU is touched
+case "$1" in
+  --query-gpu=index,name,driver_version) echo "0, NVIDIA H200, 550.54.14" ;;
+  --query-gpu=index,uuid,memory.used) echo "0, GPU-00000000-0000-0000-0000-000000000000, 0" ;;
+  --query-compute-apps=*) ;;
+  *) exit 9 ;;
+esac
+"""
+
+
+def test_a_gpu_cell_on_a_driver_too_old_for_its_image_says_so_at_once_and_builds_nothing(
+    runner_cli, model_store, tmp_path
+):
+    """A host whose driver (550) is older than the image's CUDA needs (transformers' gpu image: torch 2.11's CUDA
+    13.0, driver 580+): the cell is a failed row naming the image, the driver it needs and the fix, before any
+    GPU image is built or asked for (--no-build would refuse the missing one). CI has no GPU: nvidia-smi and the
+    NVIDIA Container Toolkit's hook are stand-ins on PATH that answer as such a host's would; Docker is real."""
+    problem = daemon_problem()
+    if problem:
+        pytest.fail(f"no Docker daemon ({problem}): run `bash .ci/run`, or start dockerd")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (bin_dir / "nvidia-container-runtime-hook").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    matrix = tmp_path / "gpu.yaml"
+    matrix.write_text(
+        "version: 1\nname: old-driver\nmodel: {synthetic: tiny-mistral}\n"
+        "workload: {prompt_tokens: 8, new_tokens: 4, warmup: 0, repetitions: 1}\n"
+        "engines:\n  transformers:\n    include:\n      - {dtype: bf16, gpus: [0]}\n"
+    )
+    folder = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = runner_cli(
+        str(matrix), "--executor", "docker", "-o", str(folder), "--store", str(model_store), "--no-build", env=env
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    line = (
+        "images/transformers's gpu image runs CUDA 13.0 (torch 2.11.0's CUDA wheels), which needs NVIDIA driver 580 "
+        "or newer; this host has 550.54.14: update the driver"
+    )
+    assert f"GPU cells will not run here: {line}" in done.stdout
+    (result,) = [json.loads(p.read_text()) for p in (folder / "cells").glob("transformers-*.json")]
+    assert result["status"] == "failed" and result["reason"].startswith(line), result["reason"]
+    assert "failed: images/transformers's gpu image runs CUDA 13.0" in (folder / "table.md").read_text()
+    assert leftover_containers() == []

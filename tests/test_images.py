@@ -346,3 +346,29 @@ def test_ensure_images_keys_a_versioned_image_apart():
     assert tags[("vllm", "cpu", "0.31.0")] == image_tag(at_version(SPECS[("vllm", "cpu")], "0.31.0"))
     with pytest.raises(UserError, match=r"\(make image-vllm FLAVOUR=cpu VERSION=0.31.0\)"):
         ensure_images({("vllm", "cpu", "0.31.0")}, SPECS, options, build_missing=False, exists=lambda tag: False)
+
+
+def test_gpu_images_label_their_cuda_and_check_torchs_at_build():
+    vllm = render(SPECS[("vllm", "gpu")])
+    assert 'inference-matrix.cuda="13.0"' in vllm and 'inference-matrix.min-driver="580"' in vllm
+    assert "torch.version.cuda" in vllm and "'13.0'.split('.')" in vllm  # torch's CUDA must be the claimed one
+    llamacpp = render(SPECS[("llamacpp", "gpu")])  # CUDA from the base image's nvcc: labelled, torch not checked
+    assert 'inference-matrix.cuda="12.8"' in llamacpp and 'inference-matrix.min-driver="525"' in llamacpp
+    assert "torch.version.cuda" not in llamacpp
+    assert "inference-matrix.cuda" not in render(SPECS[("vllm", "cpu")])
+
+
+@pytest.mark.parametrize(
+    ("gpu", "problem"),
+    [
+        ("{base_image: b, requirements: [x==1]}", r"flavours.gpu: needs cuda .* and cuda_of"),
+        ("{base_image: b, requirements: [x==1], cuda: '10.2', cuda_of: nvcc}", r"flavours.gpu.cuda: CUDA 10.2: no kn"),
+    ],
+    ids=["missing", "unknown"],
+)
+def test_a_gpu_flavour_must_say_which_known_cuda_it_runs(tmp_path, gpu, problem):
+    engine = tmp_path / "images" / "tool"
+    engine.mkdir(parents=True)
+    (engine / "image.yaml").write_text(f"not_wired: t\ndescription: d\nsmoke_test: pass\nflavours:\n  gpu: {gpu}\n")
+    with pytest.raises(UserError, match=r"tool/image.yaml: " + problem):
+        load_specs(tmp_path / "images")

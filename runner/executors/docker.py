@@ -13,6 +13,11 @@ and stderr go to the cell's log. A timeout or an interrupt kills and removes the
 container; it is removed in every case. A runner killed before it could do that
 leaves its containers labelled with the folder: the next runner on the folder
 (which holds the folder's lock, runner/run_lock.py) removes them first.
+
+Before any GPU cell (and before building a GPU image for it): Docker must be able
+to hand this host's GPUs to containers, and the host's driver must run the image's
+CUDA (runner/cuda_compat.py); otherwise those cells end at once with one line
+saying what is missing and how to fix it.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.build import ensure_images, flavour_of, image_key, no_image_reason
+from runner.build import ensure_images, flavour_of, image_key, image_spec, no_image_reason
 from runner.cpuset import format_cpus
+from runner.cuda_compat import driver_problem
 from runner.errors import UserError
 from runner.images import load_specs
 from runner.job import ExecutorOptions, Job
@@ -101,6 +107,27 @@ def gpu_container_problem(gpus_listed: dict | None, runtimes: set[str], hook_ins
     if "nvidia" in runtimes or hook_installed:
         return None
     return "failed", f"Docker cannot give containers this host's GPUs: {TOOLKIT_FIX}"
+
+
+def driver_problems(keys: set[tuple], specs: dict, drivers: list[str]) -> dict[tuple, str]:
+    """Image key -> why this host's driver cannot run that GPU image's CUDA (runner.cuda_compat), from the
+    image's description, so that no image is built for cells that could not run."""
+    problems = {}
+    for key in keys:
+        if key[1] != "gpu" or key[:2] not in specs:
+            continue
+        spec = image_spec(specs, key)
+        problem = driver_problem(f"images/{key[0]}'s gpu image", spec.cuda, spec.cuda_of, drivers)
+        if problem:
+            problems[key] = problem
+    return problems
+
+
+def host_drivers() -> list[str]:
+    """The NVIDIA driver version(s) nvidia-smi reports for this host's GPUs (empty without one)."""
+    from runner.host import gpu_models
+
+    return sorted({gpu["driver"] for gpu in (gpu_models() or {}).values()})
 
 
 def host_gpu_container_problem() -> tuple[str, str] | None:
@@ -202,10 +229,12 @@ class DockerExecutor:
         run_token: str | None = None,
         tools: dict[str, str] | None = None,
         gpu_problem: tuple[str, str] | None = None,
+        driver_problems: dict[tuple, str] | None = None,
     ):
         self.images = images  # runner.build.image_key of a cell -> tag
         self.tools = tools or {}  # tool name -> its image's tag
         self.gpu_problem = gpu_problem  # (status, why) when Docker cannot run GPU cells on this host
+        self.driver_problems = driver_problems or {}  # image key -> why the host's driver cannot run that image
         self.run_folder = run_folder
         self.run_token = run_token or secrets.token_hex(4)
         self.interrupted = False
@@ -229,7 +258,12 @@ class DockerExecutor:
             status, reason = self.gpu_problem
             job.log_path.write_text(f"not run: {reason}\n")
             return failure(cell, job.spec["model"], job.spec["workload"], status, reason)
-        image = self.images.get(image_key(cell["engine"], cell["gpus"], cell.get("engine_version")))
+        key = image_key(cell["engine"], cell["gpus"], cell.get("engine_version"))
+        if key in self.driver_problems:  # at once: not "driver too old" deep in the engine's log
+            reason = self.driver_problems[key]
+            job.log_path.write_text(f"not run: {reason}\n")
+            return failure(cell, job.spec["model"], job.spec["workload"], "failed", reason)
+        image = self.images.get(key)
         if image is None:
             reason = no_image_reason(cell["engine"], flavour_of(cell["gpus"]))
             job.log_path.write_text(f"not run: {reason}\n")
@@ -312,12 +346,21 @@ def from_options(options: ExecutorOptions) -> DockerExecutor:
     gpu_problem = host_gpu_container_problem() if any(c.gpus for c in options.cells) else None
     if gpu_problem:
         print(f"GPU cells will not run in containers here: {gpu_problem[1]}", flush=True)
+    specs = load_specs()
+    gpu_keys = {image_key(c.engine, c.gpus, c.engine_version) for c in options.cells if c.gpus}
+    too_old = {} if gpu_problem or not gpu_keys else driver_problems(gpu_keys, specs, host_drivers())
+    for problem in sorted(set(too_old.values())):
+        print(f"GPU cells will not run here: {problem}", flush=True)
     # GPU images are built only where GPU cells can run
-    needed = {image_key(c.engine, c.gpus, c.engine_version) for c in options.cells if not (c.gpus and gpu_problem)}
+    needed = {
+        key
+        for c in options.cells
+        if not (c.gpus and gpu_problem) and (key := image_key(c.engine, c.gpus, c.engine_version)) not in too_old
+    }
     needed |= {(tool, "cpu") for tool in options.tools}  # a tool runs on the CPU beside any cell
-    tags = ensure_images(needed, load_specs(), options.build_options, options.build_missing, exists=image_exists)
+    tags = ensure_images(needed, specs, options.build_options, options.build_missing, exists=image_exists)
     missing = [tool for tool in options.tools if (tool, "cpu") not in tags]
     if missing:
         raise UserError(f"no image for {', '.join(missing)}: images/<name>/image.yaml with a cpu flavour")
     tools = {tool: tags[(tool, "cpu")] for tool in options.tools}
-    return DockerExecutor(tags, options.run_folder, tools=tools, gpu_problem=gpu_problem)
+    return DockerExecutor(tags, options.run_folder, tools=tools, gpu_problem=gpu_problem, driver_problems=too_old)
