@@ -122,8 +122,8 @@ format: setup-python  ## apply ruff's formatting and safe fixes
 $(VENV)/.host: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e . && touch $@
 
-image-%: $(VENV)/.host  ## build an engine's image, e.g. make image-vllm (FLAVOUR=gpu|cpu|all, default: this host's; VERSION=0.23.0: another release)
-	$(BIN)/python -m runner build $* $(if $(FLAVOUR),--flavour $(FLAVOUR)) $(if $(VERSION),--engine-version $(VERSION)) $(BUILD_ARGS)
+image-%: $(VENV)/.host  ## build an engine's image, e.g. make image-vllm (FLAVOUR=gpu|cpu|all, default: this host's; VERSION=0.23.0: another release; CUDA=12.8: torch's CUDA 12.8 build where offered)
+	$(BIN)/python -m runner build $* $(if $(FLAVOUR),--flavour $(FLAVOUR)) $(if $(VERSION),--engine-version $(VERSION)) $(if $(CUDA),--cuda $(CUDA)) $(BUILD_ARGS)
 
 images-check: $(VENV)/.host  ## check that images/*/Dockerfile* match their template
 	$(BIN)/python -m runner images --check

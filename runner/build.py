@@ -34,6 +34,7 @@ from runner.errors import UserError
 from runner.images import (
     IMAGE_REPOSITORY,
     ImageSpec,
+    at_cuda,
     at_version,
     build_files,
     entrypoint_files,
@@ -53,6 +54,7 @@ class BuildOptions:
     network: str | None = None  # docker build --network (host: reach a proxy on localhost)
     build_args: dict[str, str] = field(default_factory=dict)
     proxies_from_env: bool = True
+    cuda: str | None = None  # gpu: torch's CUDA build where an image offers it (images.at_cuda); None: its own
 
 
 def _context(spec: ImageSpec, options: BuildOptions, folder: Path) -> None:
@@ -191,11 +193,14 @@ def ensure_images(
     wanted: dict[tuple, ImageSpec] = {}
     for key in sorted(needed, key=str):
         if key[:2] in specs:
-            wanted[key] = image_spec(specs, key)
+            wanted[key] = image_spec(specs, key, options_for[key[1]].cuda)
     tags = {key: image_tag(spec, options_for[key[1]].base_image) for key, spec in wanted.items()}
     missing = sorted((key for key, tag in tags.items() if not exists(tag)), key=str)
     if missing and not build_missing:
-        names = ", ".join(f"{tags[k]} (make image-{k[0]} FLAVOUR={k[1]}{_version_arg(k)})" for k in missing)
+        names = ", ".join(
+            f"{tags[k]} (make image-{k[0]} FLAVOUR={k[1]}{_version_arg(k)}{_cuda_arg(wanted[k], specs[k[:2]])})"
+            for k in missing
+        )
         raise UserError(f"missing images: {names}; build them or drop --no-build")
     for key in missing:
         build_image(wanted[key], options_for[key[1]], log=log)
@@ -212,9 +217,13 @@ def no_image_reason(engine: str, flavour: str) -> str:
     )
 
 
-def image_spec(specs: dict[tuple[str, str], ImageSpec], key: tuple) -> ImageSpec:
-    """The image an (engine, flavour[, engine_version]) key names."""
-    return at_version(specs[key[:2]], key[2] if len(key) > 2 else None)
+def image_spec(specs: dict[tuple[str, str], ImageSpec], key: tuple, cuda: str | None = None) -> ImageSpec:
+    """The image an (engine, flavour[, engine_version]) key names, on torch's CUDA `cuda` where it offers that."""
+    return at_cuda(at_version(specs[key[:2]], key[2] if len(key) > 2 else None), cuda)
+
+
+def _cuda_arg(spec: ImageSpec, described: ImageSpec) -> str:
+    return f" CUDA={spec.cuda}" if spec.cuda != described.cuda else ""
 
 
 def _version_arg(key: tuple) -> str:

@@ -29,7 +29,7 @@ from runner.errors import UserError
 from runner.executors import EXECUTORS, make_executor
 from runner.executors.docker import daemon_problem, image_exists, require_daemon
 from runner.expand import Cell, expand, find_baseline
-from runner.images import FLAVOURS, image_tag, load_specs, stale_dockerfiles, write_dockerfiles
+from runner.images import FLAVOURS, image_tag, load_specs, offers_cuda, stale_dockerfiles, write_dockerfiles
 from runner.job import Executor, ExecutorOptions
 from runner.matrix import Matrix, load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
@@ -75,6 +75,13 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--build-network", help="docker build --network (e.g. host, to reach a proxy on localhost)")
     group.add_argument(
+        "--cuda",
+        default=os.environ.get("BENCH_CUDA") or None,
+        metavar="MAJOR.MINOR",
+        help="GPU images on torch's CUDA MAJOR.MINOR wheels where an image offers them (image.yaml cuda_variants), "
+        "e.g. 12.8 for a driver older than 580; the tag changes with it (env BENCH_CUDA)",
+    )
+    group.add_argument(
         "--no-proxy-from-env",
         action="store_true",
         help="do not pass HTTP(S)_PROXY / NO_PROXY from the environment to builds",
@@ -104,6 +111,7 @@ def build_options(args: argparse.Namespace) -> dict[str, BuildOptions]:
             network=args.build_network,
             build_args=extra,
             proxies_from_env=not args.no_proxy_from_env,
+            cuda=args.cuda if f == "gpu" else None,
         )
         for f in FLAVOURS
     }
@@ -267,9 +275,17 @@ def _build(args: argparse.Namespace) -> int:
     if not wanted:
         raise UserError(f"build: {', '.join(engines)} has no {'/'.join(flavours)} flavour; try --flavour gpu")
     options = build_options(args)
+    cuda = options["gpu"].cuda
+    lacking = sorted(key[0] for key in wanted if key[1] == "gpu" and not offers_cuda(specs[key[:2]], cuda))
+    if lacking:
+        offered = "; ".join(
+            f"{e} builds for CUDA {' or '.join([specs[(e, 'gpu')].cuda, *specs[(e, 'gpu')].cuda_variants])}"
+            for e in lacking
+        )
+        raise UserError(f"--cuda {cuda}: {offered} (images/<engine>/image.yaml cuda_variants); drop --cuda for them")
     if args.print_tag:
         for key in sorted(wanted):
-            print(image_tag(image_spec(specs, key), options[key[1]].base_image))
+            print(image_tag(image_spec(specs, key, options[key[1]].cuda), options[key[1]].base_image))
         return 0
     require_daemon()
     tags = ensure_images(wanted, specs, options, build_missing=True, exists=image_exists)

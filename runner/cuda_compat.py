@@ -30,16 +30,26 @@ def driver_branch(driver: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def driver_problem(image: str, cuda: str, cuda_of: str, drivers: list[str]) -> str | None:
+def driver_problem(
+    image: str, cuda: str, cuda_of: str, drivers: list[str], other_cudas: list[str] | tuple[str, ...] = ()
+) -> str | None:
     """Why the host's driver(s) cannot run an image of this CUDA, as one line with the fix; None when they can
-    (or when no driver version could be read: then the engine's own error is the best there is)."""
+    (or when no driver version could be read: then the engine's own error is the best there is). other_cudas:
+    the CUDA builds the image could be made on instead (--cuda); one this driver runs is named as the fix."""
     need = min_driver(cuda)
     branches = [b for b in (driver_branch(d) for d in drivers) if b is not None]
     if not branches or min(branches) >= need:
         return None
     have = ", ".join(sorted(set(drivers)))
+    runnable = sorted(
+        (c for c in other_cudas if min_driver(c) <= min(branches)), key=lambda c: [int(x) for x in c.split(".")]
+    )
+    instead = (
+        f"use its CUDA {runnable[-1]} build (--cuda {runnable[-1]})"
+        if runnable
+        else "run these cells with --executor local in an environment built for this driver's CUDA"
+    )
     return (
         f"{image} runs CUDA {cuda} ({cuda_of}), which needs NVIDIA driver {need} or newer; this host has {have}: "
-        f"update the driver (CUDA {cuda.split('.')[0]}.x runs on {need}+), or run these cells with --executor local "
-        "in an environment built for this driver's CUDA"
+        f"update the driver (CUDA {cuda.split('.')[0]}.x runs on {need}+), or {instead}"
     )

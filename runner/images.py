@@ -70,6 +70,8 @@ class ImageSpec:
     cuda: str = ""
     cuda_of: str = ""
     torch_cuda: bool = False
+    # other CUDA builds of the same torch this flavour can take instead: CUDA -> the wheel index that has them
+    cuda_variants: dict[str, str] = field(default_factory=dict)
 
     @property
     def min_driver(self) -> int | None:
@@ -143,7 +145,17 @@ def _cuda(path: Path, flavour: str, body: dict[str, Any]) -> dict[str, Any]:
         min_driver(cuda)
     except ValueError as exc:
         raise UserError(f'{path}: flavours.gpu.cuda: {exc}; write major.minor, e.g. "12.8"') from None
-    return {"cuda": cuda, "cuda_of": of, "torch_cuda": bool(body.get("torch_cuda", False))}
+    variants = {str(k): str(v) for k, v in (body.get("cuda_variants") or {}).items()}
+    for variant in variants:
+        try:
+            min_driver(variant)
+        except ValueError as exc:
+            raise UserError(f'{path}: flavours.gpu.cuda_variants: {exc}; write major.minor, e.g. "12.8"') from None
+    if variants and not body.get("torch_cuda"):
+        raise UserError(
+            f"{path}: flavours.gpu.cuda_variants: offered only where torch brings the CUDA (torch_cuda: true)"
+        )
+    return {"cuda": cuda, "cuda_of": of, "torch_cuda": bool(body.get("torch_cuda", False)), "cuda_variants": variants}
 
 
 SIDE_VENV_KEYS = ("path", "purpose", "module", "requirements")
@@ -173,6 +185,32 @@ def at_version(spec: ImageSpec, version: str | None) -> ImageSpec:
     prefix = f"{spec.engine_package}=="
     requirements = tuple(f"{prefix}{version}" if r.startswith(prefix) else r for r in spec.requirements)
     return replace(spec, requirements=requirements, description=f"{spec.description}, {spec.engine_package} {version}")
+
+
+def offers_cuda(spec: ImageSpec, cuda: str | None) -> bool:
+    """Whether the image can be built for CUDA `cuda` (its own, or one of its cuda_variants)."""
+    return not cuda or cuda == spec.cuda or cuda in spec.cuda_variants
+
+
+def at_cuda(spec: ImageSpec, cuda: str | None) -> ImageSpec:
+    """The GPU image built on torch's CUDA `cuda` wheels (None, or one it does not offer: as described); the
+    torch pin gets the variant's local version (torch==2.11.0+cu128) and the wheel index that has it, so the
+    labels, the build's CUDA check and the tag all follow."""
+    if not cuda or cuda == spec.cuda or cuda not in spec.cuda_variants:
+        return spec
+    local = "cu" + cuda.replace(".", "")
+    requirements = tuple(
+        f"{r.split('+', 1)[0]}+{local}" if r.split("==", 1)[0] == "torch" and "==" in r else r
+        for r in spec.requirements
+    )
+    return replace(
+        spec,
+        requirements=requirements,
+        cuda=cuda,
+        cuda_of=f"torch's CUDA {cuda} wheels ({local}) instead of {spec.cuda_of}",
+        extra_index_url=spec.cuda_variants[cuda],
+        description=f"{spec.description}, CUDA {cuda}",
+    )
 
 
 def render(spec: ImageSpec) -> str:

@@ -558,3 +558,36 @@ def test_a_gpu_cell_on_a_driver_too_old_for_its_image_says_so_at_once_and_builds
     assert result["status"] == "failed" and result["reason"].startswith(line), result["reason"]
     assert "failed: images/transformers's gpu image runs CUDA 13.0" in (folder / "table.md").read_text()
     assert leftover_containers() == []
+
+
+def test_on_an_old_driver_a_cuda_variant_is_what_the_run_then_asks_for(runner_cli, model_store, tmp_path):
+    """The same host (driver 550) with --cuda 12.8: the transformers GPU image on torch's CUDA 12.8 build passes
+    the driver check, so the run goes on to that image (which --no-build names, with how to build it)."""
+    problem = daemon_problem()
+    if problem:
+        pytest.fail(f"no Docker daemon ({problem}): run `bash .ci/run`, or start dockerd")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (bin_dir / "nvidia-container-runtime-hook").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    matrix = tmp_path / "gpu.yaml"
+    matrix.write_text(
+        "version: 1\nname: old-driver\nmodel: {synthetic: tiny-mistral}\n"
+        "workload: {prompt_tokens: 8, new_tokens: 4, warmup: 0, repetitions: 1}\n"
+        "engines:\n  transformers:\n    include:\n      - {dtype: bf16, gpus: [0]}\n"
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = runner_cli(
+        str(matrix), "--executor", "docker", "-o", str(tmp_path / "run"), "--store", str(model_store), "--no-build",
+        "--cuda", "12.8", env=env,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "GPU cells will not run here" not in done.stdout
+    assert re.search(
+        r"missing images: inference-matrix/transformers:gpu-[0-9a-f]{12} \(make image-transformers FLAVOUR=gpu "
+        r"CUDA=12\.8\); build them or drop --no-build",
+        done.stderr,
+    ), done.stderr
+    assert leftover_containers() == []

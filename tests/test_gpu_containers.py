@@ -57,3 +57,13 @@ def test_the_images_say_which_cuda_they_run_and_a_host_is_checked_against_them()
     assert set(on_570) == {k for k in keys if k[1] == "gpu" and specs[k[:2]].cuda.startswith("13.")}
     assert ("vllm", "gpu", "0.23.0") in on_570 and ("llamacpp", "gpu") not in on_570  # llama.cpp: CUDA 12.8
     assert driver_problems(keys, specs, ["580.159.04"]) == {}
+
+
+def test_on_an_old_driver_the_fix_names_a_cuda_build_the_image_offers():
+    specs = load_specs()
+    keys = {("transformers", "gpu"), ("vllm", "gpu")}
+    on_570 = driver_problems(keys, specs, ["570.172.08"])
+    assert on_570[("transformers", "gpu")].endswith("or use its CUDA 12.8 build (--cuda 12.8)")
+    assert on_570[("vllm", "gpu")].endswith("in an environment built for this driver's CUDA")  # no CUDA 12 build
+    assert ("transformers", "gpu") not in driver_problems(keys, specs, ["570.172.08"], cuda="12.8")
+    assert ("vllm", "gpu") in driver_problems(keys, specs, ["570.172.08"], cuda="12.8")  # does not offer it

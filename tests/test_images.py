@@ -16,6 +16,7 @@ from runner.expand import Cell
 from runner.images import (
     ENTRYPOINTS_DIR,
     SHARED_ENTRYPOINT_FILES,
+    at_cuda,
     entrypoint_files,
     image_tag,
     load_specs,
@@ -372,3 +373,30 @@ def test_a_gpu_flavour_must_say_which_known_cuda_it_runs(tmp_path, gpu, problem)
     (engine / "image.yaml").write_text(f"not_wired: t\ndescription: d\nsmoke_test: pass\nflavours:\n  gpu: {gpu}\n")
     with pytest.raises(UserError, match=r"tool/image.yaml: " + problem):
         load_specs(tmp_path / "images")
+
+
+def test_a_cuda_variant_pins_torchs_local_build_from_its_index_and_changes_the_tag():
+    spec = SPECS[("transformers", "gpu")]
+    assert spec.cuda == "13.0" and "12.8" in spec.cuda_variants
+    variant = at_cuda(spec, "12.8")
+    assert "torch==2.11.0+cu128" in variant.requirements and "torch==2.11.0" not in variant.requirements
+    assert variant.extra_index_url == "https://download.pytorch.org/whl/cu128"
+    text = render(variant)
+    assert 'inference-matrix.cuda="12.8"' in text and 'inference-matrix.min-driver="525"' in text
+    assert "'torch': '2.11.0+cu128'" in text  # the pin check expects the local build
+    assert image_tag(variant) != image_tag(spec)
+    for same in (None, "13.0", "11.8"):  # none asked, its own, or one it does not offer: as described
+        assert at_cuda(spec, same) is spec
+    assert at_cuda(SPECS[("vllm", "gpu")], "12.8") is SPECS[("vllm", "gpu")]  # vLLM's wheel is a CUDA 13 build
+
+
+def test_the_build_command_takes_a_cuda_variant_or_says_who_lacks_it(runner_cli):
+    own = runner_cli("build", "transformers", "--flavour", "gpu", "--print-tag")
+    variant = runner_cli("build", "transformers", "--flavour", "gpu", "--print-tag", "--cuda", "12.8")
+    assert own.returncode == variant.returncode == 0, own.stderr + variant.stderr
+    assert own.stdout.startswith("inference-matrix/transformers:gpu-") and variant.stdout != own.stdout
+    refused = runner_cli("build", "vllm", "--flavour", "gpu", "--print-tag", "--cuda", "12.8")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: --cuda 12.8: vllm builds for CUDA 13.0 (images/<engine>/image.yaml cuda_variants); drop --cuda for them"
+    )

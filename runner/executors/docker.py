@@ -36,7 +36,7 @@ from runner.build import ensure_images, flavour_of, image_key, image_spec, no_im
 from runner.cpuset import format_cpus
 from runner.cuda_compat import driver_problem
 from runner.errors import UserError
-from runner.images import load_specs
+from runner.images import load_specs, offers_cuda
 from runner.job import ExecutorOptions, Job
 from runner.results import failure, not_started, outcome
 
@@ -109,15 +109,17 @@ def gpu_container_problem(gpus_listed: dict | None, runtimes: set[str], hook_ins
     return "failed", f"Docker cannot give containers this host's GPUs: {TOOLKIT_FIX}"
 
 
-def driver_problems(keys: set[tuple], specs: dict, drivers: list[str]) -> dict[tuple, str]:
+def driver_problems(keys: set[tuple], specs: dict, drivers: list[str], cuda: str | None = None) -> dict[tuple, str]:
     """Image key -> why this host's driver cannot run that GPU image's CUDA (runner.cuda_compat), from the
-    image's description, so that no image is built for cells that could not run."""
+    image's description (on torch's CUDA `cuda` where it offers that), so that no image is built for cells that
+    could not run."""
     problems = {}
     for key in keys:
         if key[1] != "gpu" or key[:2] not in specs:
             continue
-        spec = image_spec(specs, key)
-        problem = driver_problem(f"images/{key[0]}'s gpu image", spec.cuda, spec.cuda_of, drivers)
+        spec = image_spec(specs, key, cuda)
+        others = [c for c in (specs[key[:2]].cuda, *specs[key[:2]].cuda_variants) if c != spec.cuda]
+        problem = driver_problem(f"images/{key[0]}'s gpu image", spec.cuda, spec.cuda_of, drivers, others)
         if problem:
             problems[key] = problem
     return problems
@@ -348,7 +350,11 @@ def from_options(options: ExecutorOptions) -> DockerExecutor:
         print(f"GPU cells will not run in containers here: {gpu_problem[1]}", flush=True)
     specs = load_specs()
     gpu_keys = {image_key(c.engine, c.gpus, c.engine_version) for c in options.cells if c.gpus}
-    too_old = {} if gpu_problem or not gpu_keys else driver_problems(gpu_keys, specs, host_drivers())
+    cuda = options.build_options["gpu"].cuda if "gpu" in options.build_options else None
+    for engine in sorted({key[0] for key in gpu_keys if key[:2] in specs and not offers_cuda(specs[key[:2]], cuda)}):
+        print(f"note: --cuda {cuda}: images/{engine}'s gpu image does not offer it; it runs CUDA "
+              f"{specs[(engine, 'gpu')].cuda}", flush=True)  # fmt: skip
+    too_old = {} if gpu_problem or not gpu_keys else driver_problems(gpu_keys, specs, host_drivers(), cuda)
     for problem in sorted(set(too_old.values())):
         print(f"GPU cells will not run here: {problem}", flush=True)
     # GPU images are built only where GPU cells can run
