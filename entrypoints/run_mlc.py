@@ -109,6 +109,21 @@ def find_route() -> dict[str, Any]:
     }
 
 
+def cuda_runtime_problem() -> str:
+    """Why TVM has no CUDA device: TVM drops a failed load of its CUDA runtime library silently (a missing
+    libcuda.so.1 or libcudart.so.13 then reads as "no GPU"), so say what the load says."""
+    import ctypes
+
+    library = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    if not library.is_file():
+        return f"this TVM has no {library.name}"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return f"{library.name} does not load: {exc}"
+    return "a GPU cell on a machine without one"
+
+
 def mlc_distribution_version() -> str | None:
     """The installed mlc-llm distribution's version, whatever its CUDA suffix (mlc-llm-cu128, -nightly-…)."""
     for distribution in importlib.metadata.distributions():
@@ -161,7 +176,7 @@ class Engine:
         if self.workload["batch_size"] != 1:
             raise harness.CellInvalid("MLC cells here run one sequence (the VM loop has no batch): batch_size 1")
         if self.gpu and not tvm.cuda(0).exist:
-            raise harness.CellUnsupported("TVM sees no CUDA device here (a GPU cell on a machine without one)")
+            raise harness.CellUnsupported(f"TVM sees no CUDA device here ({cuda_runtime_problem()})")
         self.route = find_route()
         known = self._quantizations()
         if known and quantization not in known:

@@ -85,8 +85,14 @@ if [ -f .carry/mlc-llm/mlc-llm-python.tar.gz ] && [ ! -d /tmp/mlc-llm/python ]; 
   mkdir -p /tmp/mlc-llm && tar -xzf .carry/mlc-llm/mlc-llm-python.tar.gz -C /tmp/mlc-llm
 fi
 if [ -d /tmp/mlc-llm/python ]; then
-  # TVM compiles CUDA through NVRTC and finds the toolkit's headers under CUDA_PATH
+  # mlc_llm's compile replaces TVM's CUDA compile callback with `nvcc --fatbin` (nvcc on PATH, gcc for it);
+  # CUDA_PATH (headers; cccl under targets/x86_64-linux/include) matters only for NVRTC, i.e. loading a
+  # library that holds CUDA source. TVM's CUDA runtime needs libcuda.so.1 and libcudart.so.13, and a failed
+  # load of it reads as "no GPU": the line below says whether it loads.
   export MLC_LLM_SOURCE=/tmp/mlc-llm PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
+  command -v nvcc >/dev/null || export PATH=$CUDA_PATH/bin:$PATH
+  nvcc --version | tail -1
+  python3 -c "import ctypes, pathlib, tvm; ctypes.CDLL(str(pathlib.Path(tvm.__file__).parent / 'lib/libtvm_runtime_cuda.so')); print('tvm', tvm.__version__, 'cuda', tvm.cuda(0).exist, tvm.cuda(0).compute_version)" || true
 fi
 # AIPerf for serving cells (results/aiperf-carry.sh): its site carried in pieces into /tmp/aparts (or
 # whole under .carry/aiperf-1), unpacked once per machine, run through a wrapper with that site alone

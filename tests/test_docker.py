@@ -591,3 +591,40 @@ def test_on_an_old_driver_a_cuda_variant_is_what_the_run_then_asks_for(runner_cl
         done.stderr,
     ), done.stderr
     assert leftover_containers() == []
+
+
+GPU_IMAGE_MODULES = {"transformers": "transformers", "vllm": "vllm"}
+
+
+@pytest.mark.parametrize("engine", sorted(GPU_IMAGE_MODULES))
+def test_gpu_images_build_here_and_check_what_needs_no_gpu(runner_cli, engine):
+    """The GPU flavours users build first (vLLM, Transformers), built for real. NVIDIA's CUDA base images cannot
+    be pulled here, and these two need nothing of them (torch's wheels carry CUDA's user-space libraries), so
+    they build on the local Debian base (BENCH_BASE_IMAGE_GPU, set by .ci/run). Checked without a GPU: the
+    build's own smoke tests (every pin; torch's CUDA is the one the labels claim), the labels, the engine and
+    torch's CUDA build importing, and the entrypoint parsing its arguments."""
+    problem = daemon_problem()
+    if problem:
+        pytest.fail(f"no Docker daemon ({problem}): run `bash .ci/run`, or start dockerd and `make base-image`")
+    base = os.environ.get("BENCH_BASE_IMAGE_GPU")
+    if not base:
+        pytest.skip("BENCH_BASE_IMAGE_GPU is not set: GPU images would need NVIDIA's base image (.ci/run sets it)")
+    done = runner_cli("build", engine, "--flavour", "gpu", timeout=3000)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    spec = load_specs()[(engine, "gpu")]
+    tag = image_tag(spec, base)
+    assert f"{engine} (gpu): {tag}" in done.stdout
+    labels = json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", tag).stdout)
+    assert labels["inference-matrix.cuda"] == spec.cuda == "13.0" and labels["inference-matrix.min-driver"] == "580"
+    script = (
+        f"import json, os, shutil, sysconfig, torch, {GPU_IMAGE_MODULES[engine]}, harness; "
+        "headers = os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')); "
+        "print(json.dumps([torch.version.cuda, torch.cuda.is_available(), harness.RESULT_SCHEMA_VERSION, "
+        "bool(shutil.which('gcc')) and headers]))"
+    )
+    check = docker("run", "--rm", "--network", "none", tag, "python3", "-c", script)
+    assert check.returncode == 0, check.stderr[-3000:]
+    # torch's CUDA 13.0 build, no GPU here, this runner's schema, and what Triton needs to compile (gcc, Python.h)
+    assert json.loads(check.stdout.strip().splitlines()[-1]) == ["13.0", False, RESULT_SCHEMA_VERSION, True]
+    usage = docker("run", "--rm", "--network", "none", tag, "python3", f"run_{engine}.py", "--help")
+    assert usage.returncode == 0 and "--spec" in usage.stdout, usage.stdout[-2000:] + usage.stderr[-2000:]

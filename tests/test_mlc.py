@@ -222,3 +222,33 @@ def test_the_compiled_model_greedy_tokens_agree_with_transformers(runs):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == doc["engine_details"]["generated"][0]
+
+
+@pytest.mark.slow
+def test_the_model_compiles_for_an_h200_here(runs, tmp_path):
+    """mlc_llm's compile for CUDA sm_90, the H200 cell's target, on this CPU machine: the GPU-only passes (Dlight's
+    GEMV specialisation, LiftTIRGlobalBufferAlloc, the sampler's call_tir) run against TVM 0.27 through the
+    overlay's shims (without them they stopped with buffer_map, PointerType, stmt_functor and call_tir argument
+    errors). Without a CUDA driver TVM keeps the kernels as CUDA source in the library (compiled when loaded);
+    on the GPU mlc_llm's hook compiles them with nvcc into an sm_90 fatbin."""
+    doc = cells(runs["first"])["q4f16_1"]
+    config = Path(doc["prepare"]["library"]).parent  # the config folder the library sits in
+    target = json.dumps({"kind": "cuda", "arch": "sm_90"})
+    library = tmp_path / "lib-cuda.so"
+    env = mlc_build.overlay_environment(run_mlc.OVERLAY, run_mlc.named_source())
+    done = subprocess.run(
+        mlc_build.compile_command(config, target, DEFAULT_OPT, library), capture_output=True, text=True, env=env,
+        stdin=subprocess.DEVNULL, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert library.stat().st_size > 100_000
+    assert b"__global__" in library.read_bytes() or b"sm_90" in library.read_bytes()  # CUDA source, or a fatbin
+
+
+def test_no_cuda_device_says_why_tvm_has_none():
+    """TVM swallows a failed load of its CUDA runtime; the cell's reason says what the loader said (here, a CPU
+    machine: no libcuda.so.1)."""
+    if run_mlc.tvm is None:
+        pytest.skip(f"apache-tvm is not importable here ({run_mlc.IMPORT_PROBLEM}): make setup-mlc")
+    why = run_mlc.cuda_runtime_problem()
+    assert why.startswith("libtvm_runtime_cuda.so does not load: ") and ".so" in why.split(": ", 1)[1], why
