@@ -141,16 +141,12 @@ def _cuda(path: Path, flavour: str, body: dict[str, Any]) -> dict[str, Any]:
             f'{path}: flavours.gpu: needs cuda (the CUDA it runs, e.g. "13.0") and cuda_of (what brings it, '
             "e.g. \"torch 2.11.0's CUDA wheels\"): the runner checks the host's driver against them"
         )
-    try:
-        min_driver(cuda)
-    except ValueError as exc:
-        raise UserError(f'{path}: flavours.gpu.cuda: {exc}; write major.minor, e.g. "12.8"') from None
     variants = {str(k): str(v) for k, v in (body.get("cuda_variants") or {}).items()}
-    for variant in variants:
+    for key, value in [("cuda", cuda), *(("cuda_variants", variant) for variant in variants)]:
         try:
-            min_driver(variant)
+            min_driver(value)
         except ValueError as exc:
-            raise UserError(f'{path}: flavours.gpu.cuda_variants: {exc}; write major.minor, e.g. "12.8"') from None
+            raise UserError(f'{path}: flavours.gpu.{key}: {exc}; write major.minor, e.g. "12.8"') from None
     if variants and not body.get("torch_cuda"):
         raise UserError(
             f"{path}: flavours.gpu.cuda_variants: offered only where torch brings the CUDA (torch_cuda: true)"
@@ -196,7 +192,7 @@ def at_cuda(spec: ImageSpec, cuda: str | None) -> ImageSpec:
     """The GPU image built on torch's CUDA `cuda` wheels (None, or one it does not offer: as described); the
     torch pin gets the variant's local version (torch==2.11.0+cu128) and the wheel index that has it, so the
     labels, the build's CUDA check and the tag all follow."""
-    if not cuda or cuda == spec.cuda or cuda not in spec.cuda_variants:
+    if cuda not in spec.cuda_variants:
         return spec
     local = "cu" + cuda.replace(".", "")
     requirements = tuple(

@@ -125,18 +125,8 @@ def driver_problems(keys: set[tuple], specs: dict, drivers: list[str], cuda: str
     return problems
 
 
-def host_drivers() -> list[str]:
-    """The NVIDIA driver version(s) nvidia-smi reports for this host's GPUs (empty without one)."""
-    from runner.host import gpu_models
-
-    return sorted({gpu["driver"] for gpu in (gpu_models() or {}).values()})
-
-
-def host_gpu_container_problem() -> tuple[str, str] | None:
-    """gpu_container_problem for this host and its Docker daemon."""
-    from runner.host import gpu_models
-
-    listed = gpu_models()
+def host_gpu_container_problem(listed: dict | None) -> tuple[str, str] | None:
+    """gpu_container_problem for this host (its GPUs as runner.host.gpu_models lists them) and its Docker daemon."""
     if not listed:
         return gpu_container_problem(listed, set(), False)
     return gpu_container_problem(listed, docker_runtimes(), shutil.which("nvidia-container-runtime-hook") is not None)
@@ -345,7 +335,11 @@ def from_options(options: ExecutorOptions) -> DockerExecutor:
     for name in leftover_containers(options.run_folder):  # this runner holds the folder: none of them is live
         print(f"removing container {name}, left in this run folder by a runner that was killed", flush=True)
         _remove(name)
-    gpu_problem = host_gpu_container_problem() if any(c.gpus for c in options.cells) else None
+    from runner.host import gpu_models
+
+    gpu_cells = any(c.gpus for c in options.cells)
+    listed = gpu_models() if gpu_cells else None  # nvidia-smi, once: for the container check and the driver check
+    gpu_problem = host_gpu_container_problem(listed) if gpu_cells else None
     if gpu_problem:
         print(f"GPU cells will not run in containers here: {gpu_problem[1]}", flush=True)
     specs = load_specs()
@@ -354,7 +348,8 @@ def from_options(options: ExecutorOptions) -> DockerExecutor:
     for engine in sorted({key[0] for key in gpu_keys if key[:2] in specs and not offers_cuda(specs[key[:2]], cuda)}):
         print(f"note: --cuda {cuda}: images/{engine}'s gpu image does not offer it; it runs CUDA "
               f"{specs[(engine, 'gpu')].cuda}", flush=True)  # fmt: skip
-    too_old = {} if gpu_problem or not gpu_keys else driver_problems(gpu_keys, specs, host_drivers(), cuda)
+    drivers = sorted({gpu["driver"] for gpu in (listed or {}).values()})
+    too_old = {} if gpu_problem or not gpu_keys else driver_problems(gpu_keys, specs, drivers, cuda)
     for problem in sorted(set(too_old.values())):
         print(f"GPU cells will not run here: {problem}", flush=True)
     # GPU images are built only where GPU cells can run
