@@ -39,6 +39,45 @@ import harness
 import mlc_build
 
 OVERLAY = Path(__file__).resolve().parent / "mlc_overlay"
+CUDA_RUNTIME = "libcudart.so.13"  # what apache-tvm 0.27's libtvm_runtime_cuda.so links
+
+
+def cuda_runtime_files(folders: list[str], cuda: str) -> list[str]:
+    """Where a libcudart.so.13 lies off the loader's path: pip's nvidia-cuda-runtime in the given
+    site folders (nvidia/cu13/lib/, which torch's CUDA 13 wheels install), then a CUDA toolkit."""
+    import glob
+
+    places = [os.path.join(folder, "nvidia", "*", "lib") for folder in folders]
+    places += [os.path.join(cuda, "lib64"), os.path.join(cuda, "targets", "*", "lib")]
+    return [found for place in places for found in sorted(glob.glob(os.path.join(place, CUDA_RUNTIME)))]
+
+
+def preload_cuda_runtime() -> str | None:
+    """Load CUDA's runtime library before TVM does, where the loader cannot find it by name.
+
+    apache-tvm's CUDA runtime links libcudart.so.13; TVM drops a failed load of it and reports no
+    GPU. Loaded first by its full path, it satisfies TVM's link by its name (as torch does for its
+    own CUDA libraries). Returns the file loaded this way, or None when the loader finds it by name
+    or it is nowhere.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(CUDA_RUNTIME, mode=ctypes.RTLD_GLOBAL)
+        return None
+    except OSError:
+        pass
+    cuda = os.environ.get("CUDA_PATH") or os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    for found in cuda_runtime_files(sys.path, cuda):
+        try:
+            ctypes.CDLL(found, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        return found
+    return None
+
+
+PRELOADED_CUDA_RUNTIME = preload_cuda_runtime()
 
 try:
     import numpy as np
@@ -247,6 +286,8 @@ class Engine:
             },
             "sampling": "argmax of the returned logits on the host (greedy)",
         }
+        if self.gpu:
+            self.facts["cuda_runtime"] = PRELOADED_CUDA_RUNTIME or f"{CUDA_RUNTIME} found by the loader"
 
     def _start_sequence(self) -> None:
         """An empty KV cache holding sequence 0 (with the model's sliding window, where it has one)."""

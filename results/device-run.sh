@@ -92,7 +92,8 @@ if [ -d /tmp/mlc-llm/python ]; then
   export MLC_LLM_SOURCE=/tmp/mlc-llm PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
   command -v nvcc >/dev/null || export PATH=$CUDA_PATH/bin:$PATH
   nvcc --version | tail -1
-  python3 -c "import ctypes, pathlib, tvm; ctypes.CDLL(str(pathlib.Path(tvm.__file__).parent / 'lib/libtvm_runtime_cuda.so')); print('tvm', tvm.__version__, 'cuda', tvm.cuda(0).exist, tvm.cuda(0).compute_version)" || true
+  # the cell's own import (run_mlc loads libcudart.so.13 from site-packages where the loader lacks it)
+  (cd entrypoints && python3 -c "import run_mlc as m; d = m.tvm.cuda(0); print('tvm', m.tvm.__version__, 'cudart', m.PRELOADED_CUDA_RUNTIME or 'by name', 'cuda', d.exist, d.compute_version if d.exist else m.cuda_runtime_problem())") || true
 fi
 # AIPerf for serving cells (results/aiperf-carry.sh): its site carried in pieces into /tmp/aparts (or
 # whole under .carry/aiperf-1), unpacked once per machine, run through a wrapper with that site alone

@@ -252,3 +252,16 @@ def test_no_cuda_device_says_why_tvm_has_none():
         pytest.skip(f"apache-tvm is not importable here ({run_mlc.IMPORT_PROBLEM}): make setup-mlc")
     why = run_mlc.cuda_runtime_problem()
     assert why.startswith("libtvm_runtime_cuda.so does not load: ") and ".so" in why.split(": ", 1)[1], why
+
+
+def test_cuda_runtime_is_found_inside_site_packages(tmp_path):
+    """A pip environment's libcudart.so.13 lies in site-packages (nvidia/cu13/lib), off the loader's path: the
+    cell finds it there (before a CUDA toolkit's) and loads it by its full path before TVM looks for it."""
+    site_lib = tmp_path / "site" / "nvidia" / "cu13" / "lib"
+    toolkit_lib = tmp_path / "cuda" / "targets" / "x86_64-linux" / "lib"
+    for folder in (site_lib, toolkit_lib):
+        folder.mkdir(parents=True)
+        (folder / run_mlc.CUDA_RUNTIME).write_bytes(b"")
+    found = run_mlc.cuda_runtime_files([str(tmp_path / "empty"), str(tmp_path / "site")], str(tmp_path / "cuda"))
+    assert found == [str(site_lib / run_mlc.CUDA_RUNTIME), str(toolkit_lib / run_mlc.CUDA_RUNTIME)]
+    assert run_mlc.cuda_runtime_files([str(tmp_path / "empty")], str(tmp_path / "none")) == []
