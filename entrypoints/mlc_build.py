@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,16 +121,46 @@ class MlcBuild:
         finally:
             shutil.rmtree(view, ignore_errors=True)
 
-    def get(self, quantization: str, context: int, chunk: int, target: str, opt: str, convert_on: str) -> dict:
-        """Everything a cell loads, building what the store lacks: {params, config, library}."""
-        params, config = self.params(quantization), self.config(quantization, context, chunk)
-        library = self.library(config, target, opt)
+    def convert(self, quantization: str, devices: tuple[str, ...]) -> Path:
+        """The weights in a quantisation (built once): converted on the first of devices that succeeds.
+
+        mlc_llm quantises on the device it is given: on a GPU in seconds, on the CPU with unscheduled
+        loops (q4f16_1 of a 7B model: 8 min on an H200 host's CPU). A cell on a GPU tries its GPU first
+        and falls back to the CPU, the path the CPU tests run; a failed try stays in ``built`` with its
+        reason and its log (convert-<device>.log) beside the weights.
+        """
+        params = self.params(quantization)
 
         def convert(out: Path) -> None:
-            self._step_on_view(
-                "convert_weight", lambda view: convert_command(view, quantization, convert_on, out), out,
-                out.parent / "convert.log",
-            )  # fmt: skip
+            for device in devices:
+                log, started = out.parent / f"convert-{device}.log", time.perf_counter()
+                try:
+                    self._step_on_view(
+                        "convert_weight", lambda view, on=device: convert_command(view, quantization, on, out), out,
+                        log,
+                    )  # fmt: skip
+                except RuntimeError as exc:
+                    if device == devices[-1]:
+                        raise
+                    seconds = round(time.perf_counter() - started, 1)
+                    self.built.append(
+                        {"step": "convert_weight", "device": device, "seconds": seconds, "failed": str(exc)}
+                    )
+                    shutil.rmtree(out)
+                    out.mkdir()
+                    continue
+                self.built[-1]["device"] = device
+                return
+
+        build_once(params, convert, marker=PARAMS_MARKER)
+        return params
+
+    def get(
+        self, quantization: str, context: int, chunk: int, target: str, opt: str, convert_on: tuple[str, ...]
+    ) -> dict:
+        """Everything a cell loads, building what the store lacks: {params, config, library}."""
+        config = self.config(quantization, context, chunk)
+        library = self.library(config, target, opt)
 
         def configure(out: Path) -> None:
             self._step_on_view(
@@ -140,7 +171,7 @@ class MlcBuild:
         def compile_library(out: Path) -> None:
             self._step("compile", compile_command(config, target, opt, out), library.with_suffix(".log"))
 
-        build_once(params, convert, marker=PARAMS_MARKER)
+        params = self.convert(quantization, convert_on)
         build_once(config, configure, marker=CONFIG_MARKER)
         build_once(library, compile_library)
         return {"params": params, "config": config, "library": library}

@@ -245,9 +245,9 @@ class Engine:
             self.spec["model"], Path(derived), (self.route["version"], tvm.__version__), self.route["env"]
         )
         s = self.settings
-        # weights are converted on the CPU, the path tested on CPU here: the same bytes whichever device
-        # converts (mlc_llm's quantisation is deterministic), and no CUDA compile before the model's own
-        self.built = build.get(s["quantization"], self.context, self.chunk, self._target(), s["opt"], "cpu")
+        # weights are converted on the cell's GPU where that works (seconds), else on the CPU (minutes)
+        devices = ("cuda", "cpu") if self.gpu else ("cpu",)
+        self.built = build.get(s["quantization"], self.context, self.chunk, self._target(), s["opt"], devices)
         return {
             "route": self.route["route"],
             "library": str(self.built["library"]),

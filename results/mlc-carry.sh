@@ -22,8 +22,8 @@ download() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$@"
 }
-download .whl apache-tvm-ffi==0.1.15.post2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.7.0 \
-  typing-inspection==0.4.2 shortuuid==1.0.13
+download .whl apache-tvm-ffi==0.1.14.post1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.7.0 \
+  typing-inspection==0.4.5 shortuuid==1.0.13
 download "$work" apache-tvm==0.27.0.post1
 rm -rf .carry/mlc-tvm-[0-9]* "$work"/part-*
 split -b 40M -d -a 1 "$work"/apache_tvm-0.27.0.post1-*.whl "$work/part-"

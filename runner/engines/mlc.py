@@ -81,6 +81,14 @@ def check(s: dict[str, Any], gpus: tuple[int, ...]) -> str | None:
     return None
 
 
+def built_step(step: dict[str, Any]) -> str:
+    """One build step for Notes: 'convert_weight on cuda 4.1 s', or a failed try with its reason."""
+    name = f"{step['step']} on {step['device']}" if step.get("device") else step["step"]
+    if step.get("failed"):
+        return f"{name} failed after {step['seconds']} s ({step['failed']})"
+    return f"{name} {step['seconds']} s"
+
+
 def notes(result: dict[str, Any]) -> list[str]:
     """Which route ran, and what building the library cost when it was built now."""
     details = result.get("engine_details") or {}
@@ -88,7 +96,7 @@ def notes(result: dict[str, Any]) -> list[str]:
     if details.get("route"):
         lines.append(details["route"])
     prepare = result.get("prepare") or {}
-    built = [f"{step['step']} {step['seconds']} s" for step in prepare.get("built") or []]
+    built = [built_step(step) for step in prepare.get("built") or []]
     if built:
         lines.append("built now: " + ", ".join(built))
     elif prepare.get("cache_hit"):
