@@ -72,6 +72,16 @@ class Engine:
                 raise harness.CellUnsupported("flash_attention_2 needs the flash-attn package, not installed here")
             if not self.cuda:
                 raise harness.CellUnsupported("flash_attention_2 needs a CUDA GPU")
+        if self.settings["attention"] == "flash_attention_4":
+            if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
+                raise harness.CellUnsupported(
+                    "flash_attention_4 needs the flash-attn-4 package (flash_attn.cute), not installed here"
+                )
+            if not self.cuda:
+                raise harness.CellUnsupported("flash_attention_4 needs a CUDA GPU (Hopper or newer)")
+            if torch.cuda.get_device_capability(0)[0] < 9:
+                name = torch.cuda.get_device_name(0)
+                raise harness.CellUnsupported(f"flash_attention_4 needs a Hopper or newer GPU (sm_90+), not {name}")
 
     def synchronize(self) -> None:
         if self.cuda:
@@ -147,7 +157,7 @@ class Engine:
             "torch_cuda": torch.version.cuda,
             "transformers": transformers.__version__,
         }
-        for package in ("bitsandbytes", "flash-attn", "accelerate", "optimum"):
+        for package in ("bitsandbytes", "flash-attn", "flash-attn-4", "nvidia-cutlass-dsl", "accelerate", "optimum"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 found[package] = importlib.metadata.version(package)
         if self.cuda:

@@ -95,6 +95,22 @@ if [ -d /tmp/mlc-llm/python ]; then
   # the cell's own import (run_mlc loads libcudart.so.13 from site-packages where the loader lacks it)
   (cd entrypoints && python3 -c "import run_mlc as m; d = m.tvm.cuda(0); print('tvm', m.tvm.__version__, 'cudart', m.PRELOADED_CUDA_RUNTIME or 'by name', 'cuda', d.exist, d.compute_version if d.exist else m.cuda_runtime_problem())") || true
 fi
+# Other wheels too large for one call (results/fa4-carry.sh): each in pieces under /tmp/wheelparts/<name>/ with
+# its WHEEL_NAME, carried over back-to-back calls, joined once and unpacked into /tmp/site on every call.
+# Unpacked, not pip-installed: pip --target skips a folder that exists already, and such a wheel can share one
+# with a wheel from .whl (nvidia_cutlass_dsl/ of -libs-base and -libs-cu13), whose --upgrade above replaces
+# that folder on every call.
+for parts in /tmp/wheelparts/*/; do
+  [ -f "$parts/WHEEL_NAME" ] || continue
+  wheel=/tmp/$(cat "$parts/WHEEL_NAME")
+  [ -f "$wheel" ] || cat "$parts"/part-* > "$wheel"
+  python3 -m zipfile -e "$wheel" /tmp/site && echo "unpacked $(basename "$wheel")"
+done
+# .pth files of wheels in /tmp/site (nvidia-cutlass-dsl's puts its dsl_packages on sys.path) are read only in a
+# site directory, which a PYTHONPATH entry is not: a sitecustomize there makes it one for every process.
+if ls /tmp/site/*.pth >/dev/null 2>&1 && [ ! -f /tmp/site/sitecustomize.py ]; then
+  printf 'import site\nsite.addsitedir("/tmp/site")\n' > /tmp/site/sitecustomize.py
+fi
 # AIPerf for serving cells (results/aiperf-carry.sh): its site carried in pieces into /tmp/aparts (or
 # whole under .carry/aiperf-1), unpacked once per machine, run through a wrapper with that site alone
 # ahead of the device's packages, and named to the runner as --loadgen.

@@ -13,7 +13,9 @@ TORCH_DTYPE = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch
 SETTINGS = {
     "dtype": Setting("fp32", "weights and activations dtype", ("fp32", "bf16", "fp16")),
     "grad_mode": Setting("default", "autograd context around generate()", ("default", "no_grad", "inference_mode")),
-    "attention": Setting("sdpa", "attn_implementation", ("eager", "sdpa", "flash_attention_2")),
+    "attention": Setting(
+        "sdpa", "attn_implementation", ("eager", "sdpa", "flash_attention_2", "flash_attention_4")
+    ),  # flash_attention_4: the flash-attn-4 package (CuTe DSL kernels), Hopper and newer
     "quantization": Setting("none", "bitsandbytes weight quantization", ("none", "bnb-8bit", "bnb-4bit")),
     "bnb_compute_dtype": Setting(None, "bnb_4bit_compute_dtype (bnb-4bit only)", (None, "fp32", "bf16", "fp16")),
     "compile": Setting(False, "torch.compile the model's forward", type=bool),
