@@ -42,6 +42,14 @@ class FirstTokenClock(BaseStreamer):
         pass
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 class Engine:
     def __init__(self, spec: dict[str, Any]):
         self.settings = spec["cell"]["settings"]
@@ -68,12 +76,14 @@ class Engine:
         if self.settings["quantization"] != "none" and not self.cuda:
             raise harness.CellUnsupported("bitsandbytes quantization needs a CUDA GPU in this tool")
         if self.settings["attention"] == "flash_attention_2":
-            if importlib.util.find_spec("flash_attn") is None:
+            # the flash-attn distribution itself: flash-attn-4 also installs a flash_attn package (flash_attn.cute),
+            # which transformers does not take for FlashAttention-2 (seen on the H200, 2026-12-03)
+            if not _installed("flash-attn"):
                 raise harness.CellUnsupported("flash_attention_2 needs the flash-attn package, not installed here")
             if not self.cuda:
                 raise harness.CellUnsupported("flash_attention_2 needs a CUDA GPU")
         if self.settings["attention"] == "flash_attention_4":
-            if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
+            if not _installed("flash-attn-4"):
                 raise harness.CellUnsupported(
                     "flash_attention_4 needs the flash-attn-4 package (flash_attn.cute), not installed here"
                 )

@@ -209,6 +209,16 @@ def at_cuda(spec: ImageSpec, cuda: str | None) -> ImageSpec:
     )
 
 
+def pins_of(requirements: list[str]) -> dict[str, str]:
+    """{distribution: version} of name==version lines, extras dropped (nvidia-cutlass-dsl[cu13] -> nvidia-cutlass-dsl),
+    as importlib.metadata names them in the image's pin check."""
+    pins = {}
+    for line in requirements:
+        name, version = line.split("==", 1)
+        pins[name.split("[", 1)[0].strip()] = version
+    return pins
+
+
 def render(spec: ImageSpec) -> str:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(IMAGES_DIR / "templates"),
@@ -217,11 +227,10 @@ def render(spec: ImageSpec) -> str:
     )
     values: dict[str, Any] = dict(spec.__dict__)
     values["pip_env"] = f"{spec.pip_env} " if spec.pip_env else ""
-    values["pins"] = dict(line.split("==", 1) for line in spec.requirements)
+    values["pins"] = pins_of(spec.requirements)
     values["min_driver"] = spec.min_driver
     if spec.side_venv:
-        pins = dict(line.split("==", 1) for line in spec.side_venv["requirements"])
-        values["side_venv"] = {**spec.side_venv, "pins": pins}
+        values["side_venv"] = {**spec.side_venv, "pins": pins_of(spec.side_venv["requirements"])}
     return environment.get_template("Dockerfile.j2").render(**values)
 
 

@@ -71,7 +71,7 @@ def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_p
     assert f"executor docker, results in {folder}" in done.stdout
     with open(folder / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 19
+    assert len(rows) == 20
     ok = [r for r in rows if r["Status"] == "ok"]
     assert len(ok) == 12 and all(float(r["Avg Tok/s"]) > 0 and float(r["Max Mem (MiB)"]) > 0 for r in ok)
     assert sorted(r["Settings"] for r in ok if r["Software"] == "llama.cpp") == ["fp16", "q4_k_m", "q8_0"]

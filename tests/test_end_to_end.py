@@ -19,6 +19,7 @@ FIXTURE_DIR = "tests/fixtures/matrices"
 EXPECTED_FAILURES = {
     "BetterTransformer": "BetterTransformer",
     "flash_attention_2": "flash_attention_2 needs the flash-attn package",
+    "flash_attention_4": "flash_attention_4 needs the flash-attn-4 package",
     "load_in_8bit": "bitsandbytes",
     # the dev venv has no vLLM (it runs in its image; tests/test_docker.py runs this row there)
     "tensor_parallel_size": "vLLM is not importable here",
@@ -70,14 +71,14 @@ def test_cpu_matrix_exit_and_files(cpu_run):
     for name in ("table.md", "table.csv", "table.json", "run.json"):
         assert (folder / name).is_file(), name
     assert "materialising" not in done.stdout  # the session store already holds the model
-    assert done.stdout.rstrip().endswith("this run: 11 ok, 8 not run here, 0 failed")
+    assert done.stdout.rstrip().endswith("this run: 11 ok, 9 not run here, 0 failed")
     assert f"table: {folder.resolve() / 'table.md'}" in done.stdout
 
 
 def test_cpu_matrix_one_row_per_listed_cell(cpu_run, runner_cli):
     _, folder = cpu_run
     cells = listed(runner_cli, "matrix-cpu.yaml")
-    assert len(cells) == 19
+    assert len(cells) == 20
     table = read_csv(folder)
     assert [row["Cell"] for row in table] == [c[0] for c in cells]
     assert [row["Settings"] for row in table] == [c[1].replace("; ", " / ") for c in cells]

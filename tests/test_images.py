@@ -20,6 +20,7 @@ from runner.images import (
     entrypoint_files,
     image_tag,
     load_specs,
+    pins_of,
     render,
     stale_dockerfiles,
 )
@@ -78,7 +79,7 @@ def test_pins(key):
     assert "FROM ${BASE_IMAGE} AS runtime" in text
     # every requirement pinned exactly
     for line in spec.requirements:
-        assert re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", line), line
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+(\[[a-z0-9_,-]+\])?==[A-Za-z0-9_.+-]+", line), line  # extras allowed
     for name, value in spec.build_args.items():
         assert f'ARG {name}="{value}"' in text
 
@@ -315,6 +316,15 @@ def test_smoke_tests_import_on_cpu_and_check_pins_on_gpu():
     # a build host has no GPU driver: GPU images check their pins instead of importing CUDA extensions
     assert "'llama-cpp-python': '0.3.36'" in gpu and "print('pins ok')" in gpu
     assert "import llama_cpp" not in gpu
+
+
+def test_a_pin_with_extras_is_checked_by_its_distribution_name():
+    """nvidia-cutlass-dsl[cu13]==4.8.1 installs the distribution nvidia-cutlass-dsl, which the pin check looks up."""
+    assert pins_of(["nvidia-cutlass-dsl[cu13]==4.8.1", "torch==2.11.0"]) == {
+        "nvidia-cutlass-dsl": "4.8.1", "torch": "2.11.0",
+    }  # fmt: skip
+    gpu = render(SPECS[("transformers", "gpu")])
+    assert "'nvidia-cutlass-dsl': '4.8.1'" in gpu and "'flash-attn-4': '4.0.0b36'" in gpu
 
 
 def test_engine_version_swaps_the_engine_pin_and_the_tag():

@@ -142,7 +142,12 @@ def test_notes_name_the_route_and_the_build():
     ]
     assert MLC.notes({"prepare": {"cache_hit": True, "built": []}}) == ["library and weights from the store"]
     fell_back = [
-        {"step": "convert_weight", "device": "cuda", "seconds": 9.5, "failed": "mlc_llm convert_weight failed (exit 1)"},  # noqa: E501
+        {
+            "step": "convert_weight",
+            "device": "cuda",
+            "seconds": 9.5,
+            "failed": "mlc_llm convert_weight failed (exit 1)",
+        },
         {"step": "convert_weight", "device": "cpu", "seconds": 20.1},
     ]
     assert MLC.notes({"prepare": {"built": fell_back}}) == [
