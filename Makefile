@@ -106,7 +106,7 @@ run: setup  ## run the main matrix (matrix.yaml on a GPU host, else the tiny CPU
 	$(BIN)/python -m runner $(MATRIX) $(ARGS)
 
 test: setup setup-gptq-quantiser setup-aiperf lint  ## lint, then every test: unit, real engines on the tiny model, Docker (CI runs this)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests  # the 20 slowest, to watch CI time
 
 test-fast: setup-python lint  ## lint, then the unit tier only (no Docker, no real engine runs; about a minute)
 	$(BIN)/python -m pytest -q -m "not docker and not slow" tests
