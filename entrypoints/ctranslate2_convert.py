@@ -17,23 +17,15 @@ This file runs inside the engine's environment and imports nothing from the runn
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from shared import build_once, folder_name, run_logged
+from shared import build_once, folder_name, installed_version, run_logged
 
 MARKER = "converted_by.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def cache_key(fingerprint: str, ctranslate2_version: str) -> str:
@@ -52,7 +44,7 @@ def converter_command(source: Path, output: Path, compute_type: str) -> list[str
 
 def model_for(model: dict[str, Any], compute_type: str, derived: Path) -> tuple[Path, dict[str, Any]]:
     """The cell's CTranslate2 model, converted now unless the store has it, and where it came from."""
-    version = _version("ctranslate2") or "unknown"
+    version = installed_version("ctranslate2") or "unknown"
     source = Path(model["path"])
     key = cache_key(model.get("fingerprint") or str(source), version)
     final = derived / "ctranslate2" / f"{folder_name(model.get('name') or source.name)}-{compute_type}-{key}"
@@ -66,8 +58,8 @@ def model_for(model: dict[str, Any], compute_type: str, derived: Path) -> tuple[
             {
                 "by": "ctranslate2.converters.transformers",
                 "ctranslate2": version,
-                "transformers": _version("transformers"),
-                "torch": _version("torch"),
+                "transformers": installed_version("transformers"),
+                "torch": installed_version("torch"),
                 "quantization": compute_type,
                 "seconds": round(seconds, 1),
                 "command": command,

@@ -38,6 +38,7 @@ import exllamav2_convert
 import exllamav2_gptq
 import exllamav2_speed
 import harness
+from shared import installed_version
 from side_quantiser import checkpoint_quantisation as quantisation
 
 try:
@@ -45,13 +46,6 @@ try:
 except ImportError as exc:  # the cell is reported as not run here; the rest of the matrix goes on
     torch = None
     IMPORT_PROBLEM = f"{type(exc).__name__}: {exc}"
-
-
-def exllamav2_version() -> str | None:
-    try:
-        return importlib.metadata.version("exllamav2")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def extension_environment(derived: str | None) -> dict[str, str]:
@@ -86,7 +80,7 @@ class Engine:
             raise harness.CellUnsupported(f"torch is not importable here ({IMPORT_PROBLEM}): use the exllamav2 image")
         if not self.gpus or not torch.cuda.is_available():
             raise harness.CellUnsupported("ExLlamaV2 runs on CUDA GPUs only")
-        if exllamav2_version() is None:
+        if installed_version("exllamav2") is None:
             raise harness.CellUnsupported("exllamav2 is not installed here: use the exllamav2 image")
         if self.workload["prompt_tokens"] + self.workload["new_tokens"] > self.context:
             raise harness.CellInvalid(
@@ -133,7 +127,8 @@ class Engine:
             )
         if not derived:
             raise harness.CellInvalid("the cell spec has no model.derived_dir to keep EXL2 models in")
-        path, record = exllamav2_convert.exl2_for(self.spec["model"], self.settings, Path(derived), exllamav2_version())
+        version = installed_version("exllamav2")
+        path, record = exllamav2_convert.exl2_for(self.spec["model"], self.settings, Path(derived), version)
         self.model_dir = path
         return record
 
@@ -278,7 +273,7 @@ class Engine:
             torch.cuda.empty_cache()
 
     def versions(self) -> dict[str, Any]:
-        found: dict[str, Any] = {"engine": "exllamav2", "engine_version": exllamav2_version() or ""}
+        found: dict[str, Any] = {"engine": "exllamav2", "engine_version": installed_version("exllamav2") or ""}
         if torch is not None:
             found.update(torch=torch.__version__, torch_cuda=torch.version.cuda)
             if torch.cuda.is_available():

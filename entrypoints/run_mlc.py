@@ -37,6 +37,7 @@ from typing import Any
 
 import harness
 import mlc_build
+from shared import installed_version
 
 OVERLAY = Path(__file__).resolve().parent / "mlc_overlay"
 CUDA_RUNTIME = "libcudart.so.13"  # what apache-tvm 0.27's libtvm_runtime_cuda.so links
@@ -170,14 +171,6 @@ def mlc_distribution_version() -> str | None:
         if name == "mlc-llm" or name.startswith("mlc-llm-"):
             return distribution.version
     return None
-
-
-def _installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 class Engine:
@@ -373,8 +366,8 @@ class Engine:
         if tvm is not None:
             found["tvm"] = tvm.__version__
         for package in ("apache-tvm", "apache-tvm-ffi"):
-            if _installed(package):
-                found[package] = importlib.metadata.version(package)
+            if version := installed_version(package):
+                found[package] = version
         if mlc_distribution_version():
             found["mlc-llm"] = mlc_distribution_version()
         return found

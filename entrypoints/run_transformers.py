@@ -18,6 +18,7 @@ from typing import Any
 import harness
 import torch
 import transformers
+from shared import installed_version
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
@@ -40,14 +41,6 @@ class FirstTokenClock(BaseStreamer):
 
     def end(self) -> None:
         pass
-
-
-def _installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 class Engine:
@@ -78,12 +71,12 @@ class Engine:
         if self.settings["attention"] == "flash_attention_2":
             # the flash-attn distribution itself: flash-attn-4 also installs a flash_attn package (flash_attn.cute),
             # which transformers does not take for FlashAttention-2 (seen on the H200, 2026-12-03)
-            if not _installed("flash-attn"):
+            if not installed_version("flash-attn"):
                 raise harness.CellUnsupported("flash_attention_2 needs the flash-attn package, not installed here")
             if not self.cuda:
                 raise harness.CellUnsupported("flash_attention_2 needs a CUDA GPU")
         if self.settings["attention"] == "flash_attention_4":
-            if not _installed("flash-attn-4"):
+            if not installed_version("flash-attn-4"):
                 raise harness.CellUnsupported(
                     "flash_attention_4 needs the flash-attn-4 package (flash_attn.cute), not installed here"
                 )

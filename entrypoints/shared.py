@@ -10,6 +10,7 @@
 * ``write_json_atomic()``, ``write_text_atomic()``: a file written under a
   scratch name, then renamed into place, so a reader never sees half of it.
 * ``cpu_model()``: the host CPU's model name, which results and reuse record;
+* ``installed_version()``: an installed distribution's version, or None;
 * ``build_once()``: a file or folder of the model store made once, under a file
   lock, written under a scratch name and renamed into place: synthetic
   checkpoints on the host; the engines' converted and quantised models inside
@@ -23,6 +24,7 @@ Standard library only. Inside an engine's environment it is imported as
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import os
 import platform
@@ -67,6 +69,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (its name on PyPI, e.g. flash-attn), or None without it."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def is_built(final: Path, marker: str | None) -> bool:
