@@ -141,6 +141,10 @@ def test_notes_name_the_route_and_the_build():
         "built now: convert_weight 7.2 s, compile 33.2 s",
     ]
     assert MLC.notes({"prepare": {"cache_hit": True, "built": []}}) == ["library and weights from the store"]
+    beside = {"mlc_llm_bench": "needs MLCEngine (libmlc_llm.so, MLC's C++ engine), absent on this route"}
+    assert MLC.notes({"prepare": {"cache_hit": True}, "reference": beside})[-1] == (
+        "mlc_llm bench not run: needs MLCEngine (libmlc_llm.so, MLC's C++ engine), absent on this route"
+    )
     fell_back = [
         {
             "step": "convert_weight",
@@ -204,6 +208,16 @@ def test_cells_build_once_and_run_exactly_n_tokens(runs):
         assert again["status"] == "ok" and again["prepare"]["cache_hit"] and again["prepare"]["built"] == []
         assert again["engine_details"]["generated"] == details["generated"]  # the same library, greedy
         assert doc["threads"]["compute"] == len(harness.cell_cpus())
+        # beside the row: the same library's decode back to back (mlc_llm bench needs MLCEngine)
+        reference = doc["reference"]
+        assert reference["tool"] == "same library without host sampling", reference
+        assert reference["steps"] == doc["workload"]["new_tokens"] - 1
+        assert 0 < reference["host_enqueue_s"] <= reference["seconds"]
+        assert reference["decode_tokens_per_s"] == pytest.approx(reference["steps"] / reference["seconds"])
+        assert reference["decode_ratio"] == pytest.approx(
+            metrics["decode_tokens_per_s"]["median"] / reference["decode_tokens_per_s"]
+        )
+        assert reference["mlc_llm_bench"].startswith("needs MLCEngine")
     # mlc_llm read the checkpoint through a view: the store's checkpoint is as it was built
     checkpoint = Path(first["q4f32_1"]["model"]["path"])
     assert not (checkpoint / "model.safetensors.index.json").exists()

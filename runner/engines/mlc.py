@@ -90,7 +90,8 @@ def built_step(step: dict[str, Any]) -> str:
 
 
 def notes(result: dict[str, Any]) -> list[str]:
-    """Which route ran, and what building the library cost when it was built now."""
+    """Which route ran, what building the library cost when it was built now, and why mlc_llm's own benchmark
+    did not run beside it."""
     details = result.get("engine_details") or {}
     lines = []
     if details.get("route"):
@@ -101,6 +102,8 @@ def notes(result: dict[str, Any]) -> list[str]:
         lines.append("built now: " + ", ".join(built))
     elif prepare.get("cache_hit"):
         lines.append("library and weights from the store")
+    if bench := (result.get("reference") or {}).get("mlc_llm_bench"):
+        lines.append(f"mlc_llm bench not run: {bench}")
     return lines
 
 
