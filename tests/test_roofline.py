@@ -84,3 +84,15 @@ def test_a_batch_reads_the_weights_once_per_step():
     assert abs(share - 100 * 100.0 * 2e9 / 4000e9) < 1e-9  # 5 %
     two = {**base, "cell": {**base["cell"], "gpus": [0, 1]}}
     assert abs(roofline.share_pct(two, {H200: record(4000.0)}) - share / 2) < 1e-9  # two GPUs' bandwidth
+
+
+def test_an_mlc_row_reads_its_converted_weights():
+    result = {
+        "status": "ok",
+        "cell": {"id": "m", "engine": "mlc", "gpus": [0], "batch_size": 1, "settings": {"quantization": "q4f16_1"}},
+        "engine_details": {"params_bytes": 4_000_000_000},
+        "metrics": {"decode_tokens_per_s": {"median": 200.0}},
+        "measured_with": {"hardware": "GPUs: NVIDIA H200; driver 580.159.04"},
+    }
+    assert roofline.share_pct(result, {H200: record(4000.0)}) == 20.0  # 200 x 4 GB / 4,000 GB/s
+    assert roofline.share_pct({**result, "engine_details": {}}, {H200: record(4000.0)}) is None

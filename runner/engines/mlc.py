@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.engines.base import Engine, Setting
+from runner.engines.base import Engine, Setting, recorded_weights_bytes
 
 # mlc-llm at the pinned commit (79d603f0) knows these quantisations (mlc_llm/quantization/quantization.py).
 QUANTIZATIONS = (
@@ -107,6 +107,12 @@ def notes(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def weights_bytes(result: dict[str, Any]) -> int | None:
+    """The converted weights' size (the params shards the cell loaded), for the roofline column."""
+    found = (result.get("engine_details") or {}).get("params_bytes")
+    return int(found) if isinstance(found, int | float) and found > 0 else recorded_weights_bytes(result)
+
+
 MLC = Engine(
     name="mlc",
     software="MLC LLM",
@@ -117,4 +123,5 @@ MLC = Engine(
     check=check,
     recorded_env_prefixes=("MLC_", "TVM_"),
     notes=notes,
+    weights_bytes=weights_bytes,
 )
