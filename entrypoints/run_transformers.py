@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import harness
@@ -22,6 +24,8 @@ from shared import installed_version
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
+# written by the GPU image's build into its venv: the flash-attn it installed, or why none
+FLASH_ATTN_MARKER = "inference-matrix-flash-attn.txt"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -41,6 +45,14 @@ class FirstTokenClock(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+def flash_attn_build(prefix: str = sys.prefix) -> str | None:
+    """What the GPU image's build did about flash-attn (images/transformers/flash-attn.sh), where it ran."""
+    try:
+        return (Path(prefix) / FLASH_ATTN_MARKER).read_text().strip() or None
+    except OSError:
+        return None
 
 
 class Engine:
@@ -72,7 +84,11 @@ class Engine:
             # the flash-attn distribution itself: flash-attn-4 also installs a flash_attn package (flash_attn.cute),
             # which transformers does not take for FlashAttention-2 (seen on the H200, 2026-12-03)
             if not installed_version("flash-attn"):
-                raise harness.CellUnsupported("flash_attention_2 needs the flash-attn package, not installed here")
+                built = flash_attn_build()
+                raise harness.CellUnsupported(
+                    "flash_attention_2 needs the flash-attn package, not installed here"
+                    + (f" ({built})" if built else "")
+                )
             if not self.cuda:
                 raise harness.CellUnsupported("flash_attention_2 needs a CUDA GPU")
         if self.settings["attention"] == "flash_attention_4":

@@ -118,7 +118,7 @@ def validate(options: BuildOptions) -> None:
 def build_image(spec: ImageSpec, options: BuildOptions, log=print) -> str:
     """Build the image (its tag says what went in) and return the tag; raises UserError if the build fails."""
     validate(options)
-    tag = image_tag(spec, options.base_image)
+    tag = image_tag(spec, options.base_image, options.build_args)
     with tempfile.TemporaryDirectory(prefix=f"image-{spec.engine}-") as scratch:
         context = Path(scratch)
         _context(spec, options, context)
@@ -194,7 +194,10 @@ def ensure_images(
     for key in sorted(needed, key=str):
         if key[:2] in specs:
             wanted[key] = image_spec(specs, key, options_for[key[1]].cuda)
-    tags = {key: image_tag(spec, options_for[key[1]].base_image) for key, spec in wanted.items()}
+    tags = {
+        key: image_tag(spec, options_for[key[1]].base_image, options_for[key[1]].build_args)
+        for key, spec in wanted.items()
+    }
     missing = sorted((key for key, tag in tags.items() if not exists(tag)), key=str)
     if missing and not build_missing:
         names = ", ".join(

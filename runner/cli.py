@@ -285,7 +285,8 @@ def _build(args: argparse.Namespace) -> int:
         raise UserError(f"--cuda {cuda}: {offered} (images/<engine>/image.yaml cuda_variants); drop --cuda for them")
     if args.print_tag:
         for key in sorted(wanted):
-            print(image_tag(image_spec(specs, key, options[key[1]].cuda), options[key[1]].base_image))
+            spec, option = image_spec(specs, key, options[key[1]].cuda), options[key[1]]
+            print(image_tag(spec, option.base_image, option.build_args))
         return 0
     require_daemon()
     tags = ensure_images(wanted, specs, options, build_missing=True, exists=image_exists)

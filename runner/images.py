@@ -111,7 +111,7 @@ def load_specs(images_dir: Path = IMAGES_DIR) -> dict[tuple[str, str], ImageSpec
                 venv_args=f" {body['venv_args']}" if body.get("venv_args") else "",
                 build_args={k: str(v) for k, v in body.get("build_args", {}).items()},
                 post_install=tuple(body.get("post_install", ())),
-                build_files=tuple(raw.get("build_files", ())),
+                build_files=tuple(body.get("build_files", raw.get("build_files", ()))),
                 env={k: str(v) for k, v in {**raw.get("env", {}), **body.get("env", {})}.items()},
                 engine_package=body.get("engine_package", ""),
                 side_venv=_side_venv(path, flavour, body.get("side_venv", raw.get("side_venv"))),
@@ -249,15 +249,24 @@ def build_files(spec: ImageSpec) -> list[Path]:
     return [IMAGES_DIR / spec.engine / name for name in spec.build_files]
 
 
-def image_tag(spec: ImageSpec, base_image: str | None = None) -> str:
+def image_tag(spec: ImageSpec, base_image: str | None = None, build_args: dict[str, str] | None = None) -> str:
+    """The tag says what went in: the Dockerfile, the pins, the base, the files copied, and any build argument the
+    image declares (image.yaml: build_args) given a value other than its default (FLASH_ATTN=none)."""
     digest = hashlib.sha256()
     digest.update(render(spec).encode())
     digest.update(requirements_text(spec).encode())
     digest.update((base_image or spec.base_image).encode())
+    for name, value in sorted(declared_overrides(spec, build_args).items()):
+        digest.update(f"{name}={value}".encode())
     for path in [*build_files(spec), *entrypoint_files(spec.engine)]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return f"{IMAGE_REPOSITORY}/{spec.engine}:{spec.flavour}-{digest.hexdigest()[:12]}"
+
+
+def declared_overrides(spec: ImageSpec, build_args: dict[str, str] | None) -> dict[str, str]:
+    """The build arguments given that the image declares, where they differ from its defaults."""
+    return {k: v for k, v in (build_args or {}).items() if k in spec.build_args and v != spec.build_args[k]}
 
 
 def stale_dockerfiles(specs: dict[tuple[str, str], ImageSpec]) -> list[Path]:

@@ -176,6 +176,18 @@ def test_tag_is_stable_and_changes_with_what_goes_in(monkeypatch, tmp_path):
     assert image_tag(spec) != tag
 
 
+def test_tag_changes_with_a_declared_build_argument_given_another_value():
+    """FLASH_ATTN=none makes another image than the default: another tag, so neither is taken for the other."""
+    spec = SPECS[("transformers", "gpu")]
+    assert spec.build_args["FLASH_ATTN"] == "2.8.3.post2" and spec.build_files == ("flash-attn.sh",)
+    tag = image_tag(spec)
+    assert image_tag(spec, None, {"FLASH_ATTN": "none"}) != tag
+    assert image_tag(spec, None, {"FLASH_ATTN": "2.8.3.post2"}) == tag  # its default
+    assert image_tag(spec, None, {"EXTRA_INDEX_URL": "", "HTTPS_PROXY": "http://p:3128"}) == tag  # where, not what
+    assert image_tag(SPECS[("vllm", "gpu")], None, {"FLASH_ATTN": "none"}) == image_tag(SPECS[("vllm", "gpu")])
+    assert SPECS[("transformers", "cpu")].build_files == ()  # flavour-level: the CPU image's tag does not follow it
+
+
 def test_build_command_passes_base_proxies_and_args(monkeypatch, tmp_path):
     monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy:3128")
     monkeypatch.delenv("HTTP_PROXY", raising=False)
