@@ -18,6 +18,7 @@ Schema (version 1):
     serving:                          # optional: serving cells (each engine's own server under load)
       levels: [1, 4, 16, 64]          # concurrency levels, swept in this order against one server
       requests: 64                    # requests per level (at least the level)
+      rounds: 0                       # optional: at least rounds x the level per level (each slot busy that often)
       warmup_requests: 4              # sent before each level, not counted
       prompt_tokens: 64               # per request (synthetic prompts, the checkpoint's tokenizer)
       new_tokens: 256                 # exactly, per request
@@ -112,6 +113,7 @@ class Sweep:
 
     levels: tuple[int, ...] = (1, 4, 16, 64)
     requests: int = 64
+    rounds: int = 0  # requests per level are at least rounds x the level (0: requests alone)
     warmup_requests: int = 4
     prompt_tokens: int = 64
     new_tokens: int = 256
@@ -122,6 +124,8 @@ class Sweep:
         """What a serving cell's id hashes (the TTFT bound only reads results, so it is left out)."""
         found = {**self.__dict__, "levels": list(self.levels)}
         del found["ttft_p99_ms"]
+        if not self.rounds:
+            del found["rounds"]  # unset: the ids of serving cells from before it existed stay as they were
         return found
 
 
@@ -272,6 +276,7 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
     sweep = Sweep(
         levels=tuple(levels),
         requests=w.integer(table, "serving", "requests", d.requests, 1),
+        rounds=w.integer(table, "serving", "rounds", d.rounds, 0),
         warmup_requests=w.integer(table, "serving", "warmup_requests", d.warmup_requests, 0),
         prompt_tokens=w.integer(table, "serving", "prompt_tokens", d.prompt_tokens, 1),
         new_tokens=w.integer(table, "serving", "new_tokens", d.new_tokens, 1),

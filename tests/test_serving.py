@@ -107,6 +107,26 @@ def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path
     assert ENGINES["llamacpp"].server.connections == "never" and ENGINES["vllm"].server.connections == "pooled"
 
 
+def test_rounds_keep_every_slot_busy_several_times_and_both_load_generators_send_the_same():
+    from runner.engines import ENGINES
+    from runner.serving.loadgen import level_requests
+
+    matrix = parse_matrix(serving_matrix({"requests": 16, "rounds": 4, "engines": {"vllm": {"include": [{}]}}}),
+                          Path("m.yaml"))  # fmt: skip
+    sweep = matrix.serving.sweep.__dict__
+    assert [level_requests(sweep, level) for level in (1, 4, 16, 64)] == [16, 16, 64, 256]
+    assert level_requests({"requests": 16}, 64) == 64  # without rounds: at least one request per slot
+    aiperf = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 64, sweep, {}, Path("/tmp"))
+    bench = ENGINES["vllm"].server.reference.arguments("http://127.0.0.1:9", "m", "/ckpt", 64, sweep, "/r.json")
+    assert aiperf[aiperf.index("--request-count") + 1] == bench[bench.index("--num-prompts") + 1] == "256"
+    # a cell without rounds keeps the id it had before rounds existed; with rounds it is another cell
+    plain = serving_matrix({"requests": 16, "engines": {"vllm": {"include": [{}]}}})
+    assert "rounds" not in parse_matrix(plain, Path("m.yaml")).serving.sweep.identity()
+    assert serving_cells(matrix)[0].id != serving_cells(parse_matrix(plain, Path("m.yaml")))[0].id
+    with pytest.raises(UserError, match=r"serving\.rounds"):
+        parse_matrix(serving_matrix({"rounds": -1, "engines": {"vllm": {"include": [{}]}}}), Path("m.yaml"))
+
+
 def test_transformers_requests_name_their_exact_length_in_a_generation_config(tmp_path):
     from runner.engines import ENGINES
 
@@ -185,6 +205,7 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
 def test_the_gpu_serving_matrices_have_the_issues_rows(repo, path, lengths):
     matrix = load_matrix(repo / path)
     assert matrix.engines == {} and matrix.serving.sweep.levels == (1, 4, 16, 64)
+    assert (matrix.serving.sweep.requests, matrix.serving.sweep.rounds) == (16, 4)  # 16, 16, 64, 256 requests
     assert (matrix.serving.sweep.prompt_tokens, matrix.serving.sweep.new_tokens) == lengths
     labels = {(c.engine, "; ".join(server_label(c))) for c in serving_cells(matrix)}
     assert labels == {

@@ -16,6 +16,7 @@ from typing import Any
 
 from runner.cpuset import named
 from runner.engines.base import Engine, Server, ServerReference, Setting, harness_threads
+from runner.serving.loadgen import level_requests
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
 
@@ -178,7 +179,7 @@ def bench_serve_arguments(
         "--model", tokenizer, "--served-model-name", served, "--tokenizer", tokenizer,
         "--dataset-name", "random", "--random-input-len", str(sweep["prompt_tokens"]),
         "--random-output-len", str(sweep["new_tokens"]), "--random-range-ratio", "0",
-        "--num-prompts", str(max(sweep["requests"], level)), "--max-concurrency", str(level),
+        "--num-prompts", str(level_requests(sweep, level)), "--max-concurrency", str(level),
         "--num-warmups", str(sweep["warmup_requests"]), "--ignore-eos", "--seed", "0", "--disable-tqdm",
     ]  # fmt: skip
 

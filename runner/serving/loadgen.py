@@ -53,6 +53,12 @@ def find_aiperf(given: str | None) -> str:
     )
 
 
+def level_requests(sweep: dict[str, Any], level: int) -> int:
+    """Requests sent at one concurrency level: the sweep's count, at least the level, and at least rounds x the
+    level where the matrix sets rounds (so a high level is not over before every slot has been busy a few times)."""
+    return max(sweep["requests"], level, sweep.get("rounds", 0) * level)
+
+
 def aiperf_arguments(
     url: str,
     model_name: str,
@@ -69,7 +75,7 @@ def aiperf_arguments(
         "--url", url, "--endpoint-type", "completions", "--streaming",
         "--model", model_name, "--tokenizer", tokenizer,
         "--concurrency", str(level),
-        "--request-count", str(max(sweep["requests"], level)),
+        "--request-count", str(level_requests(sweep, level)),
         "--isl", str(sweep["prompt_tokens"]), "--synthetic-input-tokens-stddev", "0",
         "--osl", str(sweep["new_tokens"]), "--osl-stddev", "0",
         "--use-legacy-max-tokens",

@@ -34,7 +34,7 @@ from runner.job import Executor, Job
 from runner.matrix import Matrix, serving_engine
 from runner.provenance import tool_version
 from runner.results import failure
-from runner.serving.loadgen import AIPERF_VERSION, aiperf_arguments, error_lines, level_metrics
+from runner.serving.loadgen import AIPERF_VERSION, aiperf_arguments, error_lines, level_metrics, level_requests
 from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
@@ -124,7 +124,7 @@ def _peak_between(timeline: list[list[float]], start: float, end: float) -> floa
 
 def _check_level(metrics: dict[str, Any], level: int, sweep: dict[str, Any]) -> str | None:
     """Why a level's numbers do not stand (errors, missing requests, a length other than asked), or None."""
-    wanted = max(sweep["requests"], level)
+    wanted = level_requests(sweep, level)
     if metrics["errors"]:
         return f"{metrics['errors']:.0f} of {wanted} requests failed"
     if metrics["requests"] is None or metrics["requests"] < wanted:
@@ -207,7 +207,7 @@ class ServingRun:
             args = aiperf_arguments(url, served, model["path"], level, sweep, extras, artifacts, connections)
             entry["command"] = ["aiperf", *args]
             entry["started"] = time.time()
-            self.log(f"[{cell.id}] level {level}: {max(sweep['requests'], level)} requests")
+            self.log(f"[{cell.id}] level {level}: {level_requests(sweep, level)} requests")
             log_path = artifacts / "aiperf.log"
             try:
                 code = self.executor.run_tool(job, "aiperf", args, log_path, max(deadline - time.monotonic(), 1))

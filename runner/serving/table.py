@@ -120,6 +120,12 @@ def frame(results: list[dict[str, Any]], ttft_bound_ms: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _requests(sweep: dict[str, Any]) -> str:
+    if sweep.get("rounds"):
+        return f"max({sweep['requests']}, {sweep['rounds']} x the level) requests"
+    return f"{sweep['requests']} requests (at least the level)"
+
+
 def caption(results: list[dict[str, Any]]) -> list[str]:
     sweep = results[0]["workload"]
     model = results[0]["model"]
@@ -128,7 +134,7 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
     return [
         f"Model: {model['name']} ({synthetic})",
         f"Serving workload: {sweep['prompt_tokens']} prompt tokens, exactly {sweep['new_tokens']} new tokens per "
-        f"request (server-counted), {sweep['requests']} requests per level after {sweep['warmup_requests']} "
+        f"request (server-counted), {_requests(sweep)} per level after {sweep['warmup_requests']} "
         f"warm-up, closed loop at each concurrency, streamed",
         f"Load generator: {loadgen.get('name', '?')} {loadgen.get('version', '')}; memory: the server's peak during "
         "each level (device memory on its GPUs, or the process tree's RSS on CPU)",
