@@ -52,6 +52,18 @@ if [ -f .carry/llamacpp-cuda/lcpp.tar.xz ]; then
     && export LLAMA_CPP_HOME=/tmp/lcpp PYTHONPATH=$PWD/.carry/llamacpp-cuda/python${PYTHONPATH:+:$PYTHONPATH} \
     && cat /tmp/lcpp/BUILD_INFO
 fi
+# Or llama.cpp's trimmed source (results/llamacpp-carry.sh source, .carry/llama-cpp-python): built here for
+# sm_90 once per machine (about 5 min on 16 cores), binding from the same sdist. The serving cells' llama-server
+# comes from this build (the pieces of an older .carry/llamacpp-cuda have no server).
+if [ -z "${LLAMA_CPP_HOME:-}" ] && [ -f .carry/llama-cpp-python/vendor/llama.cpp/CMakeLists.txt ]; then
+  if [ ! -x /tmp/lcpp/bin/llama-server ]; then
+    echo "building llama.cpp for sm_90 from .carry/llama-cpp-python (log: /tmp/lcpp-build.log)"
+    BUILD_DIR=/tmp/lcpp-build bash images/llamacpp/build-llama-cpp.sh .carry/llama-cpp-python /tmp/lcpp \
+      -G Ninja -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 > /tmp/lcpp-build.log 2>&1 || tail -20 /tmp/lcpp-build.log
+  fi
+  [ -x /tmp/lcpp/bin/llama-server ] && export LLAMA_CPP_HOME=/tmp/lcpp \
+    PYTHONPATH=$PWD/.carry/llama-cpp-python${PYTHONPATH:+:$PYTHONPATH} && cat /tmp/lcpp/BUILD_INFO
+fi
 # ExLlamaV2's CUDA extension, JIT-built on an earlier machine and brought back by
 # results/device-background.sh (BACKGROUND_KEEP=.cache/store/torch-extensions), carried in
 # .carry/exllamav2-ext: unpacked into the store once per machine. The wheel's sources were just

@@ -12,7 +12,8 @@
 #     then results/device-run.sh unpacks it (carry [".carry/llamacpp-cuda", ".whl"]).
 #
 # The trimmed sdist drops what the build does not read (git pack, test vocabularies, docs,
-# examples, tests, the server and its web UI): 77 MB -> about 46 MB.
+# examples, tests): 77 MB -> about 56 MB. It keeps tools/server and tools/ui (its assets), which
+# llama-server, the serving cells' server, builds from (dropped before serving cells existed).
 set -euo pipefail
 version=0.3.36
 sdist=/tmp/llama-cpp-python-sdist
@@ -28,7 +29,7 @@ case "${1:-}" in
     rm -rf .carry/llama-cpp-python && mkdir -p .carry
     cp -r "$sdist/llama_cpp_python-$version" .carry/llama-cpp-python
     (cd .carry/llama-cpp-python && rm -rf .git .github docs examples tests docker \
-      vendor/llama.cpp/{models,docs,tests,benches,examples,.git,.github,app,ci,.devops,media,tools/ui,tools/server})
+      vendor/llama.cpp/{models,docs,tests,benches,examples,.git,.github,app,ci,.devops,media})
     du -sh .carry/llama-cpp-python ;;
   runtime)
     fetch
