@@ -3,6 +3,8 @@
 # pieces), as done for results/h200/llamacpp/. Run here, in the repository root:
 #
 #   bash results/llamacpp-carry.sh source          # .carry/llama-cpp-python: the pinned sdist, trimmed
+#     results/device-run.sh builds it once per machine when a call carries .carry/llama-cpp-python (about
+#     5 min; the binding from the same sdist); or by hand, to bring the build back for later machines:
 #     then, on the device, carry [".carry"]:
 #     BUILD_DIR=/tmp/b bash images/llamacpp/build-llama-cpp.sh .carry/llama-cpp-python /tmp/lcpp \
 #       -G Ninja -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90
@@ -12,8 +14,9 @@
 #     then results/device-run.sh unpacks it (carry [".carry/llamacpp-cuda", ".whl"]).
 #
 # The trimmed sdist drops what the build does not read (git pack, test vocabularies, docs,
-# examples, tests): 77 MB -> about 56 MB. It keeps tools/server and tools/ui (its assets), which
-# llama-server, the serving cells' server, builds from (dropped before serving cells existed).
+# examples, tests, the web UI's Svelte sources, which only an npm build reads): 77 MB -> about 48 MB.
+# It keeps tools/server and tools/ui's CMake part, which llama-server, the serving cells' server,
+# builds from (with no UI assets, as from the sdist).
 set -euo pipefail
 version=0.3.36
 sdist=/tmp/llama-cpp-python-sdist
@@ -29,7 +32,8 @@ case "${1:-}" in
     rm -rf .carry/llama-cpp-python && mkdir -p .carry
     cp -r "$sdist/llama_cpp_python-$version" .carry/llama-cpp-python
     (cd .carry/llama-cpp-python && rm -rf .git .github docs examples tests docker \
-      vendor/llama.cpp/{models,docs,tests,benches,examples,.git,.github,app,ci,.devops,media})
+      vendor/llama.cpp/{models,docs,tests,benches,examples,.git,.github,app,ci,.devops,media} \
+      vendor/llama.cpp/tools/ui/{src,tests,package-lock.json})
     du -sh .carry/llama-cpp-python ;;
   runtime)
     fetch
