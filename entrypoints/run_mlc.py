@@ -189,6 +189,7 @@ class Engine:
         self.vm: Any = None
         self.params: list[Any] = []
         self.kv: Any = None
+        self.functions: dict[str, Any] = {}  # the VM's and TVM's functions a forward step calls (load)
         self.config: dict[str, Any] = {}
         self.tokenizer: Any = None
         self.facts: dict[str, Any] = {}
@@ -257,6 +258,12 @@ class Engine:
         metadata = json.loads(self.vm["_metadata"]())
         cache, _ = tvmjs.load_tensor_cache(str(self.built["params"]), self.device)
         self.params = [cache[p["name"]] for p in metadata["params"]]
+        # looked up once: a forward step calls them for every token
+        self.functions = {name: self.vm[name] for name in ("embed", "prefill", "decode")}
+        self.functions.update(
+            (name, tvm.get_global_func(f"vm.builtin.{name}"))
+            for name in ("reshape", "kv_state_begin_forward", "kv_state_end_forward")
+        )
         self.config = json.loads((self.built["config"] / mlc_build.CONFIG_MARKER).read_text())
         window = self.config.get("sliding_window_size", -1)
         total = self.config["context_window_size"] if self.config["context_window_size"] != -1 else window
@@ -310,12 +317,18 @@ class Engine:
 
     def _step(self, function: str, ids: list[int]) -> Any:
         """One forward step over ids for sequence 0: the logits of its last position, as numpy."""
-        embedded = self.vm["embed"](device_array(np.array(ids, dtype="int32"), self.device), self.params)
-        embedded = tvm.get_global_func("vm.builtin.reshape")(embedded, shape([1, len(ids), embedded.shape[-1]]))
-        tvm.get_global_func("vm.builtin.kv_state_begin_forward")(self.kv, shape([0]), shape([len(ids)]))
-        logits, _ = self.vm[function](embedded, self.kv, self.params)
-        tvm.get_global_func("vm.builtin.kv_state_end_forward")(self.kv)
+        logits = self._forward(function, device_array(np.array(ids, dtype="int32"), self.device), len(ids))
         return logits.numpy()[0, -1]
+
+    def _forward(self, function: str, ids: Any, count: int) -> Any:
+        """prefill or decode over count token ids already on the device, for sequence 0: the logits, on the device."""
+        f = self.functions
+        embedded = f["embed"](ids, self.params)
+        embedded = f["reshape"](embedded, shape([1, count, embedded.shape[-1]]))
+        f["kv_state_begin_forward"](self.kv, shape([0]), shape([count]))
+        logits, _ = f[function](embedded, self.kv, self.params)
+        f["kv_state_end_forward"](self.kv)
+        return logits
 
     def synchronize(self) -> None:
         if self.device is not None:
@@ -358,7 +371,7 @@ class Engine:
 
     def close(self) -> None:
         self.kv = self.vm = None
-        self.params = []
+        self.params, self.functions = [], {}
         gc.collect()
 
     def versions(self) -> dict[str, Any]:
@@ -380,12 +393,12 @@ class Engine:
         if "MLC's package" in self.route.get("route", ""):
             return {"tool": "mlc_llm bench", "error": "not wired yet for MLC's package route"}
         workload = result["workload"]
+        steps = workload["new_tokens"] - 1
         self.load()
         try:
-            enqueue_s, total_s = self._decode_back_to_back(workload["prompt_tokens"], workload["new_tokens"] - 1)
+            enqueue_s, total_s = self._decode_back_to_back(workload["prompt_tokens"], steps)
         finally:
             self.close()
-        steps = workload["new_tokens"] - 1
         rate = steps / total_s
         ours = (result["metrics"].get("decode_tokens_per_s") or {}).get("median")
         return {
@@ -408,18 +421,10 @@ class Engine:
         for begin in range(0, len(prompt), chunk):
             self._step("prefill", prompt[begin : begin + chunk])
         ids = device_array(np.array([token], dtype="int32"), self.device)
-        reshape = tvm.get_global_func("vm.builtin.reshape")
-        begin_forward = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
-        end_forward = tvm.get_global_func("vm.builtin.kv_state_end_forward")
-        embed, decode = self.vm["embed"], self.vm["decode"]
         self.synchronize()
         start = time.perf_counter()
         for _ in range(steps):
-            embedded = embed(ids, self.params)
-            embedded = reshape(embedded, shape([1, 1, embedded.shape[-1]]))
-            begin_forward(self.kv, shape([0]), shape([1]))
-            decode(embedded, self.kv, self.params)
-            end_forward(self.kv)
+            self._forward("decode", ids, 1)
         enqueued = time.perf_counter() - start
         self.synchronize()
         return enqueued, time.perf_counter() - start
