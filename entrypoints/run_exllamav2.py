@@ -24,9 +24,7 @@ after this process freed it.
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -279,8 +277,8 @@ class Engine:
             if torch.cuda.is_available():
                 found["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         for package in ("flash-attn", "safetensors", "tokenizers"):
-            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                found[package] = importlib.metadata.version(package)
+            if version := installed_version(package):
+                found[package] = version
         return found
 
     def reference(self, result: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.metadata
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import gptfast_bench
 import gptfast_checkpoint
 import harness
+from shared import installed_version
 
 try:
     import torch
@@ -220,8 +220,8 @@ class Engine:
             "torch_cuda": torch.version.cuda,
         }
         for package in ("sentencepiece", "tiktoken", "safetensors"):
-            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                found[package] = importlib.metadata.version(package)
+            if version := installed_version(package):
+                found[package] = version
         if self.cuda:
             found["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return found

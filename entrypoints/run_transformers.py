@@ -10,8 +10,6 @@ from decode. generate() already runs under torch.no_grad(), so grad_mode
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -177,8 +175,8 @@ class Engine:
             "transformers": transformers.__version__,
         }
         for package in ("bitsandbytes", "flash-attn", "flash-attn-4", "nvidia-cutlass-dsl", "accelerate", "optimum"):
-            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                found[package] = importlib.metadata.version(package)
+            if version := installed_version(package):
+                found[package] = version
         if self.cuda:
             found["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return found
