@@ -18,6 +18,10 @@ tag inference-matrix/<engine>:<flavour>-builder (labelled
 inference-matrix.stage=builder), and the builder it replaces is removed. A build
 thus leaves no dangling image: the final image and one builder per engine and
 flavour. `--force-rm` removes the containers of a failed step too.
+
+Where disk matters more than rebuild time (CI builds images of several GB each),
+`--prune-builder` (BENCH_PRUNE_BUILDER=1) removes the builder stage, and the
+layers only it used, right after each build: the final image stays.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class BuildOptions:
     build_args: dict[str, str] = field(default_factory=dict)
     proxies_from_env: bool = True
     cuda: str | None = None  # gpu: torch's CUDA build where an image offers it (images.at_cuda); None: its own
+    keep_builder: bool = True  # False: remove the builder stage after the build (disk over rebuild time)
 
 
 def _context(spec: ImageSpec, options: BuildOptions, folder: Path) -> None:
@@ -129,7 +134,7 @@ def build_image(spec: ImageSpec, options: BuildOptions, log=print) -> str:
         log(f"building {tag}: {' '.join(shown)}")
         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr)
         if done.returncode == 0:
-            keep_builder(spec, options, context, log)
+            settle_builder(spec, options, context, log)
     if done.returncode != 0:
         base = options.base_image or spec.base_image
         if not _local_image(base):
@@ -157,9 +162,10 @@ def _inspect(name: str, field: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def keep_builder(spec: ImageSpec, options: BuildOptions, context: Path, log=print) -> None:
+def settle_builder(spec: ImageSpec, options: BuildOptions, context: Path, log=print) -> None:
     """Tag the builder stage just built (all of it from the cache the build left) as the engine's builder,
-    and remove the builder that tag named before, once nothing else names it: no image is left dangling."""
+    and remove the builder that tag named before, once nothing else names it: no image is left dangling.
+    Without options.keep_builder, the new builder goes too (with the layers only it used)."""
     name = builder_tag(spec)
     before = _inspect(name, "{{.Id}}")
     command = build_command(spec, options, name, context, target="builder")
@@ -170,6 +176,12 @@ def keep_builder(spec: ImageSpec, options: BuildOptions, context: Path, log=prin
     if before and before != _inspect(name, "{{.Id}}") and _inspect(before, "{{len .RepoTags}}") == "0":
         subprocess.run(["docker", "image", "rm", before], capture_output=True, stdin=subprocess.DEVNULL)
         log(f"removed the previous builder stage of {name} ({before.removeprefix('sha256:')[:12]})")
+    if not options.keep_builder:
+        done = subprocess.run(["docker", "image", "rm", name], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode == 0:
+            log(f"removed the builder stage {name} (--prune-builder)")
+        else:
+            log(f"warning: could not remove the builder stage {name}: {(done.stderr.strip().splitlines() or [''])[-1]}")
 
 
 def flavour_of(gpus: tuple[int, ...] | list[int]) -> str:
