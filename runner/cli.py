@@ -141,7 +141,21 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
         choices=("auto", *sorted(EXECUTORS)),
         default=os.environ.get("BENCH_EXECUTOR", "auto"),
         help="where cells run: docker (one container per cell), local (a subprocess with this machine's "
-        "engines), auto (docker if a daemon answers, else local; the default; env BENCH_EXECUTOR)",
+        "engines), ray (each cell on a node of a Ray cluster, see --ray-address), auto (docker if a daemon "
+        "answers, else local; the default; env BENCH_EXECUTOR)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        metavar="HOST:PORT",
+        help="ray: the cluster's address, as `ray start --head` prints it (env RAY_ADDRESS)",
+    )
+    parser.add_argument(
+        "--ray-inner",
+        choices=("local", "docker"),
+        default="local",
+        help="ray: how each node runs its cells: local (the node's Python and engines; the default) or docker "
+        "(the engine's image, built on the node if missing)",
     )
     parser.add_argument("--python", help="local executor: interpreter that has the engines (default: this one)")
     parser.add_argument("--no-build", action="store_true", help="docker: refuse to run if an image is missing")
@@ -360,9 +374,19 @@ def _executor(
     elif tools and args.loadgen:
         print(f"note: --loadgen names a local executable; the {kind} executor runs images/aiperf", flush=True)
     options = ExecutorOptions(
-        folder, chosen, args.python, build_options(args), build_missing=not args.no_build, tools=tools or {}
+        folder,
+        chosen,
+        args.python,
+        build_options(args),
+        build_missing=not args.no_build,
+        tools=tools or {},
+        ray_address=args.ray_address,
+        ray_inner=args.ray_inner,
     )
-    return make_executor(kind, options)
+    executor = make_executor(kind, options)
+    for line in getattr(executor, "describe", list)():  # a cluster's nodes
+        print(f"node {line}", flush=True)
+    return executor
 
 
 def _run(args: argparse.Namespace) -> int:

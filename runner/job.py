@@ -4,6 +4,9 @@ A Job names its files apart: the spec the child reads, the scratch path the
 child writes its own report to, the result path where the runner publishes the
 reconciled result, and the log. An executor runs a job and returns the
 reconciled result; stop_all() stops every running cell and starts no other.
+An executor whose cells are placed by a cluster (ray) says so with
+``places_cells = True`` and offers ``placement(cell, previous)``: the runner
+then neither serialises cells on this machine's GPUs nor checks them here.
 """
 
 from __future__ import annotations
@@ -76,3 +79,5 @@ class ExecutorOptions:
     # tools run beside cells (run_tool): name -> local executable (local executor) or None (docker: the
     # tool's image, images/<name>/, built like an engine's)
     tools: dict[str, str | None] = field(default_factory=dict)
+    ray_address: str | None = None  # ray: the cluster's address (default: RAY_ADDRESS)
+    ray_inner: str = "local"  # ray: the executor each node runs its cells with (local or docker)

@@ -3,7 +3,9 @@
 A cell holds its GPUs while it runs; a CPU-only cell holds the host's CPU, so two
 CPU cells never overlap and distort each other. Cells start in matrix order
 whenever their resources are free; with max_parallel=1 the order is exactly
-the matrix order. No GPU ever runs two cells at once.
+the matrix order. No GPU ever runs two cells at once. Where a cluster places
+the cells (exclusive=False), every item may start at once: the cluster holds
+and queues the resources.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def run_scheduled(
     run_one: Callable[[T], Any],
     max_parallel: int = 1,
     on_interrupt: Callable[[], None] | None = None,
+    exclusive: bool = True,
 ) -> list[Any]:
     """Run run_one over items; return their outcomes in item order.
 
@@ -40,6 +43,9 @@ def run_scheduled(
     running = 0
     lock = threading.Condition()
     failures: list[BaseException] = []
+
+    def held_by(item: T) -> frozenset[Any]:
+        return resources(gpus_of(item)) if exclusive else frozenset()
 
     def worker(index: int, held: frozenset[Any]) -> None:
         nonlocal running
@@ -66,12 +72,12 @@ def run_scheduled(
     try:
         with lock:
             while pending and not failures:
-                ready = next((i for i in pending if not resources(gpus_of(items[i])) & busy), None)
+                ready = next((i for i in pending if not held_by(items[i]) & busy), None)
                 if ready is None or running >= max_parallel:
                     lock.wait()
                     continue
                 pending.remove(ready)
-                held = resources(gpus_of(items[ready]))
+                held = held_by(items[ready])
                 busy.update(held)
                 running += 1
                 thread = threading.Thread(target=worker, args=(ready, held), daemon=True)

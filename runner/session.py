@@ -108,12 +108,17 @@ def run_cells(
     guard = guard or GpuGuard(log=log)
     cpus = cpus or cpuset.available()
 
+    placed = getattr(executor, "places_cells", False)  # a cluster's nodes: chosen, and guarded, where cells run
+
     def run_one(cell: Cell) -> dict[str, Any]:
         cell_model, problem = _cell_model(cell, model, log)
         pinned = None if cell.gpus else cpuset.format_cpus(cpus)
         hardware = hardware_of(cell.gpus)
         wanted = measured_with(cell_model, executor.name, executor.environment(cell), hardware, pinned)
         previous = read_result(cell_paths(folder, cell)["result_path"])
+        if placed:
+            wanted.update(executor.placement(cell, previous))
+            hardware, pinned = wanted["hardware"], wanted["cpus"]
         why = "--force" if force and previous else why_not_reuse(previous, wanted)
         if why is None:
             log(
@@ -125,9 +130,10 @@ def run_cells(
         if previous is not None:
             log(f"[{cell.id}] measuring again: {why}")
         job = make_job(folder, cell, matrix, cell_model, cpus, roofline.needs_probe(folder, cell.gpus, hardware))
-        busy = None if problem else guard.wait_until_free(cell.gpus)
-        log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {_where(cell, cpus)}")
-        load = None if cell.gpus or problem else busy_share()
+        busy = None if problem or placed else guard.wait_until_free(cell.gpus)
+        where = "a node of the cluster" if placed else _where(cell, cpus)
+        log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {where}")
+        load = None if cell.gpus or problem or placed else busy_share()
         started = time.time()
         if problem or busy:
             result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem or busy)
@@ -135,7 +141,7 @@ def run_cells(
             result = _execute(cell, job, executor)
         result["wall_s"] = time.time() - started
         result["executor"] = executor.name
-        result["measured_with"] = wanted
+        result["measured_with"] = {**wanted, **(result.get("node") or {}).get("measured_with", {})}
         result["runner"] = tool_version()
         if load is not None:
             result["host_cpu_busy_before"] = round(load, 3)
@@ -147,7 +153,10 @@ def run_cells(
         return result
 
     try:
-        return run_scheduled(cells, lambda c: c.gpus, run_one, max_parallel, on_interrupt=executor.stop_all)
+        parallel = len(cells) if placed else max_parallel
+        return run_scheduled(
+            cells, lambda c: c.gpus, run_one, parallel, on_interrupt=executor.stop_all, exclusive=not placed
+        )
     finally:
         progress.close()
 

@@ -49,6 +49,7 @@ SHARED_MODULES = [
     "runner/executors/__init__.py",
     "runner/executors/local.py",
     "runner/executors/docker.py",
+    "runner/executors/ray.py",
     "entrypoints/harness.py",
     "entrypoints/shared.py",
     "entrypoints/serving.py",
@@ -216,17 +217,19 @@ def test_a_job_carries_what_its_engine_adds(tmp_path):
 
 
 def test_executors_come_from_one_dict(tmp_path):
-    assert sorted(EXECUTORS) == ["docker", "local"]
+    assert sorted(EXECUTORS) == ["docker", "local", "ray"]
     local = make_executor("local", ExecutorOptions(tmp_path, [], python="/usr/bin/python3"))
     assert local.name == "local" and local.python == "/usr/bin/python3"
-    with pytest.raises(UserError, match=r"unknown executor 'dokcer'; choose one of docker, local$"):
+    with pytest.raises(UserError, match=r"unknown executor 'dokcer'; choose one of docker, local, ray$"):
         make_executor("dokcer", ExecutorOptions(tmp_path, []))
 
 
 def test_an_unknown_executor_from_the_environment_is_one_line(runner_cli, tmp_path):
     done = runner_cli("matrix-cpu.yaml", "-o", str(tmp_path), env={**os.environ, "BENCH_EXECUTOR": "dokcer"})
     assert done.returncode == 1
-    assert done.stderr.strip() == ("error: BENCH_EXECUTOR=dokcer: unknown executor; choose one of auto, docker, local")
+    assert done.stderr.strip() == (
+        "error: BENCH_EXECUTOR=dokcer: unknown executor; choose one of auto, docker, local, ray"
+    )
 
 
 def test_a_setting_this_environment_cannot_run_is_unsupported_not_failed(tmp_path):

@@ -57,5 +57,7 @@ def test_second_runner_refuses_then_the_folder_frees_when_the_holder_dies(runner
     # check, an unknown executor, which comes after the lock)
     third = runner_cli(*args, env={**os.environ, "BENCH_EXECUTOR": "dokcer"}, timeout=120)
     assert third.returncode == 1
-    assert third.stderr.strip() == "error: BENCH_EXECUTOR=dokcer: unknown executor; choose one of auto, docker, local"
+    assert third.stderr.strip() == (
+        "error: BENCH_EXECUTOR=dokcer: unknown executor; choose one of auto, docker, local, ray"
+    )
     assert not (folder / HOLDER_FILE).exists()  # a runner that held the folder leaves no note behind

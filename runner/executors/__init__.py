@@ -1,6 +1,7 @@
 """Executors run one cell's job and return its reconciled result, chosen by name from one dict.
 
-local: a subprocess of this machine's Python; docker: a container of the engine's image.
+local: a subprocess of this machine's Python; docker: a container of the engine's image;
+ray: each cell on a node of a Ray cluster, run there by that node's local or docker executor.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from runner.errors import UserError
-from runner.executors import docker, local
+from runner.executors import docker, local, ray
 from runner.executors.docker import DockerExecutor
 from runner.executors.local import LocalExecutor
 from runner.job import Executor, ExecutorOptions
@@ -16,6 +17,7 @@ from runner.job import Executor, ExecutorOptions
 EXECUTORS: dict[str, Callable[[ExecutorOptions], Executor]] = {
     "docker": docker.from_options,
     "local": local.from_options,
+    "ray": ray.from_options,
 }
 
 

@@ -52,6 +52,14 @@ def cell_environment(
     return env
 
 
+def local_environment(python: str, packages_digest: str, cell: Cell) -> str:
+    """The local environment line of a cell: the interpreter, its packages' digest and the entrypoint files."""
+    files = hashlib.sha256()
+    for path in entrypoint_files(cell.engine, ENTRYPOINTS):
+        files.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"(missing)"))
+    return f"local {python}; packages {packages_digest}; entrypoints {files.hexdigest()[:12]}"
+
+
 def _kill_group(process: subprocess.Popen) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -81,10 +89,7 @@ class LocalExecutor:
         self._packages_digest: str | None = None
 
     def environment(self, cell: Cell) -> str:
-        files = hashlib.sha256()
-        for path in entrypoint_files(cell.engine, ENTRYPOINTS):
-            files.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"(missing)"))
-        return f"local {self.python}; packages {self._packages()}; entrypoints {files.hexdigest()[:12]}"
+        return local_environment(self.python, self._packages(), cell)
 
     def _packages(self) -> str:
         """A digest of every distribution (name and version) the interpreter has installed, read once."""
