@@ -465,7 +465,9 @@ def _run_in(
     """Run the chosen cells into folder (held by this runner), render the table, choose the exit code."""
     executor = _executor(args, chosen, folder)
     print(f"{len(chosen)} cell(s) from {args.matrix}, executor {executor.name}, results in {folder}", flush=True)
-    if any(not c.gpus for c in chosen):
+    if any(not c.gpus for c in chosen) and getattr(executor, "places_cells", False):
+        print("CPU cells run on every CPU of the node that runs them (one cell per CPU Ray counts there)", flush=True)
+    elif any(not c.gpus for c in chosen):
         print(f"CPU cells run on {cpuset.named(args.cpu_set)} (choose with --cpus)", flush=True)
     if args.parallel > 1 and any(not c.gpus for c in chosen):
         print("note: --parallel runs cells on disjoint GPUs at once; CPU cells still run one at a time", flush=True)
