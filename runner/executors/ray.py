@@ -42,10 +42,10 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 INNER = ("local", "docker")
 RUN_SLACK_S = 300  # past the cell's timeout, the driver stops waiting for the node (its own kill comes first)
-STOP_GRACE_S = 30
-CONNECT_TIMEOUT_S = 10  # after a stop, how long a cell gets to report before its actor is killed
-# what Ray ships to each node as the job's working_dir: the runner, its entrypoints and image folders
+STOP_GRACE_S = 30  # after a stop, how long a cell gets to report before its actor is killed
+CONNECT_TIMEOUT_S = 10  # how long the cluster's address may take to accept a connection
 BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+# what Ray ships to each node as the job's working_dir: the runner, its entrypoints and image folders
 SHIPPED_EXCLUDES = [".git", ".venv*", "results/", "runs/", "tests/", "test-artifacts/", "*.pyc", "__pycache__/"]
 
 
