@@ -6,6 +6,9 @@ stdout and stderr go to the cell's log, CUDA_VISIBLE_DEVICES holds the cell's
 GPUs in nvidia-smi (PCI bus) order, a CPU cell starts under `taskset` on the
 run's CPU set (its threads and workers inherit it), and the whole process group
 is killed when the cell ends or times out, so no engine worker outlives its cell.
+Where util-linux's setpriv is found, the child also starts with a parent-death
+signal (SIGKILL): should the runner itself die (killed, or a cluster node's
+worker lost with its node), the engine goes with it instead of holding its GPUs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 
 ENTRYPOINTS = Path(__file__).resolve().parents[2] / "entrypoints"
 KILL_GRACE_S = 10
+# the child gets SIGKILL when the thread that started it dies (the log still shows the command itself)
+WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 # every installed distribution of the cell's interpreter, name and version: an upgrade changes the environment
 PACKAGES_SCRIPT = (
     "import importlib.metadata as m; "
@@ -124,7 +129,7 @@ class LocalExecutor:
                 if self.interrupted:
                     return not_started(job)
                 process = subprocess.Popen(
-                    command,
+                    [*WITH_PARENT, *command],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -160,7 +165,7 @@ class LocalExecutor:
                 if self.interrupted:
                     return None
                 process = subprocess.Popen(
-                    command,
+                    [*WITH_PARENT, *command],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
