@@ -42,7 +42,7 @@ setup-python: $(VENV)/.installed  ## only the Python side of setup: the runner, 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[transformers,ctranslate2,mlc,test]'  # mlc: apache-tvm; mlc-llm's source comes with setup-mlc
+	$(BIN)/pip install -q -e '.[transformers,ctranslate2,mlc,ray,test]'  # mlc: apache-tvm; mlc-llm's source comes with setup-mlc; ray: --executor ray
 	touch $@
 
 setup-llamacpp: $(VENV)/llama.cpp/BUILD_INFO  ## (re)build only llama.cpp into .venv (part of setup; a few minutes)

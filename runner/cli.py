@@ -24,11 +24,12 @@ from pathlib import Path
 
 from runner import cpuset
 from runner.build import BuildOptions, ensure_images, image_spec
+from runner.card_tables import render_by_card
 from runner.compare import parse_compare_args, run_compare
 from runner.errors import UserError
 from runner.executors import EXECUTORS, make_executor
 from runner.executors.docker import daemon_problem, image_exists, require_daemon
-from runner.expand import Cell, expand, find_baseline
+from runner.expand import Cell, expand, find_baselines
 from runner.images import FLAVOURS, image_tag, load_specs, offers_cuda, stale_dockerfiles, write_dockerfiles
 from runner.job import Executor, ExecutorOptions
 from runner.matrix import Matrix, load_matrix
@@ -40,7 +41,6 @@ from runner.serving.session import run_serving_cells, server_label, serving_cell
 from runner.serving.table import render_serving
 from runner.session import cell_paths, refresh_log_facts, run_cells
 from runner.shared import write_json_atomic
-from runner.table import render
 
 
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -351,10 +351,11 @@ def cell_line(cell: Cell) -> str:
     return f"{cell.id}  [{where}]  {cell.software}: {'; '.join(cell.label)}"
 
 
-def _list(cells: list[Cell], baseline: Cell | None) -> None:
+def _list(cells: list[Cell], baselines: dict[str | None, Cell]) -> None:
+    marked = {b.id for b in baselines.values()}
     for cell in cells:
-        mark = " (baseline)" if baseline and cell.id == baseline.id else ""
-        print(cell_line(cell) + mark)
+        card = f" [card {cell.card}]" if cell.card else ""
+        print(cell_line(cell) + card + (" (baseline)" if cell.id in marked else ""))
 
 
 def _executor(
@@ -392,13 +393,13 @@ def _executor(
 def _run(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.matrix)
     cells = expand(matrix)
-    baseline = find_baseline(matrix, cells) if cells else None
+    baselines = find_baselines(matrix, cells) if cells else {}  # one per card kind (key None: no cards)
     serving = serving_cells(matrix)
     everything = select(cells + serving, args.only, args.matrix)
     chosen = [c for c in everything if c in cells]
     chosen_serving = [c for c in everything if c in serving]
     if args.list:
-        _list(chosen, baseline)
+        _list(chosen, baselines)
         for cell in chosen_serving:
             print(f"{cell.id}  [{_where_short(cell)}]  {cell.software} server: {'; '.join(server_label(cell))}")
         return 0
@@ -409,11 +410,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.table_only:
         if serving:
             _serving_table(folder, matrix, serving, {})
-        return _table(folder, cells, {}, baseline, refresh=True) if cells else 0
+        return _table(folder, cells, {}, baselines, refresh=True) if cells else 0
     model = resolve_model(matrix.model, args.store, matrix.path)  # a bad model leaves no run folder behind
     folder.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(folder):
-        code = _run_in(folder, args, matrix, cells, chosen, baseline, model) if chosen else 0
+        code = _run_in(folder, args, matrix, cells, chosen, baselines, model) if chosen else 0
         if chosen_serving:
             code = max(code, _serve_in(folder, args, matrix, serving, chosen_serving, model))
         return code
@@ -459,7 +460,7 @@ def _run_in(
     matrix: Matrix,
     cells: list[Cell],
     chosen: list[Cell],
-    baseline: Cell,
+    baselines: dict[str | None, Cell],
     model: dict,
 ) -> int:
     """Run the chosen cells into folder (held by this runner), render the table, choose the exit code."""
@@ -475,14 +476,14 @@ def _run_in(
     try:
         results = run_cells(matrix, chosen, model, folder, executor, args.parallel, args.force, cpus=args.cpu_set)
     except KeyboardInterrupt:
-        _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
+        _manifest(folder, args, executor.name, matrix.path, chosen, baselines, started)
         with contextlib.suppress(UserError):
-            _table(folder, cells, {}, baseline)
+            _table(folder, cells, {}, baselines)
         if args.force:
             print("this run used --force: rerun without it to measure only the cells with no result", file=sys.stderr)
         raise
-    _manifest(folder, args, executor.name, matrix.path, chosen, baseline, started)
-    _table(folder, cells, {r["cell"]["id"]: r for r in results}, baseline)
+    _manifest(folder, args, executor.name, matrix.path, chosen, baselines, started)
+    _table(folder, cells, {r["cell"]["id"]: r for r in results}, baselines)
     print(f"this run: {summary(results)}")
     failed = [r for r in results if r["status"] in FAILURES]
     return 3 if failed and args.strict else 0
@@ -495,7 +496,9 @@ def summary(results: list[dict]) -> str:
     return f"{ok} ok, {unsupported} not run here, {len(results) - ok - unsupported} failed"
 
 
-def _table(folder: Path, cells: list[Cell], fresh: dict[str, dict], baseline: Cell, refresh: bool = False) -> int:
+def _table(
+    folder: Path, cells: list[Cell], fresh: dict[str, dict], baselines: dict[str | None, Cell], refresh: bool = False
+) -> int:
     """Render the table over every cell of the matrix that has a result, not only this invocation's.
 
     With refresh (--table-only), each result's engine_log is re-read from its cell log first.
@@ -509,7 +512,7 @@ def _table(folder: Path, cells: list[Cell], fresh: dict[str, dict], baseline: Ce
             shown.append(result)
     if not shown:
         raise UserError(f"{folder}: no results for this matrix's cells yet; run without --table-only first")
-    print(render(shown, baseline.id, folder))
+    print(render_by_card(shown, baselines, folder))
     print(f"\ntable: {folder / 'table.md'} ({len(shown)} of {len(cells)} cells have results)")
     return 0
 
@@ -520,7 +523,7 @@ def _manifest(
     executor: str,
     matrix_path: Path,
     cells: list[Cell],
-    baseline: Cell | None,
+    baselines: dict[str | None, Cell] | None,
     started: str,
 ) -> None:
     manifest = read_manifest(folder / "run.json")
@@ -533,7 +536,8 @@ def _manifest(
             "started_at": started,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "cells": [c.id for c in cells],
-            "baseline": baseline.id if baseline else None,
+            "baseline": next(iter(baselines.values())).id if baselines else None,
+            **({"baselines": {c: b.id for c, b in baselines.items()}} if baselines and len(baselines) > 1 else {}),
         }
     )
     write_json_atomic(folder / "run.json", manifest)

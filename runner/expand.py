@@ -4,7 +4,9 @@ For each engine: the cartesian product of its axes, minus cells matching an
 exclude pattern, plus the include cells; each setting not given takes the
 engine's default, the engine's cross-setting check runs, and duplicates collapse.
 A cell's id hashes everything that defines its measurement (engine, settings,
-GPUs, model, workload), so a result file is reused only for the same cell.
+GPUs, model, workload, and the card kind where the matrix names cards), so a
+result file is reused only for the same cell. With ``cards``, each GPU cell is
+made once per card; CPU cells once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from runner.engines import ENGINES, Engine
@@ -29,6 +31,7 @@ class Cell:
     timeout_s: int
     batch_size: int = 1
     engine_version: str | None = None  # None: the pinned release
+    card: str | None = None  # the card kind it must run on (matrix cards); None: any
 
     @property
     def label(self) -> list[str]:
@@ -51,6 +54,7 @@ class Cell:
             "timeout_s": self.timeout_s,
             "batch_size": self.batch_size,
             "engine_version": self.engine_version,
+            "card": self.card,
         }
 
     def workload(self, matrix: Matrix) -> dict[str, Any]:
@@ -65,6 +69,7 @@ def cell_id(
     matrix: Matrix,
     batch_size: int,
     engine_version: str | None = None,
+    card: str | None = None,
 ) -> str:
     identity: dict[str, Any] = {
         "engine": engine,
@@ -75,6 +80,8 @@ def cell_id(
     }
     if engine_version:  # only when named, so cells on the pinned release keep their ids
         identity["engine_version"] = engine_version
+    if card:  # likewise: cells of a matrix without cards keep theirs
+        identity["card"] = card
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{engine}-{digest[:12]}"
 
@@ -94,8 +101,23 @@ def expand(matrix: Matrix) -> list[Cell]:
     cells: dict[str, Cell] = {}
     for name, block in matrix.engines.items():
         for cell in block_cells(matrix, name, block, ENGINES[name], "engines"):
-            cells.setdefault(cell.id, cell)
+            for each in on_cards(matrix, cell):
+                cells.setdefault(each.id, each)
     return list(cells.values())
+
+
+def on_cards(matrix: Matrix, cell: Cell) -> list[Cell]:
+    """The cell once per card kind of the matrix (a GPU cell), else the cell itself."""
+    if not matrix.cards or not cell.gpus:
+        return [cell]
+    return [
+        replace(
+            cell,
+            id=cell_id(cell.engine, cell.settings, cell.gpus, matrix, cell.batch_size, cell.engine_version, card),
+            card=card,
+        )
+        for card in matrix.cards
+    ]
 
 
 def block_cells(
@@ -126,15 +148,30 @@ def block_cells(
 
 
 def find_baseline(matrix: Matrix, cells: list[Cell]) -> Cell:
-    """The cell the table compares against: the matrix's baseline, or the first cell."""
+    """The cell the table compares against: the matrix's baseline, or the first cell (with cards: the first
+    card's; find_baselines gives each card's)."""
+    return next(iter(find_baselines(matrix, cells).values()))
+
+
+def find_baselines(matrix: Matrix, cells: list[Cell]) -> dict[str | None, Cell]:
+    """The baseline of each card kind (key None without cards, or for a baseline that runs on the CPU)."""
     if matrix.baseline is None:
-        return cells[0]
+        first = cells[0]
+        return {c.card: c for c in cells if c.id == first.id or _same_cell(c, first)}
     wanted = matrix.baseline
     found = [c for c in cells if c.engine == wanted.engine and _matches(c.settings, wanted.settings)]
-    if len(found) != 1:
-        count = "no cell" if not found else f"{len(found)} cells"
+    kinds = len({c.card for c in found})
+    if not found or len(found) != kinds:
+        count = "no cell" if not found else f"{len(found) // kinds} cells"
         raise UserError(
             f"{matrix.path}: baseline: {count} of engine {wanted.engine!r} match {wanted.settings}; "
             "give settings that pick exactly one cell"
         )
-    return found[0]
+    return {c.card: c for c in found}
+
+
+def _same_cell(a: Cell, b: Cell) -> bool:
+    """The same cell on another card."""
+    return (a.engine, a.settings, a.gpus, a.batch_size, a.engine_version) == (
+        b.engine, b.settings, b.gpus, b.batch_size, b.engine_version
+    )  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from functools import cache
 
 from runner.gpu_guard import nvidia_smi
@@ -41,6 +42,25 @@ def hardware_of(gpus: tuple[int, ...]) -> str:
     names = " + ".join(known[g]["name"] for g in gpus)
     drivers = sorted({known[g]["driver"] for g in gpus})
     return f"GPUs: {names}; driver {', '.join(drivers)}"
+
+
+def card_matches(card: str, gpu_name: str) -> bool:
+    """Whether a GPU of this name is of the card kind (Ray's accelerator type spelling: "H100" is
+    "NVIDIA H100 80GB HBM3", "RTX-PRO-6000" is "NVIDIA RTX PRO 6000 ..."; "H20" is not "NVIDIA H200")."""
+
+    def words(text: str) -> str:
+        return " ".join(re.split(r"[\s_-]+", text.upper()))
+
+    return re.search(rf"(^| ){re.escape(words(card))}( |$)", words(gpu_name)) is not None
+
+
+def card_problem(card: str, gpus: tuple[int, ...]) -> str | None:
+    """Why a cell for this card kind cannot run on these GPUs of this machine; None when every one is of it."""
+    known = gpu_models() or {}
+    if not all(g in known for g in gpus):
+        return f"the cell is for {card} cards; nvidia-smi lists no GPU {','.join(map(str, gpus))} here"
+    wrong = [f"GPU {g} is {known[g]['name']}" for g in gpus if not card_matches(card, known[g]["name"])]
+    return f"the cell is for {card} cards; here {', '.join(wrong)}" if wrong else None
 
 
 def gpu_kind(hardware: str | None) -> str | None:

@@ -7,6 +7,7 @@ Schema (version 1):
     model: {synthetic: shisa-7b-v1}   # or {id: org/name, revision: main} or {path: /ckpt}
     workload: {prompt_tokens: 64, new_tokens: 256, batch_size: 1, warmup: 1, repetitions: 3}
     defaults: {gpus: [0], timeout_s: 1800}
+    cards: [H100, H200]               # optional: every GPU cell once per card kind, one table per card
     baseline: {engine: transformers, settings: {dtype: fp32}}
     engines:
       transformers:
@@ -27,6 +28,13 @@ Schema (version 1):
       engines: {llamacpp: {include: [{quant: f16}]}}   # as engines:, plus each server's own settings
 
 A matrix may have serving and no engines (serving cells only).
+
+cards names card kinds as Ray names them (its accelerator types: H100, H200,
+A100, L4, ...). Each offline GPU cell is run once per card, the baseline too, and
+the table is split into one table per card, each against its own baseline. The
+ray executor places a card's cells on nodes of that kind; the local and docker
+executors run a card's cells only where the cell's GPUs are of that kind (the
+name appears in the GPU's name), and report the others as not run here.
 
 batch_size and engine_version may also be given per engine, per include entry
 or as an axis (``axes: {batch_size: [1, 8], engine_version: ["0.24.0", "0.23.0"]}``):
@@ -145,6 +153,7 @@ class Matrix:
     baseline: Baseline | None = None
     defaults: Placement = field(default_factory=Placement)
     serving: Serving | None = None
+    cards: tuple[str, ...] = ()  # card kinds each GPU cell runs on (one table per card); () = wherever it runs
 
 
 class _Where:
@@ -215,7 +224,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _n
 def parse_matrix(raw: Any, path: Path) -> Matrix:
     w = _Where(path)
     top = w.mapping(raw if raw is not None else {}, "(top level)")
-    w.known(top, "", ("version", "name", "model", "workload", "defaults", "baseline", "engines", "serving"))
+    w.known(top, "", ("version", "name", "model", "workload", "defaults", "cards", "baseline", "engines", "serving"))
     if "version" not in top:
         raise w.fail("version", f"missing; add 'version: {SCHEMA_VERSION}' at the top")
     if isinstance(top["version"], bool) or top["version"] != SCHEMA_VERSION:
@@ -238,8 +247,21 @@ def parse_matrix(raw: Any, path: Path) -> Matrix:
         baseline=_baseline(w, top.get("baseline"), engines),
         defaults=defaults,
         serving=_serving(w, w.mapping(top["serving"], "serving"), defaults) if "serving" in top else None,
+        cards=_cards(w, top["cards"]) if "cards" in top else (),
     )
     return matrix
+
+
+def _cards(w: _Where, given: Any) -> tuple[str, ...]:
+    """Card kinds: a non-empty list of distinct names as Ray's accelerator types spell them (H100, RTX-PRO-6000)."""
+    if not isinstance(given, list) or not given:
+        raise w.fail("cards", f"expected a list of card kinds such as [H100, H200], got {given!r}")
+    for card in given:
+        if not isinstance(card, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", card):
+            raise w.fail("cards", f"{card!r} is not a card kind; use Ray's accelerator type names (H100, A100, L4)")
+    if len(set(given)) != len(given):
+        raise w.fail("cards", f"{given!r} names a card twice; list each card once")
+    return tuple(given)
 
 
 def serving_engine(name: str) -> Engine | None:

@@ -39,11 +39,12 @@ class Progress:
         self.bar = tqdm(total=len(self.timeouts), unit="cell", file=self.stream, disable=not live, dynamic_ncols=True)
 
     def log(self, message: str) -> None:
-        """A log line, above the live bar when there is one."""
-        if self.bar.disable:
-            print(message, flush=True)
-        else:
-            self.bar.write(message, file=sys.stdout)
+        """A log line, above the live bar when there is one; whole, when cells log from several threads at once."""
+        with self.lock:
+            if self.bar.disable:
+                print(message, flush=True)
+            else:
+                self.bar.write(message, file=sys.stdout)
 
     def finished(self, cell_id: str, result: dict[str, Any] | None, kept: bool = False) -> str:
         """Count a cell as done; return (and show) the progress line."""

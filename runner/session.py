@@ -20,7 +20,7 @@ from runner.cpu_load import busy_share
 from runner.engines import ENGINES
 from runner.expand import Cell
 from runner.gpu_guard import GpuGuard
-from runner.host import hardware_of
+from runner.host import card_problem, hardware_of
 from runner.job import Executor, Job
 from runner.matrix import Matrix
 from runner.models import derived
@@ -130,12 +130,16 @@ def run_cells(
         if previous is not None:
             log(f"[{cell.id}] measuring again: {why}")
         job = make_job(folder, cell, matrix, cell_model, cpus, roofline.needs_probe(folder, cell.gpus, hardware))
-        busy = None if problem or placed else guard.wait_until_free(cell.gpus)
+        # a cell for a card kind runs only on GPUs of that kind (a cluster's executor places it on such a node)
+        elsewhere = None if placed or not cell.card else card_problem(cell.card, cell.gpus)
+        busy = None if problem or placed or elsewhere else guard.wait_until_free(cell.gpus)
         where = "a node of the cluster" if placed else _where(cell, cpus)
         log(f"[{cell.id}] running {cell.software}: {'; '.join(cell.label)} on {where}")
         load = None if cell.gpus or problem or placed else busy_share()
         started = time.time()
-        if problem or busy:
+        if elsewhere:
+            result = failure(job.cell, cell_model, job.spec["workload"], "unsupported", elsewhere)
+        elif problem or busy:
             result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem or busy)
         else:
             result = _execute(cell, job, executor)

@@ -309,8 +309,10 @@ def _versions(results: list[dict[str, Any]]) -> list[str]:
     return shown
 
 
-def relative_columns_line(results: list[dict[str, Any]], baseline_id: str) -> str | None:
+def relative_columns_line(results: list[dict[str, Any]], baseline_id: str | None) -> str | None:
     """Why Speed X and Max mem % are empty, when the baseline gave no number to divide by."""
+    if baseline_id is None:  # the CPU rows of a run split by card, whose baseline runs on the cards
+        return "Speed X and Max mem % are empty: the baseline runs on each card kind (its tables), not on the CPU."
     base = next((r for r in results if r["cell"]["id"] == baseline_id), None)
     if base is None:
         return (
@@ -326,11 +328,12 @@ def relative_columns_line(results: list[dict[str, Any]], baseline_id: str) -> st
     return None
 
 
-def render(results: list[dict[str, Any]], baseline_id: str, folder: Path) -> str:
-    """Write table.md, table.csv and table.json into folder; return the text to print."""
+def render(results: list[dict[str, Any]], baseline_id: str | None, folder: Path, run_folder: Path | None = None) -> str:
+    """Write table.md, table.csv and table.json into folder; return the text to print. run_folder: where the
+    run keeps its measured bandwidths, when folder is one card's part of it (runner.card_tables)."""
     from tabulate import tabulate
 
-    bandwidths = roofline.load(folder)
+    bandwidths = roofline.load(run_folder or folder)
     frame = rows(results, baseline_id, bandwidths)
     head = caption(results)
     if results and (line := relative_columns_line(results, baseline_id)):

@@ -1,6 +1,7 @@
 """Shared fixtures: the repository root, the matrix fixtures, a session-wide model store
-holding the synthetic tiny-mistral checkpoint (built once per test session), and a
-helper that runs ``python -m runner`` as a subprocess the way a user does."""
+holding the synthetic tiny-mistral checkpoint (built once per test session), a helper
+that runs ``python -m runner`` as a subprocess the way a user does, and a real two-node
+Ray cluster on this machine (tests/two_node_ray.py) for the ray executor's tests."""
 
 from __future__ import annotations
 
@@ -76,3 +77,13 @@ def tiny_model(model_store: Path) -> Path:
     folder = synthetic.materialise("tiny-mistral", model_store, log=lambda message: None)
     assert (folder / synthetic.MARKER).is_file()
     return folder
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real two-node Ray cluster on this machine (tests/two_node_ray.py): its address."""
+    pytest.importorskip("ray", reason="the ray executor's tests need Ray: pip install '.[ray]' (ray==2.60.0)")
+    from two_node_ray import two_nodes
+
+    with two_nodes() as address:
+        yield address

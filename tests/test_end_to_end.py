@@ -177,6 +177,45 @@ def test_cpu_matrix_cell_documents(cpu_run, runner_cli, repo):
     assert sorted(p.name for p in (folder / "cells").iterdir()) == sorted(f"{c[0]}.json" for c in cells)
 
 
+def _outcomes(folder: Path) -> list[tuple[str, str, str, str]]:
+    """Each table row's software, settings, status and, for a row that did not run, its Notes."""
+    return [
+        (r["Software"], r["Settings"], r["Status"], "" if r["Status"] == "ok" else r["Notes"]) for r in read_csv(folder)
+    ]
+
+
+def test_cpu_matrix_through_a_ray_cluster_gives_the_local_table(cpu_run, ray_cluster, runner_cli, model_store):
+    """matrix-cpu.yaml through --executor ray on a real two-node cluster (tests/two_node_ray.py): the local
+    executor's rows (the same settings ok, the same reasons for those this machine cannot run), each result
+    naming the node that ran it, both nodes used; a rerun keeps every ok result."""
+    _, local = cpu_run
+    folder = local.parent / "ray"
+    args = ("matrix-cpu.yaml", "--executor", "ray", "--ray-address", ray_cluster, "-o", str(folder),
+            "--store", str(model_store))  # fmt: skip
+    done = runner_cli(*args, "--strict", timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sum(line.startswith("node ") for line in done.stdout.splitlines()) == 2, done.stdout
+    assert _outcomes(folder) == _outcomes(local)
+    assert done.stdout.rstrip().endswith("this run: 11 ok, 9 not run here, 0 failed")
+
+    results = [json.loads(p.read_text()) for p in sorted((folder / "cells").glob("*.json"))]
+    for result in results:
+        assert result["executor"] == "ray" and result["node"]["executor"] == "local"
+        assert result["node"]["gpus"] == [] and len(result["node"]["ray_node_id"]) == 56
+        if result["status"] == "ok":
+            assert result["measured_with"]["hardware"].startswith("CPU: ")
+            assert result["measured_with"]["engine_environment"].startswith("local ")
+            assert len(result["metrics"]["tokens_per_s"]["values"]) == 3
+            log = (folder / "logs" / f"{result['cell']['id']}.log").read_text()
+            assert "/inference-matrix-ray-" in log.splitlines()[0]  # the node's command line, brought back
+    assert {"node_a" in r["node"]["custom_resources"] for r in results} == {True, False}  # both nodes ran cells
+
+    again = runner_cli(*args, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    kept = [line for line in again.stdout.splitlines() if "kept earlier ok result" in line]
+    assert len(kept) == 11, again.stdout
+
+
 def test_rerun_keeps_earlier_ok_results(runner_cli, model_store, tmp_path):
     matrix = f"{FIXTURE_DIR}/e2e_rerun.yaml"
     folder = tmp_path / "rerun"

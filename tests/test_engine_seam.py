@@ -37,6 +37,7 @@ ENTRYPOINTS = REPO / "entrypoints"
 # Modules every engine goes through: none of them may name one.
 SHARED_MODULES = [
     "runner/table.py",
+    "runner/card_tables.py",
     "runner/images.py",
     "runner/build.py",
     "runner/session.py",

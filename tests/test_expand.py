@@ -163,6 +163,7 @@ def test_cell_to_json():
         "timeout_s": 100,
         "batch_size": 1,
         "engine_version": None,
+        "card": None,
     }
 
 

@@ -45,6 +45,10 @@ RUN_SLACK_S = 300  # past the cell's timeout, the driver stops waiting for the n
 STOP_GRACE_S = 30  # after a stop, how long a cell gets to report before its actor is killed
 CONNECT_TIMEOUT_S = 10  # how long the cluster's address may take to accept a connection
 BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+# a node's card kind: Ray gives each GPU node accelerator_type:<kind> (H100, H200, ...), or `ray start --resources`
+ACCELERATOR_TYPE = "accelerator_type:"
+# how much of it a cell asks for: any amount only such nodes have (Ray's own accelerator_type option asks 0.001)
+CARD_SHARE = 0.001
 # what Ray ships to each node as the job's working_dir: the runner, its entrypoints and image folders
 SHIPPED_EXCLUDES = [".git", ".venv*", "results/", "runs/", "tests/", "test-artifacts/", "*.pyc", "__pycache__/"]
 
@@ -196,7 +200,7 @@ def _cell_of(cell: dict[str, Any]) -> Cell:
 
     return Cell(
         cell["id"], cell["engine"], cell["settings"], tuple(cell["gpus"]), cell["timeout_s"],
-        cell.get("batch_size", 1), cell.get("engine_version"),
+        cell.get("batch_size", 1), cell.get("engine_version"), cell.get("card"),
     )  # fmt: skip
 
 
@@ -294,11 +298,16 @@ class RayExecutor:
             lines.append(f"{n['hostname']} ({n['node_id'][:8]}): {cpu:g} CPU, {gpu:g} GPU{gpus}")
         return lines
 
-    def _needs(self, cell_gpus: list[int] | tuple[int, ...]) -> dict[str, float]:
-        return {"CPU": 1.0, **({"GPU": float(len(cell_gpus))} if cell_gpus else {})}
+    def _needs(self, cell_gpus: list[int] | tuple[int, ...], card: str | None = None) -> dict[str, float]:
+        """Ray resources of a cell: one CPU, its GPU count, and a sliver of its card kind's accelerator_type
+        resource (as Ray's own accelerator_type option asks), which only nodes of that kind have."""
+        needs = {"CPU": 1.0, **({"GPU": float(len(cell_gpus))} if cell_gpus else {})}
+        if card and cell_gpus:
+            needs[f"{ACCELERATOR_TYPE}{card}"] = CARD_SHARE
+        return needs
 
-    def _fits(self, node: dict[str, Any], cell_gpus) -> bool:
-        return all(node["resources"].get(k, 0) >= v for k, v in self._needs(cell_gpus).items())
+    def _fits(self, node: dict[str, Any], cell_gpus, card: str | None = None) -> bool:
+        return all(node["resources"].get(k, 0) >= v for k, v in self._needs(cell_gpus, card).items())
 
     def environment(self, cell: Cell) -> str:
         return f"ray ({self.inner} on the node that runs it)"
@@ -306,7 +315,7 @@ class RayExecutor:
     def placement(self, cell: Cell, previous: dict[str, Any] | None) -> dict[str, Any]:
         """What the cell would be measured with (hardware, CPU set, environment) on a node that can run it: the
         previous result's, when such a node is in the cluster (so it may be reused), else the first fitting node's."""
-        candidates = [self._measured_on(n, cell) for n in self.nodes if self._fits(n, cell.gpus)]
+        candidates = [self._measured_on(n, cell) for n in self.nodes if self._fits(n, cell.gpus, cell.card)]
         recorded = (previous or {}).get("measured_with") or {}
         for candidate in candidates:
             if all(recorded.get(k) == v for k, v in candidate.items()):
@@ -331,17 +340,25 @@ class RayExecutor:
 
     def run(self, job: Job) -> dict[str, Any]:
         cell = job.cell
-        if not any(self._fits(n, cell["gpus"]) for n in self.nodes):
-            reason = f"no node of the Ray cluster has {len(cell['gpus']) or 'no'} GPU(s) and 1 CPU for this cell"
+        card = cell.get("card")
+        if card and cell["gpus"] and not any(f"{ACCELERATOR_TYPE}{card}" in n["resources"] for n in self.nodes):
+            reason = f"no node of the Ray cluster has {card} cards (resource {ACCELERATOR_TYPE}{card})"
+            job.log_path.write_text(f"not run: {reason}\n")
+            return {**_failed(job.spec, reason), "status": "unsupported"}
+        if not any(self._fits(n, cell["gpus"], card) for n in self.nodes):
+            kind = f" of {card}" if card and cell["gpus"] else ""
+            reason = f"no node of the Ray cluster has {len(cell['gpus']) or 'no'} GPU(s){kind} and 1 CPU for this cell"
             job.log_path.write_text(f"not run: {reason}\n")
             return _failed(job.spec, reason)
-        needs = self._needs(cell["gpus"])
+        needs = self._needs(cell["gpus"], card)
+        custom = {k: v for k, v in needs.items() if k not in ("CPU", "GPU")}
         with self._lock:
             if self.interrupted:
                 return not_started(job)
             actor = self._actor.options(
-                num_cpus=needs["CPU"], num_gpus=needs.get("GPU", 0), max_concurrency=2, max_restarts=0
-            ).remote(self.inner, self.inner_options)
+                num_cpus=needs["CPU"], num_gpus=needs.get("GPU", 0), resources=custom or None, max_concurrency=2,
+                max_restarts=0,
+            ).remote(self.inner, self.inner_options)  # fmt: skip
             self._running[actor] = "queued"
         try:
             result, log, node = self._drive(actor, job)
@@ -434,6 +451,33 @@ def _docker_environment(cell: Cell, inner_options: dict[str, Any]) -> str:
     return f"image {image_tag(image_spec(specs, key, build.cuda), build.base_image, build.build_args)}"
 
 
+def card_kinds() -> list[str]:
+    """The card kinds of the cluster's live GPU nodes."""
+    ray = _ray()
+    kinds = {
+        key.removeprefix(ACCELERATOR_TYPE)
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("Resources", {}).get("GPU")
+        for key in node.get("Resources", {})
+        if key.startswith(ACCELERATOR_TYPE)
+    }
+    return sorted(kinds)
+
+
+def _one_card_kind_or_cards(cells: list[Cell]) -> None:
+    """GPU cells without a card kind may land on any GPU node: refuse where those are of several kinds, since
+    numbers from different cards must not share a table or a baseline."""
+    if not any(c.gpus and not c.card for c in cells):
+        return
+    kinds = card_kinds()
+    if len(kinds) > 1:
+        raise UserError(
+            f"--executor ray: the cluster has GPU nodes of {len(kinds)} card kinds ({', '.join(kinds)}) and this "
+            f"matrix names none: add `cards: [{', '.join(kinds)}]` to it (each GPU cell runs on each, one table "
+            "per card), or list the kinds it should run on"
+        )
+
+
 def from_options(options: ExecutorOptions) -> RayExecutor:
     inner, address = options.ray_inner, options.ray_address
     if options.tools:
@@ -441,6 +485,7 @@ def from_options(options: ExecutorOptions) -> RayExecutor:
     if inner not in INNER:
         raise UserError(f"--ray-inner {inner}: choose one of {', '.join(INNER)}")
     connect(address)
+    _one_card_kind_or_cards(options.cells)
     inner_options = {
         "python": options.python,
         "build_options": options.build_options,
