@@ -384,6 +384,21 @@ def _dangling(*filters: str) -> set[str]:
     return set(done.stdout.split())
 
 
+def _buildcheck_spec(token: str):
+    """A small image of the shared entrypoint files on the CPU base, its builder made new by the token."""
+    from runner.images import ImageSpec
+
+    return ImageSpec(
+        engine="buildcheck",
+        flavour="cpu",
+        description="build check",
+        base_image=load_specs()[("transformers", "cpu")].base_image,
+        requirements=(),
+        smoke_test="import harness, shared; print('build check ok')",
+        build_args={"BUILD_CHECK": token},
+    )
+
+
 def test_a_build_leaves_no_dangling_image_and_keeps_its_builder_by_name(cpu_image):
     """Docker's classic builder left the builder stage's last image untagged after each build (about 10 GB
     after CI). Now the builder stage is tagged <engine>:<flavour>-builder, the builder it replaces is removed,
@@ -395,18 +410,9 @@ def test_a_build_leaves_no_dangling_image_and_keeps_its_builder_by_name(cpu_imag
 
     from runner.build import build_image, builder_tag
     from runner.cli import build_options, parse_build_args
-    from runner.images import ImageSpec
 
     token = secrets.token_hex(4)
-    spec = ImageSpec(
-        engine="buildcheck",
-        flavour="cpu",
-        description="build check",
-        base_image=load_specs()[("transformers", "cpu")].base_image,
-        requirements=(),
-        smoke_test="import harness, shared; print('build check ok')",
-        build_args={"BUILD_CHECK": token},
-    )
+    spec = _buildcheck_spec(token)
     # no wheel needed: a smaller context; the builder kept even where CI prunes builders (BENCH_PRUNE_BUILDER)
     options = replace(build_options(parse_build_args([]))["cpu"], wheels=None, keep_builder=True)
     builder = builder_tag(spec)
@@ -448,18 +454,9 @@ def test_prune_builder_removes_the_builder_stage_and_keeps_the_image(cpu_image):
 
     from runner.build import build_image, builder_tag
     from runner.cli import build_options, parse_build_args
-    from runner.images import ImageSpec
 
     token = secrets.token_hex(4)
-    spec = ImageSpec(
-        engine="buildcheck",
-        flavour="cpu",
-        description="build check",
-        base_image=load_specs()[("transformers", "cpu")].base_image,
-        requirements=(),
-        smoke_test="import harness, shared; print('build check ok')",
-        build_args={"BUILD_CHECK": token},
-    )
+    spec = _buildcheck_spec(token)
     options = replace(build_options(parse_build_args(["--prune-builder"]))["cpu"], wheels=None)
     assert options.keep_builder is False
     before = _dangling()
