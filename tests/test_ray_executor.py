@@ -34,6 +34,24 @@ CARDS = "tests/fixtures/matrices/ray_cards.yaml"  # a GPU cell on two card kinds
 DEADLINE_S = 300  # guards against a hung test only
 
 
+@contextlib.contextmanager
+def _runner_process(command: list[str], env: dict[str, str], repo: Path, out: Path, err: Path):
+    """The runner in its own session, SIGINT at its default as in a terminal, output to out and err; killed
+    with its group should a check fail while it still runs."""
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        runner = subprocess.Popen(
+            command, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+    try:
+        yield runner
+    finally:
+        if runner.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait(timeout=30)
+
+
 def _runner(*args: str) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return [sys.executable, "-m", "runner", *args], env
@@ -53,12 +71,7 @@ def test_interrupt_stops_the_cells_on_both_nodes_and_leaves_nothing(ray_cluster,
         INTERRUPT, "--executor", "ray", "--ray-address", ray_cluster, "-o", str(folder), "--store", str(model_store)
     )
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        runner = subprocess.Popen(
-            command, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
-    try:
+    with _runner_process(command, env, repo, out, err) as runner:
         deadline = time.monotonic() + DEADLINE_S
         while len(engine_processes()) < 2:  # a cell's engine running on each node
             assert runner.poll() is None, out.read_text()[-3000:] + err.read_text()[-3000:]
@@ -67,11 +80,6 @@ def test_interrupt_stops_the_cells_on_both_nodes_and_leaves_nothing(ray_cluster,
         assert len([p for p in ray_processes() if "CellOnNode" in p]) >= 2  # the cells' actors, seen
         os.kill(runner.pid, signal.SIGINT)  # the runner only, as Ctrl-C in its terminal would
         code = runner.wait(timeout=DEADLINE_S)
-    finally:
-        if runner.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(runner.pid, signal.SIGKILL)
-            runner.wait(timeout=30)
     stdout, stderr = out.read_text(), err.read_text()
     assert code == 130, stdout[-3000:] + stderr[-3000:]
     assert stderr.splitlines()[-1].startswith("interrupted: finished cells are kept"), stderr
@@ -155,12 +163,7 @@ def test_a_lost_node_turns_its_cell_into_a_failed_row_and_the_rest_runs(ray_clus
     )
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     raylet = raylet_of("node_b")
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        runner = subprocess.Popen(
-            command, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
+    with _runner_process(command, env, repo, out, err) as runner:
         deadline = time.monotonic() + DEADLINE_S
         while True:  # until node_b runs an engine: its parent is node_b's worker, whose parent is node_b's raylet
             on_b = [p for p in engine_processes() if _parent(_parent(p)) == raylet]
@@ -171,11 +174,6 @@ def test_a_lost_node_turns_its_cell_into_a_failed_row_and_the_rest_runs(ray_clus
             time.sleep(0.1)
         os.kill(raylet, signal.SIGKILL)
         code = runner.wait(timeout=DEADLINE_S)
-    finally:
-        if runner.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(runner.pid, signal.SIGKILL)
-            runner.wait(timeout=30)
     stdout, stderr = out.read_text(), err.read_text()
     assert code == 3, stdout[-3000:] + stderr[-3000:]  # --strict: a cell failed; the table is rendered
 
