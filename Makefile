@@ -47,9 +47,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup-llamacpp: $(VENV)/llama.cpp/BUILD_INFO  ## (re)build only llama.cpp into .venv (part of setup; a few minutes)
 
+# the sdist (--no-binary for it alone: with :all:, pip would also build its build tools, cmake among them,
+# from source, minutes on every run where pip keeps no cache, as in CI)
 $(VENV)/llama.cpp/BUILD_INFO: images/llamacpp/build-llama-cpp.sh | $(BIN)/python
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && set -e \
-	 && $(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $$tmp \
+	 && $(BIN)/pip download -q --no-deps --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $$tmp \
 	 && tar -xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $$tmp \
 	 && echo "building llama.cpp $(LLAMA_CPP_PYTHON) into $(VENV)/llama.cpp ($(LLAMA_CPP_CMAKE_ARGS))" \
 	 && rm -rf $(VENV)/llama.cpp \

@@ -23,7 +23,7 @@ sdist=/tmp/llama-cpp-python-sdist
 fetch() {
   [ -d "$sdist/llama_cpp_python-$version" ] && return
   mkdir -p "$sdist"
-  python3 -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$sdist"
+  python3 -m pip download -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$version" -d "$sdist"
   tar -xzf "$sdist/llama_cpp_python-$version.tar.gz" -C "$sdist"
 }
 case "${1:-}" in

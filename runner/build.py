@@ -22,6 +22,11 @@ flavour. `--force-rm` removes the containers of a failed step too.
 Where disk matters more than rebuild time (CI builds images of several GB each),
 `--prune-builder` (BENCH_PRUNE_BUILDER=1) removes the builder stage, and the
 layers only it used, right after each build: the final image stays.
+
+Two runners on one Docker host that need the same missing image (two matrices
+started at once, or CI building images ahead of its tests) do not both build
+it: each build holds a lock named after the image's tag (filelock, in the
+host's temporary folder), and the runner that waited finds the image built.
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from runner.errors import UserError
 from runner.images import (
@@ -218,8 +227,34 @@ def ensure_images(
         )
         raise UserError(f"missing images: {names}; build them or drop --no-build")
     for key in missing:
-        build_image(wanted[key], options_for[key[1]], log=log)
+        with build_lock(tags[key], log):
+            if exists(tags[key]):  # another runner built it while this one waited
+                log(f"{tags[key]}: built meanwhile by another runner")
+                continue
+            build_image(wanted[key], options_for[key[1]], log=log)
     return tags
+
+
+def build_lock_path(tag: str) -> Path:
+    """The lock file of one image's build, shared by every runner of this host (BENCH_BUILD_LOCKS: elsewhere)."""
+    folder = Path(os.environ.get("BENCH_BUILD_LOCKS") or Path(tempfile.gettempdir()) / "inference-matrix-builds")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (tag.replace("/", "_").replace(":", "_") + ".lock")
+
+
+@contextmanager
+def build_lock(tag: str, log=print) -> Iterator[None]:
+    """Hold the build of tag; if another runner holds it, say so once and wait for it."""
+    lock = FileLock(build_lock_path(tag))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"{tag}: another runner is building it; waiting for that build")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def no_image_reason(engine: str, flavour: str) -> str:

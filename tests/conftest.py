@@ -87,3 +87,9 @@ def ray_cluster():
 
     with two_nodes() as address:
         yield address
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Docker tests run last (their order otherwise kept): CI builds their images in the background meanwhile
+    (.ci/run), and a test that needs an image still being built waits for that build (runner/build.py's lock)."""
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)

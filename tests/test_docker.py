@@ -22,6 +22,7 @@ import pytest
 from runner.cpuset import available, format_cpus, named
 from runner.executors.docker import daemon_problem
 from runner.images import image_tag, load_specs
+from runner.models import synthetic
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV
 
 pytestmark = pytest.mark.docker  # needs a Docker daemon; builds the CPU images
@@ -62,7 +63,11 @@ def leftover_containers() -> list[str]:
     return done.stdout.split()
 
 
-def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, model_store, tmp_path):
+def test_cpu_matrix_runs_in_containers(cpu_image, runner_cli, tmp_path):
+    # a model store of its own: the GGUF and CTranslate2 conversions are made in the images, not taken from the
+    # session store, where the local engines' tests (which run first: Docker tests run last) made them
+    model_store = tmp_path / "store"
+    synthetic.materialise("tiny-mistral", model_store, log=lambda message: None)
     folder = tmp_path / "run"
     done = runner_cli(
         "matrix-cpu.yaml", "--executor", "docker", "-o", str(folder), "--store", str(model_store), timeout=1800

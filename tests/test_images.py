@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,6 +252,40 @@ def test_ensure_images_refuses_missing_with_no_build_and_names_them():
     mixed = {("exllamav2", "cpu"), ("transformers", "cpu")}
     assert ensure_images(mixed, SPECS, options, build_missing=False, exists=lambda tag: True) == tags
     assert no_image_reason("exllamav2", "cpu").startswith("images/exllamav2 has no cpu image (only gpu): run these")
+
+
+def test_a_build_another_runner_holds_is_waited_for_and_not_repeated(tmp_path, monkeypatch):
+    """Another process (as a second runner would) holds the image's build lock, then 'builds' it: ensure_images
+    says it waits, takes the lock once released, finds the image and builds nothing (a build here would fail:
+    no base image)."""
+    monkeypatch.setenv("BENCH_BUILD_LOCKS", str(tmp_path / "locks"))
+    spec = SPECS[("transformers", "cpu")]
+    options = {"cpu": BuildOptions(base_image="inference-matrix/absent:1"), "gpu": BuildOptions()}
+    tag = image_tag(spec, "inference-matrix/absent:1")
+    built = tmp_path / "built"
+    holder = (
+        "import sys, time, pathlib; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(2); pathlib.Path(sys.argv[2]).touch(); lock.release()"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", holder, str(build_module.build_lock_path(tag)), str(built)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "held"
+        logged: list[str] = []
+        tags = ensure_images(
+            {("transformers", "cpu")}, SPECS, options, build_missing=True, exists=lambda t: built.exists(),
+            log=logged.append,
+        )  # fmt: skip
+    finally:
+        other.wait(timeout=30)
+    assert tags == {("transformers", "cpu"): tag}
+    assert logged == [
+        f"{tag}: another runner is building it; waiting for that build",
+        f"{tag}: built meanwhile by another runner",
+    ]
 
 
 def test_a_cell_with_no_image_of_its_flavour_is_not_run_here(tmp_path):
