@@ -16,6 +16,10 @@ DEBIAN_MIRROR ?= http://deb.debian.org/debian
 # llama-cpp-python sdist vendors, into $(VENV)/llama.cpp, CUDA kernels when a GPU is found.
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_CPP_CMAKE_ARGS ?= $(if $(HAS_GPU),-DGGML_CUDA=on,-DGGML_NATIVE=off)
+# Or take that build from a built llama.cpp image instead of compiling it a second time (CI does:
+# LLAMA_CPP_FROM_IMAGE=<the cpu image's tag>): the image's /opt/venv/llama.cpp, built by the same script from
+# the same sdist; refused unless its BUILD_INFO names this version and these cmake arguments.
+LLAMA_CPP_FROM_IMAGE ?=
 
 # gpt-fast for local (no-container) gpt-fast cells: its source at the image's pinned commit, into
 # $(VENV)/gpt-fast (where the entrypoint looks when GPT_FAST_HOME is unset), and what its scripts import.
@@ -53,10 +57,19 @@ $(VENV)/llama.cpp/BUILD_INFO: images/llamacpp/build-llama-cpp.sh | $(BIN)/python
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && set -e \
 	 && $(BIN)/pip download -q --no-deps --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $$tmp \
 	 && tar -xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $$tmp \
-	 && echo "building llama.cpp $(LLAMA_CPP_PYTHON) into $(VENV)/llama.cpp ($(LLAMA_CPP_CMAKE_ARGS))" \
 	 && rm -rf $(VENV)/llama.cpp \
-	 && bash images/llamacpp/build-llama-cpp.sh $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON) $(VENV)/llama.cpp \
-	      $(LLAMA_CPP_CMAKE_ARGS) >$$tmp/build.log 2>&1 || { tail -30 $$tmp/build.log; exit 1; }; \
+	 && if [ -n "$(LLAMA_CPP_FROM_IMAGE)" ]; then \
+	      echo "taking llama.cpp $(LLAMA_CPP_PYTHON) ($(LLAMA_CPP_CMAKE_ARGS)) from $(LLAMA_CPP_FROM_IMAGE) into $(VENV)/llama.cpp" \
+	      && cid=$$(docker create $(LLAMA_CPP_FROM_IMAGE) true) \
+	      && { docker cp $$cid:/opt/venv/llama.cpp $(VENV)/llama.cpp >/dev/null || true; } && docker rm -f $$cid >/dev/null \
+	      && grep -qx "llama_cpp_python=$(LLAMA_CPP_PYTHON)" $(VENV)/llama.cpp/BUILD_INFO \
+	      && grep -qx -- "cmake_args=$(LLAMA_CPP_CMAKE_ARGS)" $(VENV)/llama.cpp/BUILD_INFO \
+	      || { echo "LLAMA_CPP_FROM_IMAGE=$(LLAMA_CPP_FROM_IMAGE): no llama.cpp $(LLAMA_CPP_PYTHON) built with '$(LLAMA_CPP_CMAKE_ARGS)' in /opt/venv/llama.cpp there (BUILD_INFO: $$(tr '\n' ' ' < $(VENV)/llama.cpp/BUILD_INFO 2>/dev/null)); drop it to build here"; rm -rf $(VENV)/llama.cpp; exit 1; }; \
+	    else \
+	      echo "building llama.cpp $(LLAMA_CPP_PYTHON) into $(VENV)/llama.cpp ($(LLAMA_CPP_CMAKE_ARGS))" \
+	      && bash images/llamacpp/build-llama-cpp.sh $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON) $(VENV)/llama.cpp \
+	           $(LLAMA_CPP_CMAKE_ARGS) >$$tmp/build.log 2>&1 || { tail -30 $$tmp/build.log; exit 1; }; \
+	    fi; \
 	 CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/pip install -q $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
 
 setup-gptfast: $(VENV)/gpt-fast/COMMIT  ## fetch gpt-fast's source at the pinned commit into .venv/gpt-fast (needs its git host), and tiktoken
