@@ -209,6 +209,12 @@ def test_cpu_matrix_through_a_ray_cluster_gives_the_local_table(cpu_run, ray_clu
             log = (folder / "logs" / f"{result['cell']['id']}.log").read_text()
             assert "/inference-matrix-ray-" in log.splitlines()[0]  # the node's command line, brought back
     assert {"node_a" in r["node"]["custom_resources"] for r in results} == {True, False}  # both nodes ran cells
+    # each engine computes with the threads it has with the local executor, not with Ray's OMP_NUM_THREADS=1
+    local_threads = {p.name: json.loads(p.read_text()).get("threads") for p in (local / "cells").glob("*.json")}
+    for result in results:
+        if result["status"] == "ok":
+            threads, there = result["threads"], local_threads[f"{result['cell']['id']}.json"]
+            assert (threads["omp_num_threads"], threads["compute"]) == (there["omp_num_threads"], there["compute"])
 
     again = runner_cli(*args, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

@@ -4,7 +4,8 @@ tests/two_node_ray.py starts it (node_a, and node_b declaring one GPU of card ki
 Here: an unreachable address is one line; SIGINT to the runner while cells run on both nodes
 leaves failed "interrupted" rows and no engine process or Ray worker behind; a GPU cell for a
 card lands on that card's node, and one for a card the cluster lacks is not run, each card with
-its own table; a node killed mid-cell leaves that cell a failed row naming the lost node while
+its own table; a third node with another kind of card makes a matrix naming no cards a one-line
+refusal; a node killed mid-cell leaves that cell a failed row naming the lost node while
 the rest finish elsewhere. tests/test_end_to_end.py runs matrix-cpu.yaml through the cluster
 and compares its table with the local executor's.
 """
@@ -24,7 +25,7 @@ import pytest
 
 pytest.importorskip("ray", reason="the ray executor's tests need Ray: pip install '.[ray]' (ray==2.60.0)")
 
-from two_node_ray import TEST_CARD, engine_processes, free_port, ray_processes, raylet_of
+from two_node_ray import TEST_CARD, engine_processes, free_port, join, ray_processes, raylet_of
 
 pytestmark = pytest.mark.slow  # a real cluster and real engine runs on the tiny model
 
@@ -142,6 +143,29 @@ def test_a_card_cell_runs_on_that_card_node_and_each_card_gets_its_table(
 def _parent(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_a_cluster_of_two_card_kinds_refuses_a_matrix_naming_none(ray_cluster, runner_cli, repo, model_store, tmp_path):
+    """A third node joins with a GPU of another kind (no CPU, so that no later cell lands there). The GPU cells of
+    a matrix naming no cards could then land on either kind, whose numbers must not share a table: the runner
+    refuses at once, in one line saying which cards to add, and runs nothing."""
+    join(ray_cluster, "node_c", "OTHERKIND", cpus=0)
+    matrix = tmp_path / "no-cards.yaml"
+    text = (repo / CARDS).read_text()
+    matrix.write_text(text.replace("cards: [TESTCARD, OTHERCARD]\n", ""))
+    assert "cards:" not in matrix.read_text()
+    folder = tmp_path / "run"
+    done = runner_cli(
+        str(matrix), "--executor", "ray", "--ray-address", ray_cluster, "-o", str(folder), "--store", str(model_store),
+        timeout=DEADLINE_S,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: --executor ray: the cluster has GPU nodes of 2 card kinds (OTHERKIND, {TEST_CARD}) and this matrix "
+        f"names none: add `cards: [OTHERKIND, {TEST_CARD}]` to it (each GPU cell runs on each, one table per card), "
+        "or list the kinds it should run on"
+    ]
+    assert not list(folder.glob("cells/*.json"))
 
 
 def test_a_lost_node_turns_its_cell_into_a_failed_row_and_the_rest_runs(ray_cluster, repo, model_store, tmp_path):

@@ -75,6 +75,14 @@ def raylet_of(resource: str) -> int:
     raise AssertionError(f"no raylet with the resource {resource}")
 
 
+def join(address: str, name: str, card: str, cpus: int = 0) -> None:
+    """Another node joins the running cluster, with one GPU of card kind `card`, `cpus` CPUs and the resource
+    `name`; stopped with the cluster."""
+    resources = f'{{"{name}": 1, "accelerator_type:{card}": 1}}'
+    _ray("start", f"--address={address}", "--num-gpus=1", f"--num-cpus={cpus}", "--disable-usage-stats",
+         f"--object-store-memory={OBJECT_STORE}", "--resources", resources)  # fmt: skip
+
+
 @contextlib.contextmanager
 def two_nodes() -> Iterator[str]:
     """The cluster's address while it runs; stopped afterwards, and checked gone with every cell engine."""

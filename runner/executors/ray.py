@@ -3,14 +3,18 @@
 The runner is Ray's driver (``--ray-address`` or RAY_ADDRESS). Each cell becomes
 one Ray actor asking for the cell's GPUs (``num_gpus`` = its GPU count) and one
 CPU, so Ray places it on a node with that many free GPUs and runs disjoint cells
-at once across nodes; nothing here schedules. An actor rather than a plain task,
-so the driver can tell a running cell to stop (Ctrl-C, a driver-side timeout) and
-still get its row and log back. On the node the actor writes the spec into a
-scratch run folder, remaps the cell to the GPUs Ray gave it, checks them with the
-GPU guard, and runs the node's inner executor (``--ray-inner local``: the node's
-Python; ``docker``: the engine's image, built there if missing); it returns the
-result, the log and the node's facts. The driver writes them into the run folder
-and records the node in ``result["node"]``, with the hardware it measured on.
+at once across nodes; nothing here schedules. A CPU cell computes with every CPU
+of its node, so it asks for as many CPUs as the cluster's largest node has: it
+runs alone on one of those nodes. An actor rather than a plain task, so the
+driver can tell a running cell to stop (Ctrl-C, a driver-side timeout) and still
+get its row and log back. On the node the actor writes the spec into a scratch
+run folder, remaps the cell to the GPUs Ray gave it, drops the OMP_NUM_THREADS
+that Ray sets in its workers (the engine sees the node's own environment, as
+with the local executor), checks the GPUs with the GPU guard, and runs the
+node's inner executor (``--ray-inner local``: the node's Python; ``docker``: the
+engine's image, built there if missing); it returns the result, the log and the
+node's facts. The driver writes them into the run folder and records the node
+in ``result["node"]``, with the hardware it measured on.
 
 Every node runs the submitting checkout's runner and entrypoints (Ray ships them
 as the job's working_dir). The model must be at the same path on every node (the
@@ -50,7 +54,10 @@ ACCELERATOR_TYPE = "accelerator_type:"
 # how much of it a cell asks for: any amount only such nodes have (Ray's own accelerator_type option asks 0.001)
 CARD_SHARE = 0.001
 # what Ray ships to each node as the job's working_dir: the runner, its entrypoints and image folders
-SHIPPED_EXCLUDES = [".git", ".venv*", "results/", "runs/", "tests/", "test-artifacts/", "*.pyc", "__pycache__/"]
+SHIPPED_EXCLUDES = [
+    ".git", ".venv*", "venv/", "results/", "runs/", "tests/", "test-artifacts/", "*.pyc", "__pycache__/",
+]  # fmt: skip
+RAY_EXCLUDES = "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"  # Ray's own default excludes (.git, .venv, venv, ...)
 
 
 def _ray():
@@ -81,6 +88,10 @@ def connect(address: str | None) -> None:
             "`ray start --head` on a node, or give its address"
         )
     runtime_env = {"working_dir": str(REPO), "excludes": SHIPPED_EXCLUDES}
+    # SHIPPED_EXCLUDES holds Ray's own default excludes too: without Ray's, Ray does not warn on every run that
+    # it no longer ships .git (a line before any of the runner's own)
+    ours = RAY_EXCLUDES not in os.environ  # a user's own setting stays
+    os.environ.setdefault(RAY_EXCLUDES, "")
     try:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as exc:  # ConnectionError, or Ray's own error types for a refused or absent cluster
@@ -88,6 +99,9 @@ def connect(address: str | None) -> None:
             f"--ray-address {address}: no Ray cluster answered there ({type(exc).__name__}: {str(exc)[:200]}); "
             "start one with `ray start --head` on a node, or give its address"
         ) from None
+    finally:
+        if ours:
+            os.environ.pop(RAY_EXCLUDES, None)
 
 
 def _unreachable(address: str) -> str | None:
@@ -150,6 +164,8 @@ class CellOnNode:
         from runner.host import hardware_of
 
         gpus = tuple(int(g) for g in ray.get_gpu_ids()) if spec["cell"]["gpus"] else ()
+        if _thread_cap_is_rays():
+            os.environ.pop("OMP_NUM_THREADS")
         spec = {**spec, "cell": {**spec["cell"], "gpus": list(gpus)}}  # the GPUs Ray gave this cell here
         cpus = () if gpus else available()
         self.job = _scratch_job(self.folder, spec, entrypoint, env, timeout_s, cpus)
@@ -193,6 +209,19 @@ class CellOnNode:
             self.stopped = True
         if self.inner is not None:
             self.inner.stop_all()
+
+
+def _thread_cap_is_rays() -> bool:
+    """Whether this worker's OMP_NUM_THREADS is Ray's own: Ray sets it to a worker's CPU share (one, for a cell)
+    where the node's environment has none, which would hold a CPU cell's torch to one thread. The node's
+    environment is its raylet's, the worker's parent."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        return False
+    try:
+        parent = Path(f"/proc/{os.getppid()}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return not any(entry.startswith(b"OMP_NUM_THREADS=") for entry in parent)
 
 
 def _cell_of(cell: dict[str, Any]) -> Cell:
@@ -299,9 +328,11 @@ class RayExecutor:
         return lines
 
     def _needs(self, cell_gpus: list[int] | tuple[int, ...], card: str | None = None) -> dict[str, float]:
-        """Ray resources of a cell: one CPU, its GPU count, and a sliver of its card kind's accelerator_type
-        resource (as Ray's own accelerator_type option asks), which only nodes of that kind have."""
-        needs = {"CPU": 1.0, **({"GPU": float(len(cell_gpus))} if cell_gpus else {})}
+        """Ray resources of a cell: one CPU (a CPU cell: as many as the largest node has), its GPU count, and a
+        sliver of its card kind's accelerator_type resource (as Ray's own accelerator_type option asks), which only
+        nodes of that kind have."""
+        cpus = max([n["resources"].get("CPU", 0) for n in self.nodes] + [1.0]) if not cell_gpus else 1.0
+        needs = {"CPU": float(cpus), **({"GPU": float(len(cell_gpus))} if cell_gpus else {})}
         if card and cell_gpus:
             needs[f"{ACCELERATOR_TYPE}{card}"] = CARD_SHARE
         return needs
@@ -347,7 +378,8 @@ class RayExecutor:
             return {**_failed(job.spec, reason), "status": "unsupported"}
         if not any(self._fits(n, cell["gpus"], card) for n in self.nodes):
             kind = f" of {card}" if card and cell["gpus"] else ""
-            reason = f"no node of the Ray cluster has {len(cell['gpus']) or 'no'} GPU(s){kind} and 1 CPU for this cell"
+            cpus = f"{self._needs(cell['gpus'], card)['CPU']:g} CPU(s)"
+            reason = f"no node of the Ray cluster has {len(cell['gpus']) or 'no'} GPU(s){kind} and {cpus} for this cell"
             job.log_path.write_text(f"not run: {reason}\n")
             return _failed(job.spec, reason)
         needs = self._needs(cell["gpus"], card)
