@@ -686,3 +686,61 @@ def _check_gpu_image(runner_cli, engine, spec, tag, base):
         told = docker("run", "--rm", "--network", "none", tag, "python3", "-c",
                       "import run_transformers; print(run_transformers.flash_attn_build())")  # fmt: skip
         assert told.stdout.strip() == "none: the image was built with --build-arg FLASH_ATTN=none", told.stderr[-2000:]
+
+
+def test_ray_nodes_run_cells_in_containers_and_ctrl_c_leaves_no_container(
+    cpu_image, ray_cluster, runner_cli, model_store, repo, tmp_path
+):
+    """--executor ray --ray-inner docker on the two-node cluster (tests/two_node_ray.py), both nodes on this
+    machine's Docker: each node runs its cell in the engine's image, and the results name the node and the
+    image. Then SIGINT to the runner while a container cell runs on each node:
+    both rows say interrupted, and no container is left on either node."""
+    import signal
+    import sys
+    import time
+
+    pytest.importorskip("ray", reason="the ray executor's tests need Ray: pip install '.[ray]' (ray==2.60.0)")
+    from two_node_ray import TEST_CARD
+
+    ray = ("--executor", "ray", "--ray-inner", "docker", "--ray-address", ray_cluster, "--store", str(model_store))
+    folder = tmp_path / "run"
+    done = runner_cli("tests/fixtures/matrices/e2e_rerun.yaml", *ray, "-o", str(folder), "--strict", timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted((folder / "cells").glob("*.json"))]
+    assert len(results) == 2 and all(r["status"] == "ok" for r in results), [r.get("reason") for r in results]
+    for result in results:
+        assert result["node"]["executor"] == "docker"
+        assert result["measured_with"]["engine_environment"] == f"image {cpu_image}"
+    assert leftover_containers() == []
+
+    folder = tmp_path / "interrupted"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "runner", "tests/fixtures/matrices/e2e_interrupt.yaml", *ray, "-o", str(folder)],
+        cwd=repo, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        running = ("ps", "--filter", "name=inference-matrix-", "--filter", "status=running", "--format", "{{.Names}}")
+        while len(docker(*running).stdout.split()) < 2:  # a cell's container running for each node
+            assert runner.poll() is None and time.monotonic() < deadline, "no two containers ran"
+            time.sleep(0.2)
+        os.kill(runner.pid, signal.SIGINT)  # the runner only, as Ctrl-C in its terminal would
+        stdout, stderr = runner.communicate(timeout=300)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait(timeout=30)
+    assert runner.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted((folder / "cells").glob("*.json"))]
+    stopped = [r for r in results if r.get("node")]
+    assert sorted(r["node"]["custom_resources"] for r in stopped) == [
+        [f"accelerator_type:{TEST_CARD}", "node_b"],
+        ["node_a"],
+    ]
+    assert all(r["status"] == "failed" and r["reason"].startswith("interrupted") for r in results), results
+    deadline = time.monotonic() + 60
+    while leftover_containers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftover_containers() == []

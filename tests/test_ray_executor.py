@@ -4,10 +4,11 @@ tests/two_node_ray.py starts it (node_a, and node_b declaring one GPU of card ki
 Here: an unreachable address is one line; SIGINT to the runner while cells run on both nodes
 leaves failed "interrupted" rows and no engine process or Ray worker behind; a GPU cell for a
 card lands on that card's node, and one for a card the cluster lacks is not run, each card with
-its own table; a third node with another kind of card makes a matrix naming no cards a one-line
-refusal; a node killed mid-cell leaves that cell a failed row naming the lost node while
-the rest finish elsewhere. tests/test_end_to_end.py runs matrix-cpu.yaml through the cluster
-and compares its table with the local executor's.
+its own table; a cell past its timeout is killed on its node; a third node with another kind of
+card makes a matrix naming no cards a one-line refusal; a node killed mid-cell leaves that cell
+a failed row naming the lost node while the rest finish elsewhere. tests/test_end_to_end.py runs
+matrix-cpu.yaml through the cluster and compares its table with the local executor's;
+tests/test_docker.py runs cells in containers on the nodes (--ray-inner docker).
 """
 
 from __future__ import annotations
@@ -143,6 +144,27 @@ def test_a_card_cell_runs_on_that_card_node_and_each_card_gets_its_table(
 def _parent(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_a_cell_past_its_timeout_is_killed_on_its_node_and_the_rest_runs(
+    ray_cluster, runner_cli, model_store, tmp_path
+):
+    """The timeout holds on the node: the cell with timeout_s 1 is killed there by the node's executor (a timeout
+    row naming its node), its engine is gone, and the other cell of the matrix runs."""
+    folder = tmp_path / "run"
+    done = runner_cli(
+        "tests/fixtures/matrices/e2e_timeout.yaml", "--executor", "ray", "--ray-address", ray_cluster,
+        "-o", str(folder), "--store", str(model_store), "--strict", timeout=DEADLINE_S,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]  # --strict: a cell did not succeed
+    results = {
+        r["cell"]["timeout_s"]: r for r in (json.loads(p.read_text()) for p in (folder / "cells").glob("*.json"))
+    }
+    late = results[1]
+    assert late["status"] == "timeout" and "no result after 1 s; the cell was killed" in late["reason"], late
+    assert late["exit_code"] < 0 and late["node"]["hostname"]
+    assert [r["status"] for t, r in results.items() if t != 1] == ["ok"]
+    assert not engine_processes()
 
 
 def test_a_cluster_of_two_card_kinds_refuses_a_matrix_naming_none(ray_cluster, runner_cli, repo, model_store, tmp_path):
