@@ -12,6 +12,7 @@ is left is the client's own time (and loopback's).
 
     .venv/bin/python results/loadgen-overhead/probe.py --out results/loadgen-overhead/cpu-2core \\
         --vllm-image inference-matrix/vllm:cpu-<tag> [--repeats 2]
+    python3 results/loadgen-overhead/probe.py --out DIR --bench-python python3   # no Docker: vLLM importable
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from runner.engines.vllm import bench_serve_arguments  # noqa: E402
 from runner.models import synthetic  # noqa: E402
 from runner.serving.loadgen import aiperf_arguments, find_aiperf, level_metrics  # noqa: E402
 
-SWEEP = {"prompt_tokens": 64, "new_tokens": 256, "requests": 16, "rounds": 4, "warmup_requests": 4}  # as matrix-serving.yaml
+# as matrix-serving.yaml
+SWEEP = {"prompt_tokens": 64, "new_tokens": 256, "requests": 16, "rounds": 4, "warmup_requests": 4}
 MODEL = "reference"
 
 
@@ -70,13 +72,18 @@ def run_aiperf(aiperf: str, url: str, tokenizer: str, level: int, folder: Path) 
             "output_tokens_per_s": got["output_tokens_per_s"]}  # fmt: skip
 
 
-def run_bench(image: str, url: str, tokenizer: str, level: int, folder: Path) -> dict[str, float]:
+def run_bench(image: str | None, python: str | None, url: str, tokenizer: str, level: int, folder: Path):
+    """vllm bench serve at one level: in the vLLM image (docker, host network), or by a Python with vLLM."""
     result = folder / f"bench-c{level}.json"
-    arguments = bench_serve_arguments(url, MODEL, tokenizer, level, SWEEP, f"/out/{result.name}")
-    command = [
-        "docker", "run", "--rm", "--network", "host", "-v", f"{tokenizer}:{tokenizer}:ro",
-        "-v", f"{folder.resolve()}:/out", image, "python3", "vllm_bench_serve.py", *arguments,
-    ]  # fmt: skip
+    if python:  # a host without Docker (the lent GPU machine): the entrypoint under that interpreter
+        arguments = bench_serve_arguments(url, MODEL, tokenizer, level, SWEEP, str(result.resolve()))
+        command = [python, str(REPO / "entrypoints" / "vllm_bench_serve.py"), *arguments]
+    else:
+        arguments = bench_serve_arguments(url, MODEL, tokenizer, level, SWEEP, f"/out/{result.name}")
+        command = [
+            "docker", "run", "--rm", "--network", "host", "-v", f"{tokenizer}:{tokenizer}:ro",
+            "-v", f"{folder.resolve()}:/out", image, "python3", "vllm_bench_serve.py", *arguments,
+        ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     (folder / f"bench-c{level}.log").write_text(done.stdout + done.stderr)
     if done.returncode:
@@ -106,7 +113,9 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--vllm-image", required=True, help="the vLLM image whose vllm bench serve runs")
+    bench = parser.add_mutually_exclusive_group(required=True)
+    bench.add_argument("--vllm-image", help="the vLLM image whose vllm bench serve runs (docker, host network)")
+    bench.add_argument("--bench-python", help="or a Python that imports vLLM (a host without Docker)")
     parser.add_argument("--store", type=Path, default=REPO / ".cache" / "store")
     parser.add_argument("--levels", default="1,4,16,64")
     parser.add_argument("--repeats", type=int, default=2)
@@ -132,8 +141,14 @@ def main() -> int:
             except OSError:
                 time.sleep(0.1)
         for round_ in range(1, args.repeats + 1):
-            for name, run in (("AIPerf", lambda lv, f: run_aiperf(aiperf, url, tokenizer, lv, f)),
-                              ("vllm bench serve", lambda lv, f: run_bench(args.vllm_image, url, tokenizer, lv, f))):  # fmt: skip
+            tools = (
+                ("AIPerf", lambda lv, f: run_aiperf(aiperf, url, tokenizer, lv, f)),
+                (
+                    "vllm bench serve",
+                    lambda lv, f: run_bench(args.vllm_image, args.bench_python, url, tokenizer, lv, f),
+                ),
+            )
+            for name, run in tools:
                 folder = args.out / "raw" / f"round-{round_}" / ("aiperf" if name == "AIPerf" else "bench")
                 folder.mkdir(parents=True, exist_ok=True)
                 for level in levels:
@@ -155,6 +170,7 @@ def main() -> int:
         "levels": levels,
         "aiperf": versions or "aiperf 0.13.0",
         "vllm_image": args.vllm_image,
+        "bench_python": args.bench_python,
         "cpu": f"{os.cpu_count()} CPUs",
         "rows": rows,
     }

@@ -70,7 +70,8 @@ async def completions(request: Request):
         record["last"] = time.perf_counter()
         RECORDS.append(record)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
-        yield f"data: {json.dumps({'id': 'cmpl-ref', 'object': 'text_completion', 'model': MODEL, 'choices': [], 'usage': usage})}\n\n"
+        last = {"id": "cmpl-ref", "object": "text_completion", "model": MODEL, "choices": [], "usage": usage}
+        yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream")
