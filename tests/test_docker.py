@@ -696,11 +696,10 @@ def test_ray_nodes_run_cells_in_containers_and_ctrl_c_leaves_no_container(
     image. Then SIGINT to the runner while a container cell runs on each node:
     both rows say interrupted, and no container is left on either node."""
     import signal
-    import sys
     import time
 
     pytest.importorskip("ray", reason="the ray executor's tests need Ray: pip install '.[ray]' (ray==2.60.0)")
-    from two_node_ray import TEST_CARD
+    from two_node_ray import TEST_CARD, runner_process
 
     ray = ("--executor", "ray", "--ray-inner", "docker", "--ray-address", ray_cluster, "--store", str(model_store))
     folder = tmp_path / "run"
@@ -714,25 +713,18 @@ def test_ray_nodes_run_cells_in_containers_and_ctrl_c_leaves_no_container(
     assert leftover_containers() == []
 
     folder = tmp_path / "interrupted"
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "runner", "tests/fixtures/matrices/e2e_interrupt.yaml", *ray, "-o", str(folder)],
-        cwd=repo, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
-    try:
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with runner_process(
+        repo, out, err, "tests/fixtures/matrices/e2e_interrupt.yaml", *ray, "-o", str(folder)
+    ) as runner:
         deadline = time.monotonic() + 600
         running = ("ps", "--filter", "name=inference-matrix-", "--filter", "status=running", "--format", "{{.Names}}")
         while len(docker(*running).stdout.split()) < 2:  # a cell's container running for each node
             assert runner.poll() is None and time.monotonic() < deadline, "no two containers ran"
             time.sleep(0.2)
         os.kill(runner.pid, signal.SIGINT)  # the runner only, as Ctrl-C in its terminal would
-        stdout, stderr = runner.communicate(timeout=300)
-    finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGKILL)
-            runner.wait(timeout=30)
-    assert runner.returncode == 130, stdout[-3000:] + stderr[-3000:]
+        code = runner.wait(timeout=300)
+    assert code == 130, out.read_text()[-3000:] + err.read_text()[-3000:]
     results = [json.loads(p.read_text()) for p in sorted((folder / "cells").glob("*.json"))]
     stopped = [r for r in results if r.get("node")]
     assert sorted(r["node"]["custom_resources"] for r in stopped) == [

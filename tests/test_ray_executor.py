@@ -13,12 +13,9 @@ tests/test_docker.py runs cells in containers on the nodes (--ray-inner docker).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +23,7 @@ import pytest
 
 pytest.importorskip("ray", reason="the ray executor's tests need Ray: pip install '.[ray]' (ray==2.60.0)")
 
-from two_node_ray import TEST_CARD, engine_processes, free_port, join, ray_processes, raylet_of
+from two_node_ray import TEST_CARD, engine_processes, free_port, join, ray_processes, raylet_of, runner_process
 
 pytestmark = pytest.mark.slow  # a real cluster and real engine runs on the tiny model
 
@@ -34,29 +31,6 @@ RERUN = "tests/fixtures/matrices/e2e_rerun.yaml"  # two quick CPU cells
 INTERRUPT = "tests/fixtures/matrices/e2e_interrupt.yaml"  # three longer CPU cells
 CARDS = "tests/fixtures/matrices/ray_cards.yaml"  # a GPU cell on two card kinds and a CPU cell
 DEADLINE_S = 300  # guards against a hung test only
-
-
-@contextlib.contextmanager
-def _runner_process(command: list[str], env: dict[str, str], repo: Path, out: Path, err: Path):
-    """The runner in its own session, SIGINT at its default as in a terminal, output to out and err; killed
-    with its group should a check fail while it still runs."""
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        runner = subprocess.Popen(
-            command, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
-    try:
-        yield runner
-    finally:
-        if runner.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(runner.pid, signal.SIGKILL)
-            runner.wait(timeout=30)
-
-
-def _runner(*args: str) -> tuple[list[str], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return [sys.executable, "-m", "runner", *args], env
 
 
 def test_an_unreachable_cluster_is_one_line(runner_cli, model_store, tmp_path):
@@ -69,11 +43,9 @@ def test_an_unreachable_cluster_is_one_line(runner_cli, model_store, tmp_path):
 
 def test_interrupt_stops_the_cells_on_both_nodes_and_leaves_nothing(ray_cluster, repo, model_store, tmp_path):
     folder = tmp_path / "run"
-    command, env = _runner(
-        INTERRUPT, "--executor", "ray", "--ray-address", ray_cluster, "-o", str(folder), "--store", str(model_store)
-    )
+    args = INTERRUPT, "--executor", "ray", "--ray-address", ray_cluster, "-o", str(folder), "--store", str(model_store)
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with _runner_process(command, env, repo, out, err) as runner:
+    with runner_process(repo, out, err, *args) as runner:
         deadline = time.monotonic() + DEADLINE_S
         while len(engine_processes()) < 2:  # a cell's engine running on each node
             assert runner.poll() is None, out.read_text()[-3000:] + err.read_text()[-3000:]
@@ -195,21 +167,11 @@ def test_a_lost_node_turns_its_cell_into_a_failed_row_and_the_rest_runs(ray_clus
     that cell becomes a failed row naming the lost node, its engine does not outlive the node's worker, and the
     other cells finish on node_a. Last in this module: the cluster has one node afterwards."""
     folder = tmp_path / "run"
-    command, env = _runner(
-        INTERRUPT,
-        "--executor",
-        "ray",
-        "--ray-address",
-        ray_cluster,
-        "-o",
-        str(folder),
-        "--store",
-        str(model_store),
-        "--strict",
-    )
+    args = (INTERRUPT, "--executor", "ray", "--ray-address", ray_cluster, "-o", str(folder),
+            "--store", str(model_store), "--strict")  # fmt: skip
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     raylet = raylet_of("node_b")
-    with _runner_process(command, env, repo, out, err) as runner:
+    with runner_process(repo, out, err, *args) as runner:
         deadline = time.monotonic() + DEADLINE_S
         while True:  # until node_b runs an engine: its parent is node_b's worker, whose parent is node_b's raylet
             on_b = [p for p in engine_processes() if _parent(_parent(p)) == raylet]

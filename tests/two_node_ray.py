@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,12 +76,35 @@ def raylet_of(resource: str) -> int:
     raise AssertionError(f"no raylet with the resource {resource}")
 
 
+def _node_flags(cpus: int) -> list[str]:
+    """What every node of these clusters is started with: its CPUs, no usage reports, a small object store."""
+    return [f"--num-cpus={cpus}", "--disable-usage-stats", f"--object-store-memory={OBJECT_STORE}"]
+
+
 def join(address: str, name: str, card: str, cpus: int = 0) -> None:
     """Another node joins the running cluster, with one GPU of card kind `card`, `cpus` CPUs and the resource
     `name`; stopped with the cluster."""
     resources = f'{{"{name}": 1, "accelerator_type:{card}": 1}}'
-    _ray("start", f"--address={address}", "--num-gpus=1", f"--num-cpus={cpus}", "--disable-usage-stats",
-         f"--object-store-memory={OBJECT_STORE}", "--resources", resources)  # fmt: skip
+    _ray("start", f"--address={address}", "--num-gpus=1", "--resources", resources, *_node_flags(cpus))
+
+
+@contextlib.contextmanager
+def runner_process(repo: Path, out: Path, err: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """`python -m runner ARGS` in its own session (RAY_ADDRESS dropped: tests name the address), SIGINT at its
+    default as in a terminal, output to out and err; killed with its group should a check fail while it runs."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "runner", *args], cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+            stderr=stderr, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+    try:
+        yield runner
+    finally:
+        if runner.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait(timeout=30)
 
 
 @contextlib.contextmanager
@@ -89,7 +113,7 @@ def two_nodes() -> Iterator[str]:
     assert not ray_processes(), "a Ray cluster is already running on this machine"
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
-    common = ["--num-cpus=1", "--disable-usage-stats", f"--object-store-memory={OBJECT_STORE}"]
+    common = _node_flags(1)
     try:
         _ray(
             "start", "--head", f"--port={port}", "--num-gpus=0", "--resources", '{"node_a": 1}',

@@ -376,13 +376,13 @@ class RayExecutor:
             reason = f"no node of the Ray cluster has {card} cards (resource {ACCELERATOR_TYPE}{card})"
             job.log_path.write_text(f"not run: {reason}\n")
             return {**_failed(job.spec, reason), "status": "unsupported"}
+        needs = self._needs(cell["gpus"], card)
         if not any(self._fits(n, cell["gpus"], card) for n in self.nodes):
             kind = f" of {card}" if card and cell["gpus"] else ""
-            cpus = f"{self._needs(cell['gpus'], card)['CPU']:g} CPU(s)"
+            cpus = f"{needs['CPU']:g} CPU(s)"
             reason = f"no node of the Ray cluster has {len(cell['gpus']) or 'no'} GPU(s){kind} and {cpus} for this cell"
             job.log_path.write_text(f"not run: {reason}\n")
             return _failed(job.spec, reason)
-        needs = self._needs(cell["gpus"], card)
         custom = {k: v for k, v in needs.items() if k not in ("CPU", "GPU")}
         with self._lock:
             if self.interrupted:
