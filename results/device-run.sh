@@ -52,9 +52,13 @@ if [ -f .carry/llamacpp-cuda/lcpp.tar.xz ]; then
     && export LLAMA_CPP_HOME=/tmp/lcpp PYTHONPATH=$PWD/.carry/llamacpp-cuda/python${PYTHONPATH:+:$PYTHONPATH} \
     && cat /tmp/lcpp/BUILD_INFO
 fi
-# Or llama.cpp's trimmed source (results/llamacpp-carry.sh source, .carry/llama-cpp-python): built here for
+# Or llama.cpp's trimmed source (results/llamacpp-carry.sh source, .carry/llama-src, unpacked into
+# .carry/llama-cpp-python, which stays on the machine between calls as an ignored folder): built here for
 # sm_90 once per machine (about 5 min on 16 cores), binding from the same sdist. The serving cells' llama-server
 # comes from this build (the pieces of an older .carry/llamacpp-cuda have no server).
+if [ -f .carry/llama-src/llama-cpp-python.tar.xz ] && [ ! -d .carry/llama-cpp-python ]; then
+  tar -xJf .carry/llama-src/llama-cpp-python.tar.xz -C .carry
+fi
 if [ -z "${LLAMA_CPP_HOME:-}" ] && [ -f .carry/llama-cpp-python/vendor/llama.cpp/CMakeLists.txt ]; then
   if [ ! -x /tmp/lcpp/bin/llama-server ]; then
     echo "building llama.cpp for sm_90 from .carry/llama-cpp-python (log: /tmp/lcpp-build.log)"
@@ -137,7 +141,7 @@ if [ -d /tmp/aiperf-site ]; then
 fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version --format=csv
-timeout --signal=INT --kill-after=20 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store "${loadgen[@]}"
+timeout --signal=INT --kill-after=60 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store "${loadgen[@]}"
 echo "runner exit: $?"
 if [ -n "${OUT:-}" ]; then
   tar -C "$(dirname "$run_folder")" -czf "$OUT/$(basename "$run_folder").tgz" "$(basename "$run_folder")"

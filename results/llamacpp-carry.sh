@@ -2,8 +2,9 @@
 # Getting llama.cpp onto the lent GPU machine (no internet, 64 MiB per call, files back in 16 MiB
 # pieces), as done for results/h200/llamacpp/. Run here, in the repository root:
 #
-#   bash results/llamacpp-carry.sh source          # .carry/llama-cpp-python: the pinned sdist, trimmed
-#     results/device-run.sh builds it once per machine when a call carries .carry/llama-cpp-python (about
+#   bash results/llamacpp-carry.sh source          # .carry/llama-cpp-python: the pinned sdist, trimmed,
+#                                                  # and .carry/llama-src: the same as one tarball (carry this)
+#     results/device-run.sh builds it once per machine when a call carries .carry/llama-src (about
 #     5 min; the binding from the same sdist); or by hand, to bring the build back for later machines:
 #     then, on the device, carry [".carry"]:
 #     BUILD_DIR=/tmp/b bash images/llamacpp/build-llama-cpp.sh .carry/llama-cpp-python /tmp/lcpp \
@@ -34,7 +35,11 @@ case "${1:-}" in
     (cd .carry/llama-cpp-python && rm -rf .git .github docs examples tests docker \
       vendor/llama.cpp/{models,docs,tests,benches,examples,.git,.github,app,ci,.devops,media} \
       vendor/llama.cpp/tools/ui/{src,tests,package-lock.json})
-    du -sh .carry/llama-cpp-python ;;
+    # and the same as one xz tarball (about 8 MB): the form to carry, as a call carries the working tree too
+    # (21 MB in December 2026) within its 64 MiB; device-run.sh unpacks it into .carry/llama-cpp-python
+    rm -rf .carry/llama-src && mkdir -p .carry/llama-src
+    tar -C .carry -cf - llama-cpp-python | xz -T0 -6 > .carry/llama-src/llama-cpp-python.tar.xz
+    du -sh .carry/llama-cpp-python .carry/llama-src ;;
   runtime)
     fetch
     pieces=${2:?usage: llamacpp-carry.sh runtime DIR_WITH_lcpp.tar.xz.part-NN}

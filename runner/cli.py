@@ -437,7 +437,12 @@ def _serve_in(
     where = executor.tools["aiperf"]  # its local executable, or its image
     print(f"{len(chosen)} serving cell(s), executor {executor.name}, load generator {where}", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results = run_serving_cells(matrix, chosen, model, folder, executor, where, args.cpu_set)
+    try:
+        results = run_serving_cells(matrix, chosen, model, folder, executor, where, args.cpu_set)
+    except KeyboardInterrupt:  # what was measured stays: the invocation, the table of every cell with a result
+        _manifest(folder, args, executor.name, matrix.path, chosen, None, started)
+        _serving_table(folder, matrix, serving, {})
+        raise
     _manifest(folder, args, executor.name, matrix.path, chosen, None, started)
     _serving_table(folder, matrix, serving, {r["cell"]["id"]: r for r in results})
     print(f"serving: {summary(results)}")

@@ -258,3 +258,79 @@ def test_interrupt_during_the_last_cell_keeps_its_row(runner_cli, repo, model_st
     assert stopped["status"] == "failed" and stopped["reason"].startswith("interrupted"), stopped["reason"]
     assert f"[{first}] failed: interrupted" in stdout
     assert f"table: {folder.resolve() / 'table.md'} (1 of 3 cells have results)" in stdout
+
+
+SERVING_MATRIX = """\
+version: 1
+name: interrupted-serving
+model: {synthetic: tiny-mistral}
+defaults: {gpus: [], timeout_s: 600}
+serving:
+  levels: [1, 2]
+  requests: 4
+  warmup_requests: 1
+  prompt_tokens: 16
+  new_tokens: 64
+  engines: {llamacpp: {include: [{quant: f16}]}}
+"""
+
+
+def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(repo, model_store, tmp_path):
+    aiperf = Path(sys.prefix) / "aiperf" / "bin" / "aiperf"
+    llama_server = Path(sys.prefix) / "llama.cpp" / "bin" / "llama-server"
+    if not aiperf.exists() or not llama_server.exists():
+        pytest.skip(f"needs {aiperf} (make setup-aiperf) and {llama_server} (make setup-llamacpp)")
+    matrix = tmp_path / "serving.yaml"
+    matrix.write_text(SERVING_MATRIX)
+    folder = tmp_path / "run"
+    stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "runner", str(matrix), "-o", str(folder), "--store", str(model_store)]
+    with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
+        runner = subprocess.Popen(
+            [*command, "--executor", "local"],
+            cwd=repo,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            preexec_fn=interruptible,
+        )
+    try:
+        # level 1 measured, level 2's load generator started: the run is stopped in the middle of the sweep
+        wait_for(lambda: "] level 2: " in stdout_path.read_text(), runner, "level 2", stdout_path)
+        os.kill(runner.pid, signal.SIGINT)
+        code = runner.wait(timeout=DEADLINE_S)
+    finally:
+        if group_exists(runner.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(runner.pid, signal.SIGKILL)
+    stdout, stderr = stdout_path.read_text(), stderr_path.read_text()
+    assert code == 130, stdout[-3000:] + stderr[-3000:]
+    assert stderr.splitlines()[-1] == INTERRUPTED_LINE, stderr
+
+    (path,) = (folder / "cells").glob("serve-llamacpp-*.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "failed"
+    assert result["reason"] == "interrupted: the run was stopped during level 2; levels [1] kept", result["reason"]
+    first, second = result["levels"]
+    assert first["level"] == 1 and first["status"] == "ok"
+    assert first["metrics"]["requests"] == 4 and first["metrics"]["output_tokens_min"] == 64
+    assert first["peak_memory_mib"] > 0  # the server's memory timeline survived the interrupt
+    assert second["level"] == 2 and second["status"] == "failed" and second["reason"].startswith("interrupted")
+    assert result["server"]["command"][0] == str(llama_server)
+
+    # what was measured is in the table and the invocation in run.json, as for offline cells
+    table = (folder / "serving.md").read_text()
+    assert "| llama.cpp" in table and "interrupted: the run was stopped during level 2" in table
+    (invocation,) = json.loads((folder / "run.json").read_text())["invocations"]
+    assert invocation["cells"] == [result["cell"]["id"]]
+    assert not list((folder / "cells").glob(".*"))  # no handshake or scratch file left
+    for program in (str(llama_server), str(aiperf.parent)):
+        left = subprocess.run(["pgrep", "-f", program], capture_output=True, text=True)
+        assert left.stdout == "", f"{program} left running: {left.stdout}"
+
+    # a rerun measures the interrupted cell again, whole
+    rerun = subprocess.run([*command, "--executor", "local"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    again = json.loads(path.read_text())
+    assert again["status"] == "ok" and [lv["status"] for lv in again["levels"]] == ["ok", "ok"]

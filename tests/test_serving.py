@@ -102,6 +102,11 @@ def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path
     assert "--use-server-token-count" in text and "--streaming" in text
     assert json.loads(command[command.index("--extra-inputs") + 1]) == {"ignore_eos": True}
     assert command[command.index("--connection-reuse-strategy") + 1] == "pooled"  # as clients do
+    # a prompt of its own for each of the level's requests and warm-ups, and other prompts at another level
+    assert command[command.index("--num-dataset-entries") + 1] == "18"
+    assert command[command.index("--dataset-sampling-strategy") + 1] == "shuffle"  # each drawn once
+    other = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 4, sweep, {}, tmp_path)
+    assert command[command.index("--random-seed") + 1] != other[other.index("--random-seed") + 1]
     from runner.engines import ENGINES
 
     assert ENGINES["llamacpp"].server.connections == "never" and ENGINES["vllm"].server.connections == "pooled"
@@ -119,6 +124,7 @@ def test_rounds_keep_every_slot_busy_several_times_and_both_load_generators_send
     aiperf = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 64, sweep, {}, Path("/tmp"))
     bench = ENGINES["vllm"].server.reference.arguments("http://127.0.0.1:9", "m", "/ckpt", 64, sweep, "/r.json")
     assert aiperf[aiperf.index("--request-count") + 1] == bench[bench.index("--num-prompts") + 1] == "256"
+    assert aiperf[aiperf.index("--random-seed") + 1] == bench[bench.index("--seed") + 1]  # each level its own prompts
     # a cell without rounds keeps the id it had before rounds existed; with rounds it is another cell
     plain = serving_matrix({"requests": 16, "engines": {"vllm": {"include": [{}]}}})
     assert "rounds" not in parse_matrix(plain, Path("m.yaml")).serving.sweep.identity()
@@ -172,6 +178,18 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
         assert level["peak_memory_mib"] > 0 and level["ended"] > level["started"]
         assert (folder / "serving" / result["cell"]["id"] / f"c{level['level']}" / "profile_export.jsonl").exists()
     assert result["loadgen"]["name"] == "aiperf"
+    # every request, warm-ups and both levels included, sent a prompt of its own, and none was answered from
+    # llama-server's prompt cache (it logs "n_past was set" when a whole prompt was cached)
+    prompts = [
+        payload["prompt"]
+        for level in (1, 2)
+        for entry in json.loads((folder / "serving" / result["cell"]["id"] / f"c{level}" / "inputs.json").read_text())[
+            "data"
+        ]
+        for payload in entry["payloads"]
+    ]
+    assert len(prompts) == 14 and len(set(prompts)) == 14  # (1 warm-up + 6) x 2 levels
+    assert "n_past was set" not in (folder / "logs" / f"{result['cell']['id']}.log").read_text()
     table = (folder / "serving.md").read_text()
     assert "| llama.cpp" in table and "summary" in table and "p99 TTFT under 5000 ms up to concurrency" in table
     assert not list((folder / "cells").glob(".*"))  # no handshake or scratch file left

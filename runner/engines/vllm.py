@@ -16,7 +16,7 @@ from typing import Any
 
 from runner.cpuset import named
 from runner.engines.base import Engine, Server, ServerReference, Setting, harness_threads
-from runner.serving.loadgen import level_requests
+from runner.serving.loadgen import level_requests, level_seed
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
 
@@ -180,7 +180,8 @@ def bench_serve_arguments(
         "--dataset-name", "random", "--random-input-len", str(sweep["prompt_tokens"]),
         "--random-output-len", str(sweep["new_tokens"]), "--random-range-ratio", "0",
         "--num-prompts", str(level_requests(sweep, level)), "--max-concurrency", str(level),
-        "--num-warmups", str(sweep["warmup_requests"]), "--ignore-eos", "--seed", "0", "--disable-tqdm",
+        "--num-warmups", str(sweep["warmup_requests"]), "--ignore-eos", "--disable-tqdm",
+        "--seed", str(level_seed(level)),  # as AIPerf's: other prompts at each level
     ]  # fmt: skip
 
 

@@ -4,7 +4,9 @@ Each level is one ``aiperf profile`` against the server's OpenAI-compatible
 completions endpoint, streamed (so time to first token and inter-token latency
 are seen), closed-loop at the level's concurrency for the sweep's number of
 requests after its warm-up requests, with synthetic prompts of exactly the
-sweep's prompt tokens (made with the checkpoint's own tokenizer) and
+sweep's prompt tokens (made with the checkpoint's own tokenizer; a prompt of its
+own for every request, and other prompts at each level, so no server answers one
+from its prefix cache) and
 ``max_tokens`` of exactly its new tokens, plus whatever the engine's server
 needs to keep the end token from stopping a request early. Tokens are counted
 as the server reports them (its usage fields): a random model's text does not
@@ -53,6 +55,13 @@ def find_aiperf(given: str | None) -> str:
     )
 
 
+def level_seed(level: int) -> int:
+    """The random seed of one level's prompts (both load generators): the same for every cell at that level, so
+    each server gets the same prompts, and another at each level, so no level re-sends an earlier level's prompts,
+    which a server's prefix cache (vLLM's, llama-server's) would answer without its prefill."""
+    return level
+
+
 def level_requests(sweep: dict[str, Any], level: int) -> int:
     """Requests sent at one concurrency level: the sweep's count, at least the level, and at least rounds x the
     level where the matrix sets rounds (so a high level is not over before every slot has been busy a few times)."""
@@ -81,7 +90,11 @@ def aiperf_arguments(
         "--use-legacy-max-tokens",
         "--use-server-token-count",  # the server's own usage counts: random text does not re-tokenise to itself
         "--connection-reuse-strategy", connections,
-        "--random-seed", "0",
+        # a prompt of its own for every request, warm-up included: AIPerf's default pool holds 100 prompts,
+        # and a prompt sent again is served from the prefix cache, its TTFT then without prefill
+        "--random-seed", str(level_seed(level)),
+        "--num-dataset-entries", str(sweep["warmup_requests"] + level_requests(sweep, level)),
+        "--dataset-sampling-strategy", "shuffle",
         "--wait-for-model-timeout", "0",
         "--no-server-metrics", "--no-gpu-telemetry", "--no-auto-plot",
         "--ui-type", "none",

@@ -8,8 +8,11 @@ once the server answers. The runner then runs the load generator
 child to stop by creating ``<child result>.stop``. Each level is a result of its
 own inside the cell's: a level whose load generator failed, or that found the
 server gone, is failed with the reason (the server's last error line), and the
-levels before it keep their numbers. The cell's memory per level is the peak of
-the child's memory timeline within the level's time.
+levels before it keep their numbers. An interrupt (Ctrl-C, SIGTERM, the runner's
+own ``timeout``) likewise keeps the levels measured before it: the server and the
+load generator are stopped, the level in flight is failed as interrupted, and
+the cell's result is written before the run ends. The cell's memory per level is
+the peak of the child's memory timeline within the level's time.
 
 The executor runs the load generator beside the cell (Executor.run_tool): the
 local executor as a local process (.venv/aiperf, or --loadgen), the docker
@@ -39,6 +42,14 @@ from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
 READY_POLL_S = 0.5
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The run was interrupted during a serving cell: carries the cell's result so far (its measured levels)."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__()
+        self.result = result
 
 
 def serving_cell_id(name: str, settings: dict[str, Any], gpus: tuple[int, ...], matrix: Matrix) -> str:
@@ -151,17 +162,54 @@ class ServingRun:
         for path in (ready_path, stop_path):
             path.unlink(missing_ok=True)
         deadline = time.monotonic() + job.timeout_s
+        levels: list[dict[str, Any]] = []  # filled by the sweep as each level ends
         server.start()
-        ready = _wait_ready(ready_path, server)
-        levels = []
-        if ready:
-            self.log(f"[{cell.id}] server ready on port {ready['port']}; sweeping levels {sweep['levels']}")
-            served = ready.get("model") or job.spec["model"]["name"]  # the name its requests carry
-            levels = self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", served, extras, server, deadline)
+        try:
+            ready = _wait_ready(ready_path, server)
+            if ready:
+                self.log(f"[{cell.id}] server ready on port {ready['port']}; sweeping levels {sweep['levels']}")
+                served = ready.get("model") or job.spec["model"]["name"]  # the name its requests carry
+                self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", served, extras, server, deadline, levels)
+        except KeyboardInterrupt:
+            # stop the load generator and the server's child (SIGTERM: it stops its server and writes its result,
+            # memory timeline included), wait for it, and hand the levels measured so far up to be written
+            self.executor.stop_all()
+            server.join()  # the runner ignores further signals once stopping (cli._interrupt)
+            own = _child_result(job.child_result_path)  # the executor's outcome keeps only why it stopped
+            if own is not None and outcome:
+                outcome[0] = {**own, "exit_code": outcome[0].get("exit_code")}
+            result = self._result(cell, job, outcome, levels, extras, ready_path, stop_path)
+            measured = [lv["level"] for lv in levels if lv["status"] == "ok"]
+            result["status"] = "failed"
+            result["reason"] = "interrupted: the run was stopped " + (
+                f"during level {levels[-1]['level']}; levels {measured} kept" if levels else "before any level ran"
+            )
+            raise SweepInterrupted(result) from None
         stop_path.touch()
         server.join()
+        result = self._result(cell, job, outcome, levels, extras, ready_path, stop_path)
+        if result["status"] == "ok" and (not levels or any(lv["status"] != "ok" for lv in levels)):
+            bad = next((lv for lv in levels if lv["status"] != "ok"), None)
+            result["status"] = "failed"
+            result["reason"] = f"level {bad['level']}: {bad['reason']}" if bad else "no level ran"
+        elif result["status"] != "ok" and levels:
+            result["reason"] = f"{result['reason']} (after levels {[lv['level'] for lv in levels]})"
+        return result
+
+    def _result(
+        self,
+        cell: Cell,
+        job: Job,
+        outcome: list[dict[str, Any]],
+        levels: list[dict[str, Any]],
+        extras: dict[str, Any],
+        ready_path: Path,
+        stop_path: Path,
+    ) -> dict[str, Any]:
+        """The cell's result from its child's and the levels: each level's memory peak, the load generator."""
         for path in (ready_path, stop_path):
             path.unlink(missing_ok=True)
+        sweep = job.spec["workload"]
         result = outcome[0] if outcome else failure(job.cell, job.spec["model"], sweep, "failed", "no result")
         timeline = result.pop("memory_timeline", None) or []
         for level in levels:
@@ -172,12 +220,6 @@ class ServingRun:
             "request_extras": extras,
             "how": ENGINES[cell.engine].server.forced_length,
         }
-        if result["status"] == "ok" and (not levels or any(lv["status"] != "ok" for lv in levels)):
-            bad = next((lv for lv in levels if lv["status"] != "ok"), None)
-            result["status"] = "failed"
-            result["reason"] = f"level {bad['level']}: {bad['reason']}" if bad else "no level ran"
-        elif result["status"] != "ok" and levels:
-            result["reason"] = f"{result['reason']} (after levels {[lv['level'] for lv in levels]})"
         return result
 
     def _sweep(
@@ -189,12 +231,13 @@ class ServingRun:
         extras: dict[str, Any],
         server: threading.Thread,
         deadline: float,
-    ) -> list[dict]:
+        levels: list[dict[str, Any]],
+    ) -> None:
+        """Each level in turn, appended to levels as it ends (an interrupted level too, then re-raised)."""
         sweep = job.spec["workload"]
         model = job.spec["model"]
         reference = ENGINES[cell.engine].server.reference
         connections = ENGINES[cell.engine].server.connections
-        levels: list[dict[str, Any]] = []
         for level in sweep["levels"]:
             entry: dict[str, Any] = {"level": level}
             if not server.is_alive():
@@ -223,6 +266,11 @@ class ServingRun:
                     if not problem and reference is not None:
                         entry["reference"] = self._reference(job, reference, url, served, level, artifacts, deadline)
                         entry["reference"].update(_ratios(entry["metrics"], entry["reference"]))
+            except KeyboardInterrupt:
+                entry.update(status="failed", reason="interrupted: the run was stopped during this level")
+                entry["ended"] = time.time()
+                levels.append(entry)
+                raise
             except Exception as exc:
                 entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
             entry["ended"] = time.time()
@@ -234,7 +282,6 @@ class ServingRun:
             )
             if entry["status"] == "timeout":
                 break
-        return levels
 
     def _reference(
         self, job: Job, reference: ServerReference, url: str, served: str, level: int, artifacts: Path, deadline: float
@@ -255,6 +302,15 @@ class ServingRun:
             "output_tokens_per_s": figures.get(reference.output_key),
             "ttft_ms_p50": figures.get(reference.ttft_key),
         }
+
+
+def _child_result(child_result_path: Path) -> dict[str, Any] | None:
+    """The server child's own result (its command, versions, memory timeline), if it wrote one."""
+    try:
+        found = json.loads(child_result_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _ratios(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -309,9 +365,17 @@ def _run_one(
     if problem:
         result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem)
     else:
-        result = runner.run(cell, job)
+        try:
+            result = runner.run(cell, job)
+        except SweepInterrupted as stop:  # the levels measured before the interrupt are kept
+            _write(job, stop.result, started, executor, log)
+            raise
+    return _write(job, result, started, executor, log)
+
+
+def _write(job: Job, result: dict[str, Any], started: float, executor: Executor, log) -> dict[str, Any]:
     result.update(wall_s=time.time() - started, executor=executor.name, runner=tool_version())
     write_json_atomic(job.result_path, result)
     job.child_result_path.unlink(missing_ok=True)
-    log(f"[{cell.id}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
+    log(f"[{job.cell['id']}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
     return result
