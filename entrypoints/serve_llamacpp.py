@@ -67,6 +67,8 @@ class LlamaCppServer:
             command += ["--n-gpu-layers", "0"]
         threads = s["n_threads"] or len(harness.cell_cpus())
         command += ["--threads", str(threads), "--threads-batch", str(threads)]
+        if s["cache_ram_mib"] is not None:
+            command += ["--cache-ram", str(s["cache_ram_mib"])]
         return command
 
     def versions(self) -> dict[str, Any]:

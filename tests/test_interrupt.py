@@ -271,7 +271,7 @@ serving:
   warmup_requests: 1
   prompt_tokens: 16
   new_tokens: 64
-  engines: {llamacpp: {include: [{quant: f16}]}}
+  engines: {llamacpp: {include: [{quant: f16, cache_ram_mib: 0}]}}
 """
 
 
@@ -317,7 +317,9 @@ def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(repo, model_s
     assert first["metrics"]["requests"] == 4 and first["metrics"]["output_tokens_min"] == 64
     assert first["peak_memory_mib"] > 0  # the server's memory timeline survived the interrupt
     assert second["level"] == 2 and second["status"] == "failed" and second["reason"].startswith("interrupted")
-    assert result["server"]["command"][0] == str(llama_server)
+    command_line = result["server"]["command"]
+    assert command_line[0] == str(llama_server)
+    assert command_line[command_line.index("--cache-ram") + 1] == "0"  # the server setting, taken by llama-server
 
     # what was measured is in the table and the invocation in run.json, as for offline cells
     table = (folder / "serving.md").read_text()

@@ -90,6 +90,8 @@ def test_server_settings_change_the_cell_and_its_label():
     plain, slots = cell({"quant": "q8_0"}), cell({"quant": "q8_0", "parallel": 4})
     assert plain.id != slots.id
     assert server_label(plain) == ["q8_0"] and server_label(slots) == ["q8_0", "parallel=4"]
+    no_cache = cell({"quant": "q8_0", "cache_ram_mib": 0})
+    assert no_cache.id != plain.id and server_label(no_cache) == ["q8_0", "cache_ram_mib=0"]
 
 
 def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path):
@@ -232,7 +234,7 @@ def test_the_gpu_serving_matrices_have_the_issues_rows(repo, path, lengths):
         ("llamacpp", "fp16"),
         ("llamacpp", "q4_k_m"),
         ("transformers", "BF16; attn_implementation=sdpa"),
-    }
+    } | ({("llamacpp", "fp16; cache_ram_mib=0")} if path == "matrix-serving.yaml" else set())
     assert all(c.gpus == (0,) for c in serving_cells(matrix))
 
 

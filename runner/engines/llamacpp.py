@@ -94,6 +94,12 @@ SERVER = Server(
             None, "llama-server slots (--parallel); null = the sweep's highest level", type=(int, type(None))
         ),
         "cont_batching": Setting(True, "continuous batching (llama-server's default)", type=bool),
+        "cache_ram_mib": Setting(
+            None,
+            "llama-server's prompt cache in host memory, MiB (--cache-ram); null = its default (8192), 0 = off. While"
+            " on, each new request first saves the idle slots into it (--cache-idle-slots, its default)",
+            type=(int, type(None)),
+        ),
     },
     request_extras={"ignore_eos": True},
     # llama-server closed kept-alive connections after streamed responses: a pooled client's next request on
