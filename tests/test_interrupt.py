@@ -311,7 +311,7 @@ def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(repo, model_s
     (path,) = (folder / "cells").glob("serve-llamacpp-*.json")
     result = json.loads(path.read_text())
     assert result["status"] == "failed"
-    assert result["reason"] == "interrupted: the run was stopped during level 2; levels [1] kept", result["reason"]
+    assert result["reason"] == "interrupted: the run was stopped at level 2; levels [1] kept", result["reason"]
     first, second = result["levels"]
     assert first["level"] == 1 and first["status"] == "ok"
     assert first["metrics"]["requests"] == 4 and first["metrics"]["output_tokens_min"] == 64
@@ -323,7 +323,7 @@ def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(repo, model_s
 
     # what was measured is in the table and the invocation in run.json, as for offline cells
     table = (folder / "serving.md").read_text()
-    assert "| llama.cpp" in table and "interrupted: the run was stopped during level 2" in table
+    assert "| llama.cpp" in table and "interrupted: the run was stopped at level 2" in table
     (invocation,) = json.loads((folder / "run.json").read_text())["invocations"]
     assert invocation["cells"] == [result["cell"]["id"]]
     assert not list((folder / "cells").glob(".*"))  # no handshake or scratch file left

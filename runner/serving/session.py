@@ -182,7 +182,7 @@ class ServingRun:
             measured = [lv["level"] for lv in levels if lv["status"] == "ok"]
             result["status"] = "failed"
             result["reason"] = "interrupted: the run was stopped " + (
-                f"during level {levels[-1]['level']}; levels {measured} kept" if levels else "before any level ran"
+                f"at level {levels[-1]['level']}; levels {measured} kept" if levels else "before any level ran"
             )
             raise SweepInterrupted(result) from None
         stop_path.touch()
@@ -267,7 +267,11 @@ class ServingRun:
                         entry["reference"] = self._reference(job, reference, url, served, level, artifacts, deadline)
                         entry["reference"].update(_ratios(entry["metrics"], entry["reference"]))
             except KeyboardInterrupt:
-                entry.update(status="failed", reason="interrupted: the run was stopped during this level")
+                if entry.get("status") == "ok":  # measured; at most its engine's own benchmark was cut short
+                    if reference is not None and "output_tokens_per_s" not in entry.get("reference", {}):
+                        entry["reference"] = {"tool": reference.name, "error": "interrupted: the run was stopped"}
+                else:
+                    entry.update(status="failed", reason="interrupted: the run was stopped during this level")
                 entry["ended"] = time.time()
                 levels.append(entry)
                 raise
