@@ -58,7 +58,7 @@ def find_aiperf(given: str | None) -> str:
 def level_seed(level: int) -> int:
     """The random seed of one level's prompts (both load generators): the same for every cell at that level, so
     each server gets the same prompts, and another at each level, so no level re-sends an earlier level's prompts,
-    which a server's prefix cache (vLLM's, llama-server's) would answer without its prefill."""
+    which a server's prefix cache would answer without its prefill."""
     return level
 
 
