@@ -275,7 +275,9 @@ serving:
 """
 
 
-def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(repo, model_store, tmp_path):
+def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(runner_cli, repo, model_store, tmp_path):
+    from two_node_ray import runner_process
+
     aiperf = Path(sys.prefix) / "aiperf" / "bin" / "aiperf"
     llama_server = Path(sys.prefix) / "llama.cpp" / "bin" / "llama-server"
     if not aiperf.exists() or not llama_server.exists():
@@ -284,26 +286,12 @@ def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(repo, model_s
     matrix.write_text(SERVING_MATRIX)
     folder = tmp_path / "run"
     stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    command = [sys.executable, "-m", "runner", str(matrix), "-o", str(folder), "--store", str(model_store)]
-    with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
-        runner = subprocess.Popen(
-            [*command, "--executor", "local"],
-            cwd=repo,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-            preexec_fn=interruptible,
-        )
-    try:
+    args = [str(matrix), "-o", str(folder), "--store", str(model_store), "--executor", "local"]
+    with runner_process(repo, stdout_path, stderr_path, *args) as runner:
         # level 1 measured, level 2's load generator started: the run is stopped in the middle of the sweep
         wait_for(lambda: "] level 2: " in stdout_path.read_text(), runner, "level 2", stdout_path)
         os.kill(runner.pid, signal.SIGINT)
         code = runner.wait(timeout=DEADLINE_S)
-    finally:
-        if group_exists(runner.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(runner.pid, signal.SIGKILL)
     stdout, stderr = stdout_path.read_text(), stderr_path.read_text()
     assert code == 130, stdout[-3000:] + stderr[-3000:]
     assert stderr.splitlines()[-1] == INTERRUPTED_LINE, stderr
@@ -332,7 +320,7 @@ def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(repo, model_s
         assert left.stdout == "", f"{program} left running: {left.stdout}"
 
     # a rerun measures the interrupted cell again, whole
-    rerun = subprocess.run([*command, "--executor", "local"], cwd=repo, capture_output=True, text=True, timeout=600)
+    rerun = runner_cli(*args, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     again = json.loads(path.read_text())
     assert again["status"] == "ok" and [lv["status"] for lv in again["levels"]] == ["ok", "ok"]
