@@ -1,5 +1,5 @@
 """LocalExecutor with small real entrypoint scripts: results, exit codes, timeouts, signals,
-process-group cleanup and the child's environment.
+process-group cleanup, the child's environment and a tool's own temporary folder.
 
 runner.executors.local.ENTRYPOINTS is pointed at a tmp folder holding a script named
 like the engine's entrypoint (run_transformers.py); the job comes from
@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -382,3 +383,21 @@ def test_paths_used_by_session_and_executor_agree(tmp_path):
     assert paths["result_path"] == job.result_path
     assert paths["spec_path"] == job.spec_path
     assert paths["log_path"] == job.log_path
+
+
+@pytest.mark.parametrize("timeout_s", [60, 1])
+def test_a_tool_beside_a_cell_gets_a_temporary_folder_of_its_own_removed_after(tmp_path, timeout_s):
+    """A tool's TMPDIR is a fresh folder of its own, gone once the tool ends or is killed on its timeout, with what
+    the tool left there (AIPerf leaves its IPC and dataset folders in its temporary folder)."""
+    tool = tmp_path / "tool.sh"
+    seen = tmp_path / "tmpdir.txt"
+    tool.write_text(f'#!/bin/sh\nmkdir "$TMPDIR/left"\necho "$TMPDIR" > {seen}\nsleep "$1"\n')
+    tool.chmod(0o755)
+    executor = LocalExecutor(tools={"tool": str(tool)})
+    log = tmp_path / "tool.log"
+    code = executor.run_tool(make_job(tmp_path), "tool", ["0" if timeout_s > 1 else "30"], log, timeout_s)
+    assert code == (0 if timeout_s > 1 else None), log.read_text()
+    folder = Path(seen.read_text().strip())
+    assert folder.name.startswith("inference-matrix-tool-") and folder.parent == Path(tempfile.gettempdir())
+    assert not folder.exists()  # removed, with the tool's own folder in it
+    assert os.environ.get("TMPDIR") != str(folder)  # the runner's own environment is untouched

@@ -3,7 +3,8 @@
 The sweep runs llama.cpp's own llama-server (the build `make setup-llamacpp`
 lays out) and transformers serve on the tiny model through `python -m runner` with the local executor,
 driven by AIPerf from .venv/aiperf (`make setup-aiperf`), two levels of a few
-requests each; it checks every level's numbers and that no server is left.
+requests each; it checks every level's numbers and that no server, and nothing of AIPerf's in the
+temporary folder, is left.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +28,12 @@ from runner.serving.session import server_label, serving_cells
 
 AIPERF = Path(sys.prefix) / "aiperf" / "bin" / "aiperf"
 LLAMA_SERVER = Path(sys.prefix) / "llama.cpp" / "bin" / "llama-server"
+
+
+def aiperf_leftovers() -> set[Path]:
+    """What AIPerf runs leave in the temporary folder: its dataset folders and its IPC folders (mkdtemp's)."""
+    temp = Path(tempfile.gettempdir())
+    return set(temp.glob("aiperf_mmap_*")) | {p.parent for p in temp.glob("tmp*/aiperf")}
 
 
 def serving_matrix(serving: dict, **top) -> dict:
@@ -159,6 +167,7 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     if not AIPERF.exists() or not LLAMA_SERVER.exists():
         pytest.skip(f"needs {AIPERF} (make setup-aiperf) and {LLAMA_SERVER} (make setup-llamacpp)")
     folder = tmp_path / "run"
+    before = aiperf_leftovers()
     done = runner_cli(
         str(matrices / "serving_cpu.yaml"), "-o", str(folder), "--executor", "local", "--store", str(model_store)
     )
@@ -217,6 +226,7 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     for server in (str(LLAMA_SERVER), "transformers.cli.transformers serve"):
         left = subprocess.run(["pgrep", "-f", server], capture_output=True, text=True)
         assert left.stdout == "", f"{server} left running: {left.stdout}"
+    assert aiperf_leftovers() <= before  # every AIPerf run had a TMPDIR of its own, removed after it
 
 
 @pytest.mark.parametrize(

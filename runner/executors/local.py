@@ -9,6 +9,10 @@ is killed when the cell ends or times out, so no engine worker outlives its cell
 Where util-linux's setpriv is found, the child also starts with a parent-death
 signal (SIGKILL): should the runner itself die (killed, or a cluster node's
 worker lost with its node), the engine goes with it instead of holding its GPUs.
+A tool run beside a cell (a serving cell's load generator, vLLM's own benchmark)
+gets a temporary folder of its own as TMPDIR, removed when it ends: AIPerf leaves
+its IPC and dataset folders in the temporary folder after every run (and their
+files when it is killed), which would otherwise pile up in /tmp, level by level.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,14 +155,26 @@ class LocalExecutor:
 
     def run_tool(self, job: Job, tool: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
         """The tool's local executable with args, in its own process group (killed whole on a timeout)."""
-        return self._beside([self.tools[tool], *args], None, log_path, timeout_s)
+        return self._beside([self.tools[tool], *args], dict(os.environ), None, log_path, timeout_s)
 
     def run_in_cell(self, job: Job, script: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
         """The script under the cell's interpreter and environment (its GPUs), in its own process group."""
         env = cell_environment(tuple(job.cell["gpus"]), job.env)
-        return self._beside([self.python, str(ENTRYPOINTS / script), *args], env, log_path, timeout_s)
+        return self._beside([self.python, str(ENTRYPOINTS / script), *args], env, ENTRYPOINTS, log_path, timeout_s)
 
-    def _beside(self, command: list[str], env: dict[str, str] | None, log_path: Path, timeout_s: float) -> int | None:
+    def _beside(
+        self, command: list[str], env: dict[str, str], cwd: Path | None, log_path: Path, timeout_s: float
+    ) -> int | None:
+        """The command in its own process group with a temporary folder of its own (TMPDIR), both gone after."""
+        scratch = tempfile.mkdtemp(prefix="inference-matrix-tool-")
+        try:
+            return self._run_beside(command, {**env, "TMPDIR": scratch}, cwd, log_path, timeout_s)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _run_beside(
+        self, command: list[str], env: dict[str, str], cwd: Path | None, log_path: Path, timeout_s: float
+    ) -> int | None:
         with open(log_path, "w") as log:
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
@@ -171,7 +188,7 @@ class LocalExecutor:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     env=env,
-                    cwd=ENTRYPOINTS if env is not None else None,
+                    cwd=cwd,
                 )
                 self._running.add(process)
             try:
