@@ -24,6 +24,19 @@ if [ -f /tmp/site/vllm/__init__.py ]; then
     tail -1 /tmp/fi.err; export VLLM_USE_FLASHINFER_SAMPLER=0
   fi
 fi
+# Compile caches of an earlier machine: what FlashInfer JIT-built (vLLM's sampler), vLLM's torch.compile cache and
+# Triton's kernels, brought back by a last call on that machine
+#   tar -cf - $(ls -d /root/.cache/flashinfer /root/.cache/vllm /root/.triton/cache 2>/dev/null) | xz -T0 -6 \
+#     | split -b 15M -d - "$OUT/gpu-caches.txz.part-"
+# and carried in .carry/gpu-caches: unpacked into place once per machine, so a vLLM server does not build them
+# again on every fresh machine (its start took 187-267 s without them). Each cache keys what it holds by what
+# built it (versions, GPU, model config); anything else is built anew.
+if ls .carry/gpu-caches/*.txz.part-00 >/dev/null 2>&1 && [ ! -f /tmp/gpu-caches-unpacked ]; then
+  for first in .carry/gpu-caches/*.txz.part-00; do
+    cat "${first%00}"* | xz -dc | tar -x -C / && echo "unpacked $(basename "${first%.txz.part-00}") into place"
+  done
+  touch /tmp/gpu-caches-unpacked
+fi
 # vLLM's AWQ quantiser (results/awq-quantiser-carry.sh): llm-compressor's site, put ahead of vLLM's
 # in the quantiser's process only, as /opt/awq-quantiser is in the vllm image.
 if [ -f .carry/awq-quantiser/awq-quantiser-site.tar.xz ] && [ ! -d /tmp/qsite ]; then
