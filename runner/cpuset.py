@@ -6,7 +6,9 @@ local executor starts the cell under `taskset`, the docker executor gives the
 container `--cpuset-cpus`: the engine's threads, and its worker processes, run on
 exactly that set. The set is part of what a CPU result was measured with
 (runner/reuse.py), and the harness records the set it saw with the threads the
-engine computed with (the table's header says them).
+engine computed with (the table's header says them). A serving cell on the CPU
+leaves part of the set to its load generators (split_for_clients): sharing the
+server's CPUs, a load generator waits for them between the tokens it times.
 """
 
 from __future__ import annotations
@@ -76,3 +78,24 @@ def choose(given: str | None, usable: tuple[int, ...] | None = None) -> tuple[in
             f"{format_cpus(usable)} (or leave --cpus out to use all of them)"
         )
     return cpus
+
+
+MOST_CLIENT_CPUS = 8
+
+
+def split_for_clients(cpus: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A CPU serving cell's set, split between its server and the load generators that time it: a quarter of
+    it (at most MOST_CLIENT_CPUS) from its end to the clients, the rest to the server. Where that quarter is
+    a single CPU (fewer than 8 in the set), the clients get the whole set: that CPU is theirs alone, the
+    server's they share. One CPU cannot be split: then they share it.
+
+    A closed-loop load generator spends little CPU, but it must run the moment a token arrives: on the server's
+    CPUs, whose threads keep them busy, it waits for one and times that wait as the server's. AIPerf runs as a
+    dozen processes that pass each token on, so on a CPU of its own they wait for each other. On a 2-CPU machine
+    (tiny model, a CPU vLLM server, concurrency 1) AIPerf measured a median TTFT of 37 ms sharing both CPUs
+    with the server, 16 ms (and half the output rate) alone on one CPU with the server on the other, and 6 ms
+    on both with the server on one, against 6.5-9 ms from vllm bench serve (one process)."""
+    if len(cpus) < 2:
+        return cpus, cpus
+    clients = min(MOST_CLIENT_CPUS, max(1, len(cpus) // 4))
+    return cpus[:-clients], (cpus[-clients:] if clients > 1 else cpus)

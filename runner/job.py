@@ -31,6 +31,9 @@ class Job:
     timeout_s: int
     env: dict[str, str]  # variables set for this cell: the safety variables and the engine's own
     cpus: tuple[int, ...] = ()  # a CPU cell's CPU set, pinned by the executor (runner/cpuset.py); () for GPU cells
+    # a CPU serving cell's load generators' CPUs (run_tool, run_in_cell), apart from its server's where the set
+    # allows (cpuset.split_for_clients); () = wherever the system runs them
+    client_cpus: tuple[int, ...] = ()
 
     @property
     def cell(self) -> dict[str, Any]:

@@ -20,6 +20,8 @@ Schema (version 1):
       levels: [1, 4, 16, 64]          # concurrency levels, swept in this order against one server
       requests: 64                    # requests per level (at least the level)
       rounds: 0                       # optional: at least rounds x the level per level (each slot busy that often)
+      fidelity_runs: 1                # optional: at each level, the load generator and the engine's own serving
+                                      # benchmark (where it has one) each run this often, alternating; row: the first
       warmup_requests: 4              # sent before each level, not counted
       prompt_tokens: 64               # per request (synthetic prompts, the checkpoint's tokenizer)
       new_tokens: 256                 # exactly, per request
@@ -122,6 +124,7 @@ class Sweep:
     levels: tuple[int, ...] = (1, 4, 16, 64)
     requests: int = 64
     rounds: int = 0  # requests per level are at least rounds x the level (0: requests alone)
+    fidelity_runs: int = 1  # runs of each tool per level where the engine has its own serving benchmark
     warmup_requests: int = 4
     prompt_tokens: int = 64
     new_tokens: int = 256
@@ -134,6 +137,8 @@ class Sweep:
         del found["ttft_p99_ms"]
         if not self.rounds:
             del found["rounds"]  # unset: the ids of serving cells from before it existed stay as they were
+        if self.fidelity_runs == 1:
+            del found["fidelity_runs"]  # likewise
         return found
 
 
@@ -299,6 +304,7 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
         levels=tuple(levels),
         requests=w.integer(table, "serving", "requests", d.requests, 1),
         rounds=w.integer(table, "serving", "rounds", d.rounds, 0),
+        fidelity_runs=w.integer(table, "serving", "fidelity_runs", d.fidelity_runs, 1),
         warmup_requests=w.integer(table, "serving", "warmup_requests", d.warmup_requests, 0),
         prompt_tokens=w.integer(table, "serving", "prompt_tokens", d.prompt_tokens, 1),
         new_tokens=w.integer(table, "serving", "new_tokens", d.new_tokens, 1),

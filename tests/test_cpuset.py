@@ -233,3 +233,53 @@ def test_the_harness_records_the_cpus_and_the_threads(tmp_path):
         "compute_from": "OMP_NUM_THREADS",
     }
     assert (own["compute"], own["compute_from"]) == (3, "the engine says so")
+
+
+def test_a_cpu_serving_cell_leaves_part_of_the_set_to_the_load_generators_that_time_it(tmp_path):
+    """A quarter of the set (2 to 8 CPUs, from its end) for the clients, the rest for the server; where a quarter
+    is one CPU, the clients have it alone and share the server's; one CPU is shared. The job carries both, the
+    docker tool command pins the clients, the server's command the rest."""
+    split = cpuset.split_for_clients
+    assert split((0, 1)) == ((0,), (0, 1)) and split((5,)) == ((5,), (5,))
+    assert split((0, 1, 2, 3)) == ((0, 1, 2), (0, 1, 2, 3))
+    assert split(tuple(range(8))) == (tuple(range(6)), (6, 7))
+    assert split(tuple(range(16))) == (tuple(range(12)), (12, 13, 14, 15))
+    assert split(tuple(range(128)))[1] == tuple(range(120, 128))  # at most 8
+    from runner.executors.docker import tool_command
+    from runner.matrix import parse_matrix
+    from runner.serving.session import make_serving_job, serving_cells
+
+    raw = {"version": 1, "model": {"synthetic": "tiny-mistral"}, "defaults": {"gpus": []},
+           "serving": {"engines": {"llamacpp": {"include": [{}]}}}}  # fmt: skip
+    matrix = parse_matrix(raw, tmp_path / "m.yaml")
+    (cell,) = serving_cells(matrix)
+    job = make_serving_job(tmp_path / "run", cell, matrix, MODEL, tuple(range(8)))
+    assert (job.cpus, job.client_cpus) == ((0, 1, 2, 3, 4, 5), (6, 7))
+    server = run_command(job, "img:1", tmp_path, "t0k3n")
+    assert server[server.index("--cpuset-cpus") + 1] == "0-5"
+    tool = tool_command(job, "aiperf:1", ["aiperf", "profile"], tmp_path, "n", "c")
+    assert tool[tool.index("--cpuset-cpus") + 1] == "6-7"
+    gpu = make_serving_job(tmp_path / "run", type(cell)(cell.id, cell.engine, cell.settings, (0,), 60), matrix,
+                           MODEL, (0, 1, 2, 3))  # fmt: skip
+    assert (gpu.cpus, gpu.client_cpus) == ((), ())
+    assert "--cpuset-cpus" not in tool_command(gpu, "aiperf:1", ["aiperf"], tmp_path, "n", "c")
+
+
+@needs_two
+def test_the_local_executor_runs_a_tool_and_a_script_beside_the_cell_on_the_client_cpus(tmp_path, monkeypatch):
+    from runner.executors import local
+    from runner.job import Job
+
+    tool = tmp_path / "tool.sh"
+    tool.write_text("#!/bin/sh\ngrep Cpus_allowed_list /proc/self/status\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(local, "ENTRYPOINTS", tmp_path)
+    (tmp_path / "script.py").write_text("import os; print('affinity', sorted(os.sched_getaffinity(0)))\n")
+    spec = {"cell": {"id": "serve-x", "gpus": []}}
+    job = Job(spec, tmp_path / "s.json", tmp_path / "c.json", tmp_path / "r.json", tmp_path / "l.log", "x.py", 60,
+              {}, cpus=USABLE[:-1], client_cpus=USABLE[-1:])  # fmt: skip
+    executor = LocalExecutor(tools={"tool": str(tool)})
+    assert executor.run_tool(job, "tool", [], tmp_path / "tool.log", 30) == 0
+    assert (tmp_path / "tool.log").read_text().split()[-1] == str(USABLE[-1])
+    assert executor.run_in_cell(job, "script.py", [], tmp_path / "script.log", 30) == 0
+    assert (tmp_path / "script.log").read_text().splitlines()[-1] == f"affinity [{USABLE[-1]}]"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cpuset import available, format_cpus, named
+from runner.cpuset import available, format_cpus, named, split_for_clients
 from runner.executors.docker import daemon_problem
 from runner.images import image_tag, load_specs
 from runner.models import synthetic
@@ -492,6 +492,7 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
         ("vllm", "vllm.entrypoints.openai.api_server"),
         ("transformers", "transformers.cli.transformers serve"),
     )
+    server_cpus, clients = split_for_clients(available())
     for engine, server in servers:
         (path,) = (folder / "cells").glob(f"serve-{engine}-*.json")
         result = json.loads(path.read_text())
@@ -512,6 +513,21 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                 ref = level["reference"]
                 assert ref["tool"] == "vllm bench serve" and "error" not in ref, ref
                 assert ref["output_tokens_per_s"] > 0 and ref["ttft_ms_p50"] > 0 and ref["output_ratio"] > 0
+                # fidelity_runs 2: both tools once more, alternating, with other prompts; each request's timings
+                assert len(ref["runs"]) == 2 and "runs_error" not in ref, ref
+                assert ref["runs"][0]["ours"]["ttft_ms_p50"] == m["ttft_ms_p50"]  # the row is the first run
+                assert all(r[side]["ttft_ms_p50"] > 0 for r in ref["runs"] for side in ("ours", "theirs"))
+                assert ref["ttft_p50_ratio_of_medians"] > 0 and len(ref["ttft_ms_p50_theirs"]) == 3
+                here = folder / "serving" / cell_id / f"c{level['level']}"
+                for where in (here, here / "run2"):
+                    sent = json.loads((where / "reference.json").read_text())["requests"]
+                    assert len(sent) == 6 and sent[0]["sent_s"] == 0
+                    assert all(r["output_tokens"] == 16 and 0 < r["ttft_ms"] < r["e2e_ms"] for r in sent), sent
+                prompts = [
+                    json.loads((where / "inputs.json").read_text())["data"][0]["payloads"][0]["prompt"]
+                    for where in (here, here / "run2")
+                ]
+                assert prompts[0] != prompts[1]
             else:
                 assert "reference" not in level
             aiperf_log = (folder / "serving" / cell_id / f"c{level['level']}" / "aiperf.log").read_text()
@@ -520,9 +536,17 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                 rf"--network container:inference-matrix-{cell_id}-[0-9a-f]{{8}} ",
                 aiperf_log,
             )
+            # the server on part of the CPUs, what times it (AIPerf, vllm bench serve) on the rest
+            assert f" --cpuset-cpus {format_cpus(clients)} " in aiperf_log.splitlines()[0]
+            if engine == "vllm":
+                bench_log = (folder / "serving" / cell_id / f"c{level['level']}" / "reference.log").read_text()
+                beside = rf"\$ docker run --rm --name inference-matrix-{cell_id}-[0-9a-f]{{8}}-vllm-bench-serve-"
+                assert re.match(beside, bench_log), bench_log[:300]
+                assert f" --cpuset-cpus {format_cpus(clients)} " in bench_log.splitlines()[0]
+        assert f" --cpuset-cpus {format_cpus(server_cpus)} " in first
     table = (folder / "serving.md").read_text()
     assert "| vLLM " in table and "| llama.cpp " in table and "| HF Transformers " in table
-    assert "vllm bench serve: " in table
+    assert "vllm bench serve: " in table and "; 2 runs of each: TTFT p50 " in table
     assert leftover_containers() == []
 
 

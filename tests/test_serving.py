@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.cpuset import available, format_cpus, named, split_for_clients
 from runner.errors import UserError
 from runner.expand import expand
 from runner.matrix import load_matrix, parse_matrix
@@ -124,7 +125,7 @@ def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path
 
 def test_rounds_keep_every_slot_busy_several_times_and_both_load_generators_send_the_same():
     from runner.engines import ENGINES
-    from runner.serving.loadgen import level_requests
+    from runner.serving.loadgen import level_requests, level_seed
 
     matrix = parse_matrix(serving_matrix({"requests": 16, "rounds": 4, "engines": {"vllm": {"include": [{}]}}}),
                           Path("m.yaml"))  # fmt: skip
@@ -132,7 +133,9 @@ def test_rounds_keep_every_slot_busy_several_times_and_both_load_generators_send
     assert [level_requests(sweep, level) for level in (1, 4, 16, 64)] == [16, 16, 64, 256]
     assert level_requests({"requests": 16}, 64) == 64  # without rounds: at least one request per slot
     aiperf = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 64, sweep, {}, Path("/tmp"))
-    bench = ENGINES["vllm"].server.reference.arguments("http://127.0.0.1:9", "m", "/ckpt", 64, sweep, "/r.json")
+    bench = ENGINES["vllm"].server.reference.arguments(
+        "http://127.0.0.1:9", "m", "/ckpt", 64, sweep, "/r.json", level_seed(64)
+    )
     assert aiperf[aiperf.index("--request-count") + 1] == bench[bench.index("--num-prompts") + 1] == "256"
     assert aiperf[aiperf.index("--random-seed") + 1] == bench[bench.index("--seed") + 1]  # each level its own prompts
     # a cell without rounds keeps the id it had before rounds existed; with rounds it is another cell
@@ -141,6 +144,49 @@ def test_rounds_keep_every_slot_busy_several_times_and_both_load_generators_send
     assert serving_cells(matrix)[0].id != serving_cells(parse_matrix(plain, Path("m.yaml")))[0].id
     with pytest.raises(UserError, match=r"serving\.rounds"):
         parse_matrix(serving_matrix({"rounds": -1, "engines": {"vllm": {"include": [{}]}}}), Path("m.yaml"))
+
+
+def test_fidelity_runs_repeat_both_tools_with_prompts_of_their_own_and_the_note_shows_each_ones_spread():
+    from runner.engines import ENGINES
+    from runner.serving.loadgen import level_seed
+    from runner.serving.session import _pair, _ratios, _spread
+    from runner.serving.table import _reference_note
+
+    def matrix(**sweep):
+        return parse_matrix(serving_matrix({**sweep, "engines": {"vllm": {"include": [{}]}}}), Path("m.yaml"))
+
+    assert matrix().serving.sweep.fidelity_runs == 1 and "fidelity_runs" not in matrix().serving.sweep.identity()
+    three = matrix(fidelity_runs=3)
+    assert serving_cells(three)[0].id != serving_cells(matrix())[0].id  # another cell: its server gets more load
+    with pytest.raises(UserError, match=r"m\.yaml: serving\.fidelity_runs: "):
+        matrix(fidelity_runs=0)
+    # every run of every level sends other prompts (a prompt sent again would skip its prefill)
+    seeds = [level_seed(level, run) for level in (1, 4, 16, 64, 256, 1024) for run in (1, 2, 3, 4)]
+    assert len(set(seeds)) == len(seeds) and level_seed(16) == 16  # a first run's prompts as before
+    sweep = three.serving.sweep.__dict__
+    second = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 16, sweep, {}, Path("/tmp"), run=2)
+    bench = ENGINES["vllm"].server.reference.arguments(
+        "http://127.0.0.1:9", "m", "/ckpt", 16, sweep, "/r.json", level_seed(16, 2)
+    )
+    assert second[second.index("--random-seed") + 1] == bench[bench.index("--seed") + 1] == str(level_seed(16, 2))
+    assert "--save-detailed" in bench  # every request's timings, beside the figures
+
+    first = {"tool": "vllm bench serve", "output_tokens_per_s": 100.0, "ttft_ms_p50": 50.0}
+    first.update(_ratios({"output_tokens_per_s": 99.0, "ttft_ms_p50": 40.0}, first))
+    runs = [
+        _pair({"output_tokens_per_s": 99.0, "ttft_ms_p50": 40.0}, first),
+        _pair({"output_tokens_per_s": 101.0, "ttft_ms_p50": 60.0}, {"output_tokens_per_s": 100.0, "ttft_ms_p50": 45.0}),
+        _pair({"output_tokens_per_s": 100.0, "ttft_ms_p50": 52.0}, {"output_tokens_per_s": 102.0, "ttft_ms_p50": 55.0}),
+    ]
+    first.update(runs=runs, **_spread(runs))
+    assert first["ttft_ms_p50_ours"] == [40.0, 52.0, 60.0] and first["ttft_ms_p50_theirs"] == [45.0, 50.0, 55.0]
+    assert first["ttft_p50_ratio_of_medians"] == 1.04 and first["output_ratio_of_medians"] == 1.0
+    assert _reference_note(first) == (
+        "vllm bench serve: 100.0 tok/s (this row 0.99x), TTFT p50 50.0 ms (0.80x); 3 runs of each: TTFT p50 "
+        "40.0-60.0 ms here, 45.0-55.0 ms there (medians 1.04x), output medians 1.00x"
+    )
+    first["runs_error"] = "run 3: interrupted: the run was stopped"
+    assert _reference_note(first).endswith("; fidelity run 3: interrupted: the run was stopped")
 
 
 def test_transformers_requests_name_their_exact_length_in_a_generation_config(tmp_path):
@@ -189,6 +235,13 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
         assert level["peak_memory_mib"] > 0 and level["ended"] > level["started"]
         assert (folder / "serving" / result["cell"]["id"] / f"c{level['level']}" / "profile_export.jsonl").exists()
     assert result["loadgen"]["name"] == "aiperf"
+    # the server on part of the CPUs, AIPerf (which times it) on the rest
+    server_cpus, client_cpus = split_for_clients(available())
+    assert result["cpus"] == {"server": format_cpus(server_cpus), "load_generators": format_cpus(client_cpus)}
+    first = (folder / "serving" / result["cell"]["id"] / "c1" / "aiperf.log").read_text().splitlines()[0]
+    assert first.startswith(f"$ taskset --cpu-list {format_cpus(client_cpus)} "), first
+    cell_log = (folder / "logs" / f"{result['cell']['id']}.log").read_text().splitlines()[0]
+    assert cell_log.startswith(f"$ taskset --cpu-list {format_cpus(server_cpus)} "), cell_log
     # every request, warm-ups and both levels included, sent a prompt of its own, and none was answered from
     # llama-server's prompt cache (it logs "n_past was set" when a whole prompt was cached)
     prompts = [
@@ -203,6 +256,8 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     assert "n_past was set" not in (folder / "logs" / f"{result['cell']['id']}.log").read_text()
     table = (folder / "serving.md").read_text()
     assert "| llama.cpp" in table and "summary" in table and "p99 TTFT under 5000 ms up to concurrency" in table
+    if server_cpus != client_cpus:
+        assert f"CPU servers: on {named(server_cpus)}; the load generators timing them on {named(client_cpus)}" in table
     assert not list((folder / "cells").glob(".*"))  # no handshake or scratch file left
     (vllm,) = [json.loads(p.read_text()) for p in (folder / "cells").glob("serve-vllm-*.json")]
     if importlib.util.find_spec("vllm") is None:  # this environment has no vLLM: the row says so, the run goes on
@@ -237,6 +292,7 @@ def test_the_gpu_serving_matrices_have_the_issues_rows(repo, path, lengths):
     assert matrix.engines == {} and matrix.serving.sweep.levels == (1, 4, 16, 64)
     assert (matrix.serving.sweep.requests, matrix.serving.sweep.rounds) == (16, 4)  # 16, 16, 64, 256 requests
     assert (matrix.serving.sweep.prompt_tokens, matrix.serving.sweep.new_tokens) == lengths
+    assert matrix.serving.sweep.fidelity_runs == (3 if path == "matrix-serving.yaml" else 1)
     labels = {(c.engine, "; ".join(server_label(c))) for c in serving_cells(matrix)}
     assert labels == {
         ("vllm", "tensor_parallel_size=1"),
@@ -296,7 +352,7 @@ def test_vllm_rows_carry_vllms_own_serving_benchmark_on_the_same_level():
     reference = ENGINES["vllm"].server.reference
     assert reference.name == "vllm bench serve" and reference.script in ENGINES["vllm"].files
     sweep = {"requests": 8, "warmup_requests": 2, "prompt_tokens": 64, "new_tokens": 256}
-    args = reference.arguments("http://127.0.0.1:9", "m", "/ckpt", 16, sweep, "/r.json")
+    args = reference.arguments("http://127.0.0.1:9", "m", "/ckpt", 16, sweep, "/r.json", 16)
     text = " ".join(args)
     assert "--max-concurrency 16 " in text and "--num-prompts 16 " in text and "--ignore-eos" in text
     assert "--random-input-len 64 --random-output-len 256 --random-range-ratio 0" in text

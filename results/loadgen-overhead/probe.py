@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from runner.engines.vllm import bench_serve_arguments  # noqa: E402
 from runner.models import synthetic  # noqa: E402
-from runner.serving.loadgen import aiperf_arguments, find_aiperf, level_metrics  # noqa: E402
+from runner.serving.loadgen import aiperf_arguments, find_aiperf, level_metrics, level_seed  # noqa: E402
 
 # as matrix-serving.yaml
 SWEEP = {"prompt_tokens": 64, "new_tokens": 256, "requests": 16, "rounds": 4, "warmup_requests": 4}
@@ -76,10 +76,10 @@ def run_bench(image: str | None, python: str | None, url: str, tokenizer: str, l
     """vllm bench serve at one level: in the vLLM image (docker, host network), or by a Python with vLLM."""
     result = folder / f"bench-c{level}.json"
     if python:  # a host without Docker (the lent GPU machine): the entrypoint under that interpreter
-        arguments = bench_serve_arguments(url, MODEL, tokenizer, level, SWEEP, str(result.resolve()))
+        arguments = bench_serve_arguments(url, MODEL, tokenizer, level, SWEEP, str(result.resolve()), level_seed(level))
         command = [python, str(REPO / "entrypoints" / "vllm_bench_serve.py"), *arguments]
     else:
-        arguments = bench_serve_arguments(url, MODEL, tokenizer, level, SWEEP, f"/out/{result.name}")
+        arguments = bench_serve_arguments(url, MODEL, tokenizer, level, SWEEP, f"/out/{result.name}", level_seed(level))
         command = [
             "docker", "run", "--rm", "--network", "host", "-v", f"{tokenizer}:{tokenizer}:ro",
             "-v", f"{folder.resolve()}:/out", image, "python3", "vllm_bench_serve.py", *arguments,

@@ -53,8 +53,9 @@ class ServerReference:
 
     script: str  # its helper in entrypoints/, run in the cell's environment (Executor.run_in_cell)
     name: str  # how the table names it
-    # (server url, served model name, tokenizer path, level, sweep, result JSON path) -> the script's arguments
-    arguments: Callable[[str, str, str, int, dict[str, Any], str], list[str]]
+    # (server url, served model name, tokenizer path, level, sweep, result JSON path, prompt seed) -> the script's
+    # arguments; the result JSON holds the tool's own figures, and per request ("requests") where it gives them
+    arguments: Callable[[str, str, str, int, dict[str, Any], str, int], list[str]]
     # the result JSON's output tokens per second and median TTFT (ms)
     output_key: str = "output_throughput"
     ttft_key: str = "median_ttft_ms"

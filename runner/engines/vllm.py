@@ -16,7 +16,7 @@ from typing import Any
 
 from runner.cpuset import named
 from runner.engines.base import Engine, Server, ServerReference, Setting, harness_threads
-from runner.serving.loadgen import level_requests, level_seed
+from runner.serving.loadgen import level_requests
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
 
@@ -170,9 +170,10 @@ def failure_cause(facts: dict[str, list[Any]]) -> str | None:
 
 
 def bench_serve_arguments(
-    url: str, served: str, tokenizer: str, level: int, sweep: dict[str, Any], result: str
+    url: str, served: str, tokenizer: str, level: int, sweep: dict[str, Any], result: str, seed: int
 ) -> list[str]:
-    """vllm bench serve for one level, as the load generator ran it (entrypoints/vllm_bench_serve.py)."""
+    """vllm bench serve for one level, as the load generator ran it (entrypoints/vllm_bench_serve.py); with
+    --save-detailed its result keeps every request's timings, which the entrypoint writes beside its figures."""
     return [
         "--result", result,
         "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
@@ -180,8 +181,8 @@ def bench_serve_arguments(
         "--dataset-name", "random", "--random-input-len", str(sweep["prompt_tokens"]),
         "--random-output-len", str(sweep["new_tokens"]), "--random-range-ratio", "0",
         "--num-prompts", str(level_requests(sweep, level)), "--max-concurrency", str(level),
-        "--num-warmups", str(sweep["warmup_requests"]), "--ignore-eos", "--disable-tqdm",
-        "--seed", str(level_seed(level)),  # as AIPerf's: other prompts at each level
+        "--num-warmups", str(sweep["warmup_requests"]), "--ignore-eos", "--disable-tqdm", "--save-detailed",
+        "--seed", str(seed),  # as AIPerf's (level_seed): other prompts at each level and run
     ]  # fmt: skip
 
 

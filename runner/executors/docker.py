@@ -4,7 +4,8 @@
 a name unique to this runner (the cell id and a token of the run), a label naming
 the run folder,
 `--gpus '"device=0,1"'` with the cell's devices (none for CPU cells; those get
-`--cpuset-cpus` with the run's CPU set instead), the IPC /
+`--cpuset-cpus` with the run's CPU set instead, or a serving cell's server with
+its part of it, the containers that time it getting the rest), the IPC /
 shared-memory settings multi-GPU engines need, the model mounted read-only, and
 the run folder and the store's folder of converted models read-write, all at the
 same paths as on the host (so the cell's spec needs no rewriting), the invoking
@@ -185,11 +186,14 @@ def run_command(job: Job, image: str, run_folder: Path, run_token: str) -> list[
 
 def tool_command(job: Job, image: str, args: list[str], run_folder: Path, name: str, cell_container: str) -> list[str]:
     """`docker run` of a tool's image in the cell container's network namespace (its 127.0.0.1), as the
-    invoking user, with the model read-only and the run folder read-write at their host paths."""
+    invoking user, with the model read-only and the run folder read-write at their host paths, on the job's
+    client CPUs where it has them (a CPU serving cell's, apart from its server's). Not HF_HUB_OFFLINE: AIPerf
+    0.13 then looks a tokenizer's local path up in the hub's cache, and fails (the network is the cell's: none)."""
     mount = model_mount(job.spec["model"])
+    cpus = ["--cpuset-cpus", format_cpus(job.client_cpus)] if job.client_cpus else []
     return [
         "docker", "run", "--rm", "--name", name, "--network", f"container:{cell_container}",
-        "--label", f"{FOLDER_LABEL}={run_folder}", "--user", f"{os.getuid()}:{os.getgid()}",
+        "--label", f"{FOLDER_LABEL}={run_folder}", "--user", f"{os.getuid()}:{os.getgid()}", *cpus,
         "--env", "HOME=/tmp", "--env", "PYTHONUNBUFFERED=1",
         "--volume", f"{mount}:{mount}:ro", "--volume", f"{run_folder}:{run_folder}:rw",
         image, *args,
@@ -288,9 +292,15 @@ class DockerExecutor:
 
     def run_tool(self, job: Job, tool: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
         """The tool's image, running its executable of the same name, beside the cell's running container."""
+        return self._beside(job, tool, self.tools[tool], [tool, *args], log_path, timeout_s)
+
+    def _beside(
+        self, job: Job, label: str, image: str, argv: list[str], log_path: Path, timeout_s: float
+    ) -> int | None:
+        """A container of image running argv beside the cell's, killed on a timeout, removed in every case."""
         cell_container = container_name(job.cell["id"], self.run_token)
-        name = f"{cell_container}-{tool}-{secrets.token_hex(2)}"
-        command = tool_command(job, self.tools[tool], [tool, *args], self.run_folder, name, cell_container)
+        name = f"{cell_container}-{label}-{secrets.token_hex(2)}"
+        command = tool_command(job, image, argv, self.run_folder, name, cell_container)
         with open(log_path, "w") as log:
             log.write("$ " + " ".join(shlex.quote(a) for a in command) + "\n")
             log.flush()
@@ -312,7 +322,13 @@ class DockerExecutor:
         return code
 
     def run_in_cell(self, job: Job, script: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
-        """The script in the cell's running container (docker exec), with the image's Python."""
+        """The script in the cell's running container (docker exec), with the image's Python; where the job has
+        client CPUs of its own (a CPU serving cell), in a container of the cell's image beside it on those CPUs
+        instead, as the load generator runs (docker exec would run it on the server's CPUs)."""
+        if job.client_cpus:
+            image = self.images[image_key(job.cell["engine"], job.cell["gpus"], job.cell.get("engine_version"))]
+            argv = ["python3", f"{CONTAINER_ENTRYPOINTS}/{script}", *args]
+            return self._beside(job, script.removesuffix(".py").replace("_", "-"), image, argv, log_path, timeout_s)
         container = container_name(job.cell["id"], self.run_token)
         command = ["docker", "exec", container, "python3", f"{CONTAINER_ENTRYPOINTS}/{script}", *args]
         with open(log_path, "w") as log:

@@ -9,8 +9,10 @@ is killed when the cell ends or times out, so no engine worker outlives its cell
 Where util-linux's setpriv is found, the child also starts with a parent-death
 signal (SIGKILL): should the runner itself die (killed, or a cluster node's
 worker lost with its node), the engine goes with it instead of holding its GPUs.
-A tool run beside a cell (a serving cell's load generator, vLLM's own benchmark)
-gets a temporary folder of its own as TMPDIR, removed when it ends: AIPerf leaves
+A tool run beside a cell (a serving cell's load generator, an engine's own
+benchmark) runs on the job's client CPUs where it has them (a CPU serving cell's,
+apart from its server's), and gets a temporary folder of its own as TMPDIR, removed
+when it ends: AIPerf leaves
 its IPC and dataset folders in the temporary folder after every run (and their
 files when it is killed), which would otherwise pile up in /tmp, level by level.
 """
@@ -87,6 +89,11 @@ def _kill_group(process: subprocess.Popen) -> None:
             return
 
 
+def _on_cpus(cpus: tuple[int, ...], command: list[str]) -> list[str]:
+    """The command started under taskset on those CPUs (its threads and children inherit them), or as it is."""
+    return ["taskset", "--cpu-list", format_cpus(cpus), *command] if cpus else command
+
+
 class LocalExecutor:
     name = "local"
 
@@ -124,8 +131,7 @@ class LocalExecutor:
         cell = job.cell
         script = ENTRYPOINTS / job.entrypoint
         command = [self.python, str(script), "--spec", str(job.spec_path), "--output", str(job.child_result_path)]
-        if job.cpus:  # set before the interpreter starts, so OpenMP sizes its pool to the set
-            command = ["taskset", "--cpu-list", format_cpus(job.cpus), *command]
+        command = _on_cpus(job.cpus, command)  # before the interpreter starts, so OpenMP sizes its pool to the set
         job.child_result_path.unlink(missing_ok=True)
         with open(job.log_path, "w") as log:
             log.write(f"$ {' '.join(command)}\n# CUDA_VISIBLE_DEVICES={','.join(map(str, cell['gpus']))}\n")
@@ -154,13 +160,17 @@ class LocalExecutor:
         return outcome(job, code, timed_out=timed_out, interrupted=self.interrupted)
 
     def run_tool(self, job: Job, tool: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
-        """The tool's local executable with args, in its own process group (killed whole on a timeout)."""
-        return self._beside([self.tools[tool], *args], dict(os.environ), None, log_path, timeout_s)
+        """The tool's local executable with args, in its own process group (killed whole on a timeout), on the
+        job's client CPUs where it has them."""
+        command = _on_cpus(job.client_cpus, [self.tools[tool], *args])
+        return self._beside(command, dict(os.environ), None, log_path, timeout_s)
 
     def run_in_cell(self, job: Job, script: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:
-        """The script under the cell's interpreter and environment (its GPUs), in its own process group."""
+        """The script under the cell's interpreter and environment (its GPUs), in its own process group, on the
+        job's client CPUs where it has them (it times the cell: an engine's own benchmark)."""
         env = cell_environment(tuple(job.cell["gpus"]), job.env)
-        return self._beside([self.python, str(ENTRYPOINTS / script), *args], env, ENTRYPOINTS, log_path, timeout_s)
+        command = _on_cpus(job.client_cpus, [self.python, str(ENTRYPOINTS / script), *args])
+        return self._beside(command, env, ENTRYPOINTS, log_path, timeout_s)
 
     def _beside(
         self, command: list[str], env: dict[str, str], cwd: Path | None, log_path: Path, timeout_s: float

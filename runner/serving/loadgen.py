@@ -55,11 +55,12 @@ def find_aiperf(given: str | None) -> str:
     )
 
 
-def level_seed(level: int) -> int:
+def level_seed(level: int, run: int = 1) -> int:
     """The random seed of one level's prompts (both load generators): the same for every cell at that level, so
     each server gets the same prompts, and another at each level, so no level re-sends an earlier level's prompts,
-    which a server's prefix cache would answer without its prefill."""
-    return level
+    which a server's prefix cache would answer without its prefill; another again for each further run of a level
+    (the fidelity check's, serving.fidelity_runs)."""
+    return level + 10_000 * (run - 1)
 
 
 def level_requests(sweep: dict[str, Any], level: int) -> int:
@@ -77,8 +78,10 @@ def aiperf_arguments(
     request_extras: dict[str, Any],
     artifacts: Path,
     connections: str = "pooled",
+    run: int = 1,
 ) -> list[str]:
-    """One level's ``aiperf`` arguments (``profile ...``), for the executor's run_tool."""
+    """One level's ``aiperf`` arguments (``profile ...``), for the executor's run_tool (run: which run of the level,
+    for the fidelity check's further runs, each with prompts of its own)."""
     command = [
         "profile",
         "--url", url, "--endpoint-type", "completions", "--streaming",
@@ -92,7 +95,7 @@ def aiperf_arguments(
         "--connection-reuse-strategy", connections,
         # a prompt of its own for every request, warm-up included: AIPerf's default pool holds 100 prompts,
         # and a prompt sent again is served from the prefix cache, its TTFT then without prefill
-        "--random-seed", str(level_seed(level)),
+        "--random-seed", str(level_seed(level, run)),
         "--num-dataset-entries", str(sweep["warmup_requests"] + level_requests(sweep, level)),
         "--dataset-sampling-strategy", "shuffle",
         "--wait-for-model-timeout", "0",

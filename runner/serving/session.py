@@ -18,18 +18,22 @@ The executor runs the load generator beside the cell (Executor.run_tool): the
 local executor as a local process (.venv/aiperf, or --loadgen), the docker
 executor as a container of images/aiperf in the server container's network
 namespace, so the server's 127.0.0.1 is the load generator's and cells keep
-``--network none``.
+``--network none``. A CPU cell's server runs on part of the run's CPU set and
+the load generator, and the engine's own benchmark, on the rest
+(cpuset.split_for_clients), so that neither waits for the other's CPUs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from runner.cpuset import format_cpus, split_for_clients
 from runner.engines import ENGINES
 from runner.engines.base import ServerReference
 from runner.expand import Cell, block_cells
@@ -37,7 +41,14 @@ from runner.job import Executor, Job
 from runner.matrix import Matrix, serving_engine
 from runner.provenance import tool_version
 from runner.results import failure
-from runner.serving.loadgen import AIPERF_VERSION, aiperf_arguments, error_lines, level_metrics, level_requests
+from runner.serving.loadgen import (
+    AIPERF_VERSION,
+    aiperf_arguments,
+    error_lines,
+    level_metrics,
+    level_requests,
+    level_seed,
+)
 from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
@@ -107,6 +118,7 @@ def make_serving_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, 
     }
     paths["spec_path"].write_text(json.dumps(spec, indent=2) + "\n")
     assert engine.server is not None
+    server_cpus, client_cpus = ((), ()) if cell.gpus else split_for_clients(cpus)
     return Job(
         spec=spec,
         spec_path=paths["spec_path"],
@@ -116,7 +128,8 @@ def make_serving_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, 
         entrypoint=engine.server.entrypoint,
         timeout_s=cell.timeout_s,
         env={**SAFETY_ENV, **engine.cell_env},
-        cpus=() if cell.gpus else cpus,
+        cpus=server_cpus,
+        client_cpus=client_cpus,
     )
 
 
@@ -216,6 +229,8 @@ class ServingRun:
             level["peak_memory_mib"] = _peak_between(timeline, level["started"], level["ended"])
         result["levels"] = levels
         result["loadgen"] = {"name": "aiperf", "version": AIPERF_VERSION, "executable": self.aiperf}
+        if job.cpus:  # a CPU cell: where its server ran, and where the load generators that timed it ran
+            result["cpus"] = {"server": format_cpus(job.cpus), "load_generators": format_cpus(job.client_cpus)}
         result["exact_length"] = {  # how each request asked for exactly N tokens (levels check they came back)
             "request_extras": extras,
             "how": ENGINES[cell.engine].server.forced_length,
@@ -264,8 +279,7 @@ class ServingRun:
                     problem = _check_level(entry["metrics"], level, sweep)
                     entry.update(status="failed" if problem else "ok", reason=problem)
                     if not problem and reference is not None:
-                        entry["reference"] = self._reference(job, reference, url, served, level, artifacts, deadline)
-                        entry["reference"].update(_ratios(entry["metrics"], entry["reference"]))
+                        self._fidelity(job, reference, url, served, extras, connections, entry, artifacts, deadline)
             except KeyboardInterrupt:
                 if entry.get("status") == "ok":  # measured; at most its engine's own benchmark was cut short
                     if reference is not None and "output_tokens_per_s" not in entry.get("reference", {}):
@@ -287,13 +301,78 @@ class ServingRun:
             if entry["status"] == "timeout":
                 break
 
+    def _fidelity(
+        self,
+        job: Job,
+        reference: ServerReference,
+        url: str,
+        served: str,
+        extras: dict[str, Any],
+        connections: str,
+        entry: dict[str, Any],
+        artifacts: Path,
+        deadline: float,
+    ) -> None:
+        """The engine's own serving benchmark after the measured level, on the same server (entry["reference"]).
+
+        With serving.fidelity_runs N > 1, the load generator and the engine's benchmark then each run N - 1 times
+        more, alternating, each run with prompts of its own (under ``run<k>/`` beside the level's files): each
+        tool's own spread from run to run, beside the gap between them, says whether a gap in median TTFT is the
+        tools' or only how one closed-loop run fell out. The row stays the level's first run.
+        """
+        sweep, level = job.spec["workload"], entry["level"]
+        found = self._reference(job, reference, url, served, level, artifacts, deadline, run=1)
+        found.update(_ratios(entry["metrics"], found))
+        entry["reference"] = found
+        runs = sweep.get("fidelity_runs", 1)
+        if runs < 2 or "error" in found:
+            return
+        found["runs"] = [_pair(entry["metrics"], found)]
+        run = 2
+        try:
+            for run in range(2, runs + 1):
+                where = artifacts / f"run{run}"
+                where.mkdir(parents=True, exist_ok=True)
+                args = aiperf_arguments(url, served, job.spec["model"]["path"], level, sweep, extras, where,
+                                        connections, run=run)  # fmt: skip
+                log_path = where / "aiperf.log"
+                code = self.executor.run_tool(job, "aiperf", args, log_path, max(deadline - time.monotonic(), 1))
+                if code != 0:
+                    said = error_lines(log_path.read_text(errors="replace")) if log_path.exists() else ""
+                    found["runs_error"] = f"run {run}: aiperf exited with code {code}: {said}"
+                    break
+                ours = level_metrics(where)
+                problem = _check_level(ours, level, sweep)
+                if problem:
+                    found["runs_error"] = f"run {run}: {problem}"
+                    break
+                theirs = self._reference(job, reference, url, served, level, where, deadline, run=run)
+                if "error" in theirs:
+                    found["runs_error"] = f"run {run}: {reference.name} failed: {theirs['error']}"
+                    break
+                found["runs"].append(_pair(ours, theirs))
+        except KeyboardInterrupt:
+            found["runs_error"] = f"run {run}: interrupted: the run was stopped"
+            raise
+        finally:
+            found.update(_spread(found["runs"]))
+
     def _reference(
-        self, job: Job, reference: ServerReference, url: str, served: str, level: int, artifacts: Path, deadline: float
+        self,
+        job: Job,
+        reference: ServerReference,
+        url: str,
+        served: str,
+        level: int,
+        artifacts: Path,
+        deadline: float,
+        run: int = 1,
     ) -> dict[str, Any]:
         """The engine's own serving benchmark on the same level and server: its throughput and median TTFT."""
         sweep, model = job.spec["workload"], job.spec["model"]
         result = artifacts / "reference.json"
-        args = reference.arguments(url, served, model["path"], level, sweep, str(result))
+        seed = level_seed(level, run)
+        args = reference.arguments(url, served, model["path"], level, sweep, str(result), seed)
         log_path = artifacts / "reference.log"
         found: dict[str, Any] = {"tool": reference.name, "command": [reference.script, *args]}
         code = self.executor.run_in_cell(job, reference.script, args, log_path, max(deadline - time.monotonic(), 1))
@@ -326,6 +405,26 @@ def _ratios(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any
     ):
         if metrics.get(ours) and reference.get(theirs):
             found[name] = round(metrics[ours] / reference[theirs], 4)
+    return found
+
+
+def _pair(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """One fidelity run: the load generator's and the engine's benchmark's output tok/s and median TTFT."""
+    keys = ("output_tokens_per_s", "ttft_ms_p50")
+    return {"ours": {k: ours.get(k) for k in keys}, "theirs": {k: theirs.get(k) for k in keys}}
+
+
+def _spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the fidelity runs: each tool's median TTFT and output (min, median, max) and the ratios of medians."""
+    found: dict[str, Any] = {}
+    for key in ("ttft_ms_p50", "output_tokens_per_s"):
+        for side in ("ours", "theirs"):
+            values = sorted(r[side][key] for r in runs if r[side].get(key))
+            if values:
+                found[f"{key}_{side}"] = [values[0], statistics.median(values), values[-1]]
+        if f"{key}_ours" in found and f"{key}_theirs" in found:
+            name = "ttft_p50_ratio_of_medians" if key == "ttft_ms_p50" else "output_ratio_of_medians"
+            found[name] = round(found[f"{key}_ours"][1] / found[f"{key}_theirs"][1], 4)
     return found
 
 

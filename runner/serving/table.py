@@ -3,7 +3,9 @@
 Each level row shows what AIPerf measured at that concurrency: output and total
 tokens per second, requests per second, time to first token, inter-token and
 end-to-end latency at p50 / p90 / p99, failed requests, and the server's peak
-memory during the level. The summary row gives the setting's peak output
+memory during the level, and where the engine has a serving benchmark of its own,
+that tool's figures on the same level beside the row's (with several fidelity
+runs, each tool's spread over them). The summary row gives the setting's peak output
 throughput and the highest level whose p99 TTFT stayed under the matrix's bound
 (``serving.ttft_p99_ms``). Written as serving.md, serving.csv and serving.json
 beside the offline table.
@@ -17,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from runner.cpuset import named, parse_cpus
 from runner.report.charts import drawn, markdown_links, serving_charts
 from runner.report.html import write_html
 from runner.shared import write_text_atomic
@@ -81,7 +84,18 @@ def _reference_note(reference: dict[str, Any] | None) -> str:
         )
     if reference.get("ttft_ms_p50"):
         parts.append(f"TTFT p50 {reference['ttft_ms_p50']:,.1f} ms ({reference.get('ttft_p50_ratio', 0):.2f}x)")
-    return f"{reference['tool']}: " + ", ".join(parts)
+    note = f"{reference['tool']}: " + ", ".join(parts)
+    runs = reference.get("runs") or []
+    if len(runs) > 1 and reference.get("ttft_ms_p50_ours") and reference.get("ttft_ms_p50_theirs"):
+        ours, theirs = reference["ttft_ms_p50_ours"], reference["ttft_ms_p50_theirs"]
+        note += (
+            f"; {len(runs)} runs of each: TTFT p50 {ours[0]:,.1f}-{ours[2]:,.1f} ms here, {theirs[0]:,.1f}-"
+            f"{theirs[2]:,.1f} ms there (medians {reference['ttft_p50_ratio_of_medians']:.2f}x), output medians "
+            f"{reference.get('output_ratio_of_medians', 0):.2f}x"
+        )
+    if reference.get("runs_error"):
+        note += f"; fidelity {reference['runs_error']}"
+    return note
 
 
 def summary_row(result: dict[str, Any], ttft_bound_ms: float) -> dict[str, Any]:
@@ -133,12 +147,30 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
     loadgen = results[0].get("loadgen") or {}
     return [
         f"Model: {model['name']} ({synthetic})",
+        *_cpu_lines(results),
         f"Serving workload: {sweep['prompt_tokens']} prompt tokens, exactly {sweep['new_tokens']} new tokens per "
         f"request (server-counted), {_requests(sweep)} per level after {sweep['warmup_requests']} "
         f"warm-up, closed loop at each concurrency, streamed",
         f"Load generator: {loadgen.get('name', '?')} {loadgen.get('version', '')}; memory: the server's peak during "
         "each level (device memory on its GPUs, or the process tree's RSS on CPU)",
     ]
+
+
+def _cpu_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Where CPU cells' servers and the load generators timing them ran (apart, or sharing one CPU)."""
+    lines = []
+    for split in dict.fromkeys(json.dumps(r["cpus"], sort_keys=True) for r in results if r.get("cpus")):
+        cpus = json.loads(split)
+        server, clients = set(parse_cpus(cpus["server"])), set(parse_cpus(cpus["load_generators"]))
+        if server == clients:
+            lines.append(f"CPU servers: on {named(cpus['server'])}, shared with the load generators timing them")
+        else:
+            own = f" ({named(sorted(clients - server))} theirs alone)" if server & clients else ""
+            lines.append(
+                f"CPU servers: on {named(cpus['server'])}; the load generators timing them on "
+                f"{named(cpus['load_generators'])}{own}"
+            )
+    return lines
 
 
 def render_serving(results: list[dict[str, Any]], ttft_bound_ms: float, folder: Path) -> str:
