@@ -11,10 +11,10 @@ signal (SIGKILL): should the runner itself die (killed, or a cluster node's
 worker lost with its node), the engine goes with it instead of holding its GPUs.
 A tool run beside a cell (a serving cell's load generator, an engine's own
 benchmark) runs on the job's client CPUs where it has them (a CPU serving cell's,
-apart from its server's), and gets a temporary folder of its own as TMPDIR, removed
-when it ends: AIPerf leaves
-its IPC and dataset folders in the temporary folder after every run (and their
-files when it is killed), which would otherwise pile up in /tmp, level by level.
+apart from its server's), and gets a temporary folder of its own as TMPDIR,
+removed when it ends: AIPerf leaves its IPC and dataset folders in the temporary
+folder after every run (and their files when it is killed), which would
+otherwise pile up in /tmp, level by level.
 """
 
 from __future__ import annotations

@@ -354,6 +354,8 @@ class ServingRun:
         except KeyboardInterrupt:
             found["runs_error"] = f"run {run}: interrupted: the run was stopped"
             raise
+        except Exception as exc:  # the level was measured: a later run's trouble is the check's, not the level's
+            found["runs_error"] = f"run {run}: {type(exc).__name__}: {exc}"
         finally:
             found.update(_spread(found["runs"]))
 
