@@ -300,7 +300,11 @@ def test_the_gpu_serving_matrices_have_the_issues_rows(repo, path, lengths):
         ("llamacpp", "fp16"),
         ("llamacpp", "q4_k_m"),
         ("transformers", "BF16; attn_implementation=sdpa"),
-    } | ({("llamacpp", "fp16; cache_ram_mib=0")} if path == "matrix-serving.yaml" else set())
+    } | (
+        {("llamacpp", "fp16; cache_ram_mib=0"), ("llamacpp", "fp16; flash_attn=True")}
+        if path == "matrix-serving.yaml"
+        else set()
+    )
     assert all(c.gpus == (0,) for c in serving_cells(matrix))
 
 
