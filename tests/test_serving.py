@@ -189,6 +189,30 @@ def test_fidelity_runs_repeat_both_tools_with_prompts_of_their_own_and_the_note_
     assert _reference_note(first).endswith("; fidelity run 3: interrupted: the run was stopped")
 
 
+def test_the_summary_row_counts_the_levels_that_agree_with_the_engines_own_benchmark():
+    from runner.serving.table import summary_row
+
+    def level(n, output, ttft, medians=None):
+        reference = {"tool": "vllm bench serve", "output_ratio": output, "ttft_p50_ratio": ttft}
+        if medians:
+            reference.update(output_ratio_of_medians=medians[0], ttft_p50_ratio_of_medians=medians[1])
+        metrics = {"output_tokens_per_s": 100.0 * n, "ttft_ms_p99": 50.0}
+        return {"level": n, "status": "ok", "metrics": metrics, "reference": reference}
+
+    cell = {"software": "vLLM", "label": ["default"]}
+    once = {"cell": cell, "status": "ok", "levels": [level(1, 0.99, 1.14), level(4, 1.0, 0.97), level(16, 0.94, 1.05)]}
+    assert summary_row(once, 1000)["Notes"] == (
+        "peak output at concurrency 16; p99 TTFT under 1000 ms up to concurrency 16; against vllm bench serve, "
+        "within 5% at 2 of 3 levels in output tok/s, 2 in median TTFT"
+    )
+    runs = {"cell": cell, "status": "ok", "levels": [level(1, 0.99, 1.14, (1.0, 1.02)), level(4, 1.0, 0.9, (1.0, 0.9))]}
+    assert summary_row(runs, 1000)["Notes"].endswith(
+        "within 5% at 2 of 2 levels in output tok/s, 0 in median TTFT (2 and 1 over the fidelity runs' medians)"
+    )
+    failed = {"cell": cell, "status": "ok", "levels": [{**level(1, 1, 1), "reference": {"tool": "x", "error": "boom"}}]}
+    assert "against" not in summary_row(failed, 1000)["Notes"]  # no figures of its own: nothing to count
+
+
 def test_transformers_requests_name_their_exact_length_in_a_generation_config(tmp_path):
     from runner.engines import ENGINES
 

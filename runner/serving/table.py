@@ -6,8 +6,9 @@ end-to-end latency at p50 / p90 / p99, failed requests, and the server's peak
 memory during the level, and where the engine has a serving benchmark of its own,
 that tool's figures on the same level beside the row's (with several fidelity
 runs, each tool's spread over them). The summary row gives the setting's peak output
-throughput and the highest level whose p99 TTFT stayed under the matrix's bound
-(``serving.ttft_p99_ms``). Written as serving.md, serving.csv and serving.json
+throughput, the highest level whose p99 TTFT stayed under the matrix's bound
+(``serving.ttft_p99_ms``), and at how many levels its rows agreed with the
+engine's own benchmark within 5 %. Written as serving.md, serving.csv and serving.json
 beside the offline table.
 """
 
@@ -118,12 +119,35 @@ def summary_row(result: dict[str, Any], ttft_bound_ms: float) -> dict[str, Any]:
         if under
         else f"p99 TTFT never under {ttft_bound_ms:g} ms"
     )
+    notes.append(_fidelity_summary(ok))
     if result["status"] != "ok":
         notes.append(f"{result['status']}: {result.get('reason')}")
     peaks = [lv.get("peak_memory_mib") for lv in result.get("levels", []) if lv.get("peak_memory_mib")]
     row["Max Mem (MiB)"] = _fmt(max(peaks), 0) if peaks else ""
-    row["Notes"] = "; ".join(notes)
+    row["Notes"] = "; ".join(filter(None, notes))
     return row
+
+
+def _fidelity_summary(levels: list[dict[str, Any]], within: float = 0.05) -> str:
+    """At how many levels the row agreed with the engine's own serving benchmark within 5 % (output tok/s, median
+    TTFT), first runs, and over the fidelity runs' medians where there were several."""
+    found = [lv["reference"] for lv in levels if lv.get("reference") and not lv["reference"].get("error")]
+    if not found:
+        return ""
+
+    def agreeing(key: str) -> int:
+        return sum(1 for r in found if r.get(key) and round(abs(r[key] - 1), 4) <= within)  # ratios keep 4 digits
+
+    text = (
+        f"against {found[0]['tool']}, within {within:.0%} at {agreeing('output_ratio')} of {len(found)} levels "
+        f"in output tok/s, {agreeing('ttft_p50_ratio')} in median TTFT"
+    )
+    if any(r.get("ttft_p50_ratio_of_medians") for r in found):
+        text += (
+            f" ({agreeing('output_ratio_of_medians')} and {agreeing('ttft_p50_ratio_of_medians')} "
+            "over the fidelity runs' medians)"
+        )
+    return text
 
 
 def frame(results: list[dict[str, Any]], ttft_bound_ms: float) -> pd.DataFrame:
