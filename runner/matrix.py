@@ -25,6 +25,9 @@ Schema (version 1):
       warmup_requests: 4              # sent before each level, not counted
       prompt_tokens: 64               # per request (synthetic prompts, the checkpoint's tokenizer)
       new_tokens: 256                 # exactly, per request
+      length_range_ratio: 0           # optional: each request's prompt and new tokens drawn uniformly from
+                                      # [n(1-r), n(1+r)] (vllm bench serve's random range ratio, in both tools);
+                                      # each request still returns exactly the new tokens it asks for
       ttft_p99_ms: 2000               # the summary row's bound: highest level with p99 TTFT under it
       server_timeout_s: 900           # how long the server may take to answer its health check
       engines: {llamacpp: {include: [{quant: f16}]}}   # as engines:, plus each server's own settings
@@ -128,6 +131,7 @@ class Sweep:
     warmup_requests: int = 4
     prompt_tokens: int = 64
     new_tokens: int = 256
+    length_range_ratio: float = 0.0  # r: lengths drawn per request from [n(1-r), n(1+r)]; 0: every request n
     ttft_p99_ms: float = 2000.0
     server_timeout_s: int = 900
 
@@ -139,6 +143,8 @@ class Sweep:
             del found["rounds"]  # unset: the ids of serving cells from before it existed stay as they were
         if self.fidelity_runs == 1:
             del found["fidelity_runs"]  # likewise
+        if not self.length_range_ratio:
+            del found["length_range_ratio"]  # likewise
         return found
 
 
@@ -300,6 +306,13 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
     bound = table.get("ttft_p99_ms", d.ttft_p99_ms)
     if isinstance(bound, bool) or not isinstance(bound, int | float) or bound <= 0:
         raise w.fail("serving.ttft_p99_ms", f"expected a number of milliseconds > 0, got {bound!r}")
+    ratio = table.get("length_range_ratio", d.length_range_ratio)
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
+        raise w.fail(
+            "serving.length_range_ratio",
+            f"expected a number from 0 up to (not including) 1, like 0.25 for lengths within 25 % of "
+            f"prompt_tokens and new_tokens, got {ratio!r}",
+        )
     sweep = Sweep(
         levels=tuple(levels),
         requests=w.integer(table, "serving", "requests", d.requests, 1),
@@ -308,6 +321,7 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
         warmup_requests=w.integer(table, "serving", "warmup_requests", d.warmup_requests, 0),
         prompt_tokens=w.integer(table, "serving", "prompt_tokens", d.prompt_tokens, 1),
         new_tokens=w.integer(table, "serving", "new_tokens", d.new_tokens, 1),
+        length_range_ratio=float(ratio),
         ttft_p99_ms=float(bound),
         server_timeout_s=w.integer(table, "serving", "server_timeout_s", d.server_timeout_s, 1),
     )
@@ -325,6 +339,13 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
             raise w.fail(
                 f"serving.engines.{name}",
                 f"{ENGINES[name].software} has no server this tool runs; engines with one: {with_server}",
+            )
+        if sweep.length_range_ratio and not ENGINES[name].server.lengths_vary:
+            raise w.fail(
+                f"serving.engines.{name}",
+                f"{ENGINES[name].software}'s server keeps to N new tokens through request fields that name N "
+                f"({ENGINES[name].server.forced_length}), the same in every request, so its requests cannot each "
+                f"ask for a length of their own: sweep it in a matrix without serving.length_range_ratio",
             )
         blocks[name] = _engine_block(w, name, body, defaults, engine=engine, section="serving.engines")
     return Serving(sweep=sweep, engines=blocks)

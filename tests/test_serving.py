@@ -213,6 +213,69 @@ def test_the_summary_row_counts_the_levels_that_agree_with_the_engines_own_bench
     assert "against" not in summary_row(failed, 1000)["Notes"]  # no figures of its own: nothing to count
 
 
+@pytest.mark.parametrize("ratio", [1, 1.5, -0.1, True, "wide"])
+def test_a_length_range_ratio_out_of_range_names_key_and_fix(ratio):
+    with pytest.raises(UserError, match=r"m\.yaml: serving\.length_range_ratio: expected a number from 0 up to"):
+        parse_matrix(
+            serving_matrix({"length_range_ratio": ratio, "engines": {"vllm": {"include": [{}]}}}), Path("m.yaml")
+        )
+
+
+def test_a_length_range_ratio_draws_each_requests_lengths_alike_in_both_tools_and_checks_each_one():
+    from runner.engines import ENGINES
+    from runner.serving.loadgen import level_seed
+    from runner.serving.session import _check_level
+    from runner.serving.table import _lengths
+
+    def matrix(engine="vllm", **sweep):
+        section = {
+            "requests": 8,
+            "prompt_tokens": 64,
+            "new_tokens": 256,
+            **sweep,
+            "engines": {engine: {"include": [{}]}},
+        }
+        return parse_matrix(serving_matrix(section), Path("m.yaml"))
+
+    plain, wide = matrix(), matrix(length_range_ratio=0.5)
+    assert "length_range_ratio" not in plain.serving.sweep.identity()  # cells from before it keep their ids
+    assert serving_cells(wide)[0].id != serving_cells(plain)[0].id
+    sweep = wide.serving.sweep.__dict__
+    aiperf = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 4, sweep, {"ignore_eos": True}, Path("/tmp"))
+    bench = ENGINES["vllm"].server.reference.arguments(
+        "http://127.0.0.1:9", "m", "/ckpt", 4, sweep, "/r.json", level_seed(4)
+    )
+    assert aiperf[aiperf.index("--random-range-ratio") + 1] == bench[bench.index("--random-range-ratio") + 1] == "0.5"
+    assert "--random-range-ratio" not in aiperf_arguments(
+        "u", "m", "/ckpt", 4, plain.serving.sweep.__dict__, {}, Path("/t")
+    )
+    assert (
+        "uniformly from 32-96 and 128-384 (range ratio 0.5), each request exactly the new tokens it asked"
+        in _lengths(sweep)
+    )
+    assert _lengths(plain.serving.sweep.__dict__).startswith("64 prompt tokens, exactly 256 new tokens per request")
+    # a server whose requests must name N in a field of their own cannot give each request its own length
+    with pytest.raises(UserError, match=r"m\.yaml: serving\.engines\.transformers: HF Transformers's server keeps"):
+        matrix("transformers", length_range_ratio=0.5)
+    assert matrix("llamacpp", length_range_ratio=0.5).serving.sweep.length_range_ratio == 0.5
+    # each request's count against its own max_tokens
+    measured = {"errors": 0, "requests": 8.0, "output_tokens_min": 130.0, "output_tokens_max": 380.0}
+    asked = {"output_tokens_asked_min": 130, "output_tokens_asked_max": 380, "output_tokens_not_as_asked_first": []}
+    assert _check_level({**measured, **asked, "output_tokens_not_as_asked": 0}, 4, sweep) is None
+    short = {
+        **measured,
+        **asked,
+        "output_tokens_not_as_asked": 2,
+        "output_tokens_not_as_asked_first": [(200, 7), (300, 9)],
+    }
+    assert (
+        _check_level(short, 4, sweep)
+        == "2 of 8 requests returned other than the tokens they asked for (7 for 200, 9 for 300)"
+    )
+    assert "no per-request records" in _check_level(measured, 4, sweep)
+    assert "not exactly 256" in _check_level(measured, 4, plain.serving.sweep.__dict__)
+
+
 def test_transformers_requests_name_their_exact_length_in_a_generation_config(tmp_path):
     from runner.engines import ENGINES
 
@@ -306,6 +369,35 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
         left = subprocess.run(["pgrep", "-f", server], capture_output=True, text=True)
         assert left.stdout == "", f"{server} left running: {left.stdout}"
     assert aiperf_leftovers() <= before  # every AIPerf run had a TMPDIR of its own, removed after it
+
+
+def test_llamacpp_requests_of_lengths_drawn_each_their_own_on_cpu(runner_cli, tmp_path, model_store):
+    if not AIPERF.exists() or not LLAMA_SERVER.exists():
+        pytest.skip(f"needs {AIPERF} (make setup-aiperf) and {LLAMA_SERVER} (make setup-llamacpp)")
+    matrix = tmp_path / "ranged.yaml"
+    matrix.write_text(
+        "version: 1\nmodel: {synthetic: tiny-mistral}\ndefaults: {gpus: [], timeout_s: 300}\n"
+        "serving:\n  levels: [2]\n  requests: 8\n  warmup_requests: 1\n  prompt_tokens: 16\n  new_tokens: 24\n"
+        "  length_range_ratio: 0.5\n  engines: {llamacpp: {include: [{quant: f16}]}}\n"
+    )
+    folder = tmp_path / "run"
+    done = runner_cli(str(matrix), "-o", str(folder), "--executor", "local", "--store", str(model_store))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (path,) = (folder / "cells").glob("serve-llamacpp-*.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "ok", result.get("reason")
+    (level,) = result["levels"]
+    m = level["metrics"]
+    assert level["status"] == "ok" and m["requests"] == 8 and m["errors"] == 0
+    # each request asked for its own length within 12-36, and got exactly that many tokens, as the server counted
+    assert 12 <= m["output_tokens_asked_min"] < m["output_tokens_asked_max"] <= 36
+    assert m["output_tokens_not_as_asked"] == 0
+    assert (m["output_tokens_min"], m["output_tokens_max"]) == (
+        m["output_tokens_asked_min"],
+        m["output_tokens_asked_max"],
+    )
+    assert m["prompt_tokens_min"] < m["prompt_tokens_max"]  # the prompts' lengths were drawn too
+    assert "uniformly from 8-24 and 12-36 (range ratio 0.5)" in (folder / "serving.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,12 @@ class Server:
     # the engine's settings its server cannot honour: (settings) -> why and what to do, or None
     check: Callable[[dict[str, Any]], str | None] = field(default=lambda settings: None)
 
+    @property
+    def lengths_vary(self) -> bool:
+        """Whether each request can ask for a length of its own (max_tokens alone sets it): not where the fields
+        every request carries must name N themselves."""
+        return not callable(self.request_extras)
+
     def extras(self, new_tokens: int) -> dict[str, Any]:
         """The request fields for a sweep of new_tokens per request."""
         return self.request_extras(new_tokens) if callable(self.request_extras) else dict(self.request_extras)

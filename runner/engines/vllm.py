@@ -179,7 +179,8 @@ def bench_serve_arguments(
         "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
         "--model", tokenizer, "--served-model-name", served, "--tokenizer", tokenizer,
         "--dataset-name", "random", "--random-input-len", str(sweep["prompt_tokens"]),
-        "--random-output-len", str(sweep["new_tokens"]), "--random-range-ratio", "0",
+        "--random-output-len", str(sweep["new_tokens"]),
+        "--random-range-ratio", f"{sweep.get('length_range_ratio', 0):g}",  # 0: every request the same lengths
         "--num-prompts", str(level_requests(sweep, level)), "--max-concurrency", str(level),
         "--num-warmups", str(sweep["warmup_requests"]), "--ignore-eos", "--disable-tqdm", "--save-detailed",
         "--seed", str(seed),  # as AIPerf's (level_seed): other prompts at each level and run

@@ -32,6 +32,8 @@ from runner.errors import UserError
 
 AIPERF_VERSION = "0.13.0"
 SUMMARY_FILE = "profile_export_aiperf.json"
+RECORDS_FILE = "profile_export.jsonl"  # one line per request: its timings and the server's token counts
+INPUTS_FILE = "inputs.json"  # every request's payload, by session (max_tokens among them)
 # AIPerf's metric tags -> our names; latency in ms, throughput per second
 LATENCIES = {
     "time_to_first_token": "ttft_ms",
@@ -103,6 +105,10 @@ def aiperf_arguments(
         "--ui-type", "none",
         "--artifact-dir", str(artifacts),
     ]  # fmt: skip
+    ratio = sweep.get("length_range_ratio", 0)
+    if ratio:  # lengths drawn per request from [floor(n(1-r)), ceil(n(1+r))] (AIPerf's default corpus style):
+        # the window the random datasets of the engines' own serving benchmarks draw from
+        command += ["--random-range-ratio", f"{ratio:g}"]
     if sweep["warmup_requests"]:  # AIPerf takes no warm-up count of 0: none is asked for then
         command += ["--warmup-request-count", str(sweep["warmup_requests"])]
     if request_extras:  # one JSON object: AIPerf reads it typed (its key:value form splits on commas, coerces)
@@ -135,12 +141,49 @@ def level_metrics(artifacts: Path) -> dict[str, Any]:
         "output_tokens_min": _stat(summary, "output_sequence_length", "min"),
         "output_tokens_max": _stat(summary, "output_sequence_length", "max"),
         "prompt_tokens_mean": _stat(summary, "input_sequence_length", "avg"),
+        "prompt_tokens_min": _stat(summary, "input_sequence_length", "min"),
+        "prompt_tokens_max": _stat(summary, "input_sequence_length", "max"),
         "duration_s": _stat(summary, "benchmark_duration", "avg"),
+        **asked_lengths(artifacts),
     }
     for tag, name in LATENCIES.items():
         for stat in ("avg", *PERCENTILES):
             metrics[f"{name}_{stat}"] = _stat(summary, tag, stat)
     return metrics
+
+
+def asked_lengths(artifacts: Path) -> dict[str, Any]:
+    """Each measured request's max_tokens (from AIPerf's inputs) beside the tokens the server said it returned
+    (its record): the range asked for, and how many requests returned another count than they asked for, with
+    the first few of them as (asked, returned). Empty where AIPerf wrote no per-request files."""
+    try:
+        sessions = json.loads((artifacts / INPUTS_FILE).read_text())["data"]
+        lines = (artifacts / RECORDS_FILE).read_text().splitlines()
+    except (OSError, ValueError, KeyError):
+        return {}
+    asked = {
+        (entry["session_id"], turn): payload.get("max_tokens", payload.get("max_completion_tokens"))
+        for entry in sessions
+        for turn, payload in enumerate(entry.get("payloads", []))
+    }
+    pairs = []
+    for line in lines:
+        record = json.loads(line)
+        meta = record.get("metadata", {})
+        if meta.get("benchmark_phase") != "profiling":
+            continue
+        returned = (record.get("metrics", {}).get("output_sequence_length") or {}).get("value")
+        pairs.append((asked.get((meta.get("conversation_id"), meta.get("turn_index", 0))), returned))
+    known = [n for n, _ in pairs if n is not None]
+    if not known:
+        return {}
+    wrong = [(n, got) for n, got in pairs if n is None or got != n]
+    return {
+        "output_tokens_asked_min": min(known),
+        "output_tokens_asked_max": max(known),
+        "output_tokens_not_as_asked": len(wrong),
+        "output_tokens_not_as_asked_first": wrong[:5],
+    }
 
 
 def error_lines(log_text: str, most_chars: int = 400) -> str:

@@ -153,6 +153,12 @@ def _check_level(metrics: dict[str, Any], level: int, sweep: dict[str, Any]) -> 
         return f"{metrics['errors']:.0f} of {wanted} requests failed"
     if metrics["requests"] is None or metrics["requests"] < wanted:
         return f"{metrics['requests'] or 0:.0f} of {wanted} requests completed"
+    wrong = metrics.get("output_tokens_not_as_asked")
+    if wrong:
+        shown = ", ".join(f"{got} for {asked}" for asked, got in metrics["output_tokens_not_as_asked_first"])
+        return f"{wrong} of {metrics['requests']:.0f} requests returned other than the tokens they asked for ({shown})"
+    if sweep.get("length_range_ratio"):  # each request asked for its own length: the check above is the one
+        return None if wrong == 0 else "AIPerf wrote no per-request records to check each request's length by"
     low, high = metrics["output_tokens_min"], metrics["output_tokens_max"]
     if low != sweep["new_tokens"] or high != sweep["new_tokens"]:
         return f"requests returned {low:g}-{high:g} tokens, not exactly {sweep['new_tokens']}"

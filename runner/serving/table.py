@@ -15,6 +15,7 @@ beside the offline table.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,22 @@ def _requests(sweep: dict[str, Any]) -> str:
     return f"{sweep['requests']} requests (at least the level)"
 
 
+def _lengths(sweep: dict[str, Any]) -> str:
+    ratio = sweep.get("length_range_ratio")
+    if not ratio:
+        exact = f"exactly {sweep['new_tokens']} new tokens per request (server-counted)"
+        return f"{sweep['prompt_tokens']} prompt tokens, {exact}"
+    return (
+        f"prompt and new tokens drawn for each request uniformly from {_window(sweep['prompt_tokens'], ratio)} and "
+        f"{_window(sweep['new_tokens'], ratio)} (range ratio {ratio:g}), each "
+        "request exactly the new tokens it asked for (server-counted)"
+    )
+
+
+def _window(n: int, ratio: float) -> str:
+    return f"{math.floor(n * (1 - ratio))}-{math.ceil(n * (1 + ratio))}"
+
+
 def caption(results: list[dict[str, Any]]) -> list[str]:
     sweep = results[0]["workload"]
     model = results[0]["model"]
@@ -172,8 +189,7 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
     return [
         f"Model: {model['name']} ({synthetic})",
         *_cpu_lines(results),
-        f"Serving workload: {sweep['prompt_tokens']} prompt tokens, exactly {sweep['new_tokens']} new tokens per "
-        f"request (server-counted), {_requests(sweep)} per level after {sweep['warmup_requests']} "
+        f"Serving workload: {_lengths(sweep)}, {_requests(sweep)} per level after {sweep['warmup_requests']} "
         f"warm-up, closed loop at each concurrency, streamed",
         f"Load generator: {loadgen.get('name', '?')} {loadgen.get('version', '')}; memory: the server's peak during "
         "each level (device memory on its GPUs, or the process tree's RSS on CPU)",
