@@ -19,6 +19,8 @@ Schema (version 1):
     serving:                          # optional: serving cells (each engine's own server under load)
       levels: [1, 4, 16, 64]          # concurrency levels, swept in this order against one server
       requests: 64                    # requests per level (at least the level)
+      duration_s: 0                   # optional: seconds per level: no new request after this long, or after
+                                      # the requests, whichever comes first; 0: the requests alone
       rounds: 0                       # optional: at least rounds x the level per level (each slot busy that often)
       fidelity_runs: 1                # optional: at each level, the load generator and the engine's own serving
                                       # benchmark (where it has one) each run this often, alternating; row: the first
@@ -127,6 +129,7 @@ class Sweep:
     levels: tuple[int, ...] = (1, 4, 16, 64)
     requests: int = 64
     rounds: int = 0  # requests per level are at least rounds x the level (0: requests alone)
+    duration_s: float = 0.0  # a level also ends this many seconds after it started sending (0: by requests alone)
     fidelity_runs: int = 1  # runs of each tool per level where the engine has its own serving benchmark
     warmup_requests: int = 4
     prompt_tokens: int = 64
@@ -145,6 +148,8 @@ class Sweep:
             del found["fidelity_runs"]  # likewise
         if not self.length_range_ratio:
             del found["length_range_ratio"]  # likewise
+        if not self.duration_s:
+            del found["duration_s"]  # likewise
         return found
 
 
@@ -313,10 +318,17 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
             f"expected a number from 0 up to (not including) 1, like 0.25 for lengths within 25 % of "
             f"prompt_tokens and new_tokens, got {ratio!r}",
         )
+    duration = table.get("duration_s", d.duration_s)
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+        raise w.fail(
+            "serving.duration_s",
+            f"expected seconds >= 0 per level (0: each level sends its requests and no time bound), got {duration!r}",
+        )
     sweep = Sweep(
         levels=tuple(levels),
         requests=w.integer(table, "serving", "requests", d.requests, 1),
         rounds=w.integer(table, "serving", "rounds", d.rounds, 0),
+        duration_s=float(duration),
         fidelity_runs=w.integer(table, "serving", "fidelity_runs", d.fidelity_runs, 1),
         warmup_requests=w.integer(table, "serving", "warmup_requests", d.warmup_requests, 0),
         prompt_tokens=w.integer(table, "serving", "prompt_tokens", d.prompt_tokens, 1),
@@ -348,6 +360,14 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
                 f"ask for a length of their own: sweep it in a matrix without serving.length_range_ratio",
             )
         blocks[name] = _engine_block(w, name, body, defaults, engine=engine, section="serving.engines")
+        timeout = blocks[name].placement.timeout_s
+        if sweep.duration_s * len(sweep.levels) >= timeout:
+            raise w.fail(
+                f"serving.engines.{name}",
+                f"{len(sweep.levels)} levels of serving.duration_s {sweep.duration_s:g} s take at least "
+                f"{sweep.duration_s * len(sweep.levels):g} s, past the cells' timeout_s {timeout}: raise timeout_s "
+                "(defaults or the engine's) well above that, server start included, or shorten duration_s",
+            )
     return Serving(sweep=sweep, engines=blocks)
 
 

@@ -276,6 +276,46 @@ def test_a_length_range_ratio_draws_each_requests_lengths_alike_in_both_tools_an
     assert "not exactly 256" in _check_level(measured, 4, plain.serving.sweep.__dict__)
 
 
+@pytest.mark.parametrize("duration", [-1, True, "30s"])
+def test_a_duration_out_of_range_names_key_and_fix(duration):
+    with pytest.raises(UserError, match=r"m\.yaml: serving\.duration_s: expected seconds >= 0 per level"):
+        parse_matrix(serving_matrix({"duration_s": duration, "engines": {"vllm": {"include": [{}]}}}), Path("m.yaml"))
+
+
+def test_a_level_bounded_by_time_sends_what_fits_and_the_engines_benchmark_sends_as_many():
+    from runner.engines import ENGINES
+    from runner.serving.loadgen import level_seed, reference_sweep
+    from runner.serving.session import _check_level
+
+    def matrix(timeout_s=1800, **sweep):
+        section = {"requests": 500, "levels": [1, 4], **sweep, "engines": {"vllm": {"include": [{}]}}}
+        return parse_matrix(serving_matrix(section, defaults={"gpus": [], "timeout_s": timeout_s}), Path("m.yaml"))
+
+    plain, timed = matrix(), matrix(duration_s=30)
+    assert "duration_s" not in plain.serving.sweep.identity()  # cells from before it keep their ids
+    assert serving_cells(timed)[0].id != serving_cells(plain)[0].id
+    sweep = timed.serving.sweep.__dict__
+    aiperf = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 4, sweep, {}, Path("/tmp"))
+    text = " ".join(aiperf)
+    assert "--request-count 500" in text and "--benchmark-duration 30 --benchmark-grace-period inf" in text
+    assert "--benchmark-duration" not in " ".join(
+        aiperf_arguments("u", "m", "/c", 4, plain.serving.sweep.__dict__, {}, Path("/t"))
+    )
+    # vllm bench serve takes a count: as many as AIPerf completed at that level
+    bench = ENGINES["vllm"].server.reference.arguments(
+        "http://127.0.0.1:9", "m", "/ckpt", 4, reference_sweep(sweep, 137.0), "/r.json", level_seed(4)
+    )
+    assert bench[bench.index("--num-prompts") + 1] == "137"
+    assert reference_sweep(plain.serving.sweep.__dict__, 137.0) is plain.serving.sweep.__dict__
+    # what fits in the time stands; fewer requests than slots does not
+    measured = {"errors": 0, "requests": 37.0, "output_tokens_min": 256.0, "output_tokens_max": 256.0}
+    assert _check_level(measured, 4, sweep) is None
+    assert _check_level({**measured, "requests": 3.0}, 4, sweep) == "3 of 4 requests completed"
+    assert _check_level(measured, 4, plain.serving.sweep.__dict__) == "37 of 500 requests completed"
+    with pytest.raises(UserError, match=r"serving\.engines\.vllm: 2 levels of serving\.duration_s 600 s take at least"):
+        matrix(timeout_s=1200, duration_s=600)
+
+
 def test_transformers_requests_name_their_exact_length_in_a_generation_config(tmp_path):
     from runner.engines import ENGINES
 
@@ -371,14 +411,14 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     assert aiperf_leftovers() <= before  # every AIPerf run had a TMPDIR of its own, removed after it
 
 
-def test_llamacpp_requests_of_lengths_drawn_each_their_own_on_cpu(runner_cli, tmp_path, model_store):
+def test_llamacpp_requests_of_lengths_drawn_each_their_own_for_a_set_time_on_cpu(runner_cli, tmp_path, model_store):
     if not AIPERF.exists() or not LLAMA_SERVER.exists():
         pytest.skip(f"needs {AIPERF} (make setup-aiperf) and {LLAMA_SERVER} (make setup-llamacpp)")
     matrix = tmp_path / "ranged.yaml"
     matrix.write_text(
         "version: 1\nmodel: {synthetic: tiny-mistral}\ndefaults: {gpus: [], timeout_s: 300}\n"
-        "serving:\n  levels: [2]\n  requests: 8\n  warmup_requests: 1\n  prompt_tokens: 16\n  new_tokens: 24\n"
-        "  length_range_ratio: 0.5\n  engines: {llamacpp: {include: [{quant: f16}]}}\n"
+        "serving:\n  levels: [2]\n  requests: 400\n  duration_s: 3\n  warmup_requests: 1\n  prompt_tokens: 16\n"
+        "  new_tokens: 24\n  length_range_ratio: 0.5\n  engines: {llamacpp: {include: [{quant: f16}]}}\n"
     )
     folder = tmp_path / "run"
     done = runner_cli(str(matrix), "-o", str(folder), "--executor", "local", "--store", str(model_store))
@@ -388,7 +428,9 @@ def test_llamacpp_requests_of_lengths_drawn_each_their_own_on_cpu(runner_cli, tm
     assert result["status"] == "ok", result.get("reason")
     (level,) = result["levels"]
     m = level["metrics"]
-    assert level["status"] == "ok" and m["requests"] == 8 and m["errors"] == 0
+    assert level["status"] == "ok" and m["errors"] == 0 and m["complete"]
+    # bounded by 3 s of sending rather than by its 400 requests (the server answers tens a second here)
+    assert 2 <= m["requests"] < 400 and 3 <= m["duration_s"] < 10, m
     # each request asked for its own length within 12-36, and got exactly that many tokens, as the server counted
     assert 12 <= m["output_tokens_asked_min"] < m["output_tokens_asked_max"] <= 36
     assert m["output_tokens_not_as_asked"] == 0
@@ -397,7 +439,9 @@ def test_llamacpp_requests_of_lengths_drawn_each_their_own_on_cpu(runner_cli, tm
         m["output_tokens_asked_max"],
     )
     assert m["prompt_tokens_min"] < m["prompt_tokens_max"]  # the prompts' lengths were drawn too
-    assert "uniformly from 8-24 and 12-36 (range ratio 0.5)" in (folder / "serving.md").read_text()
+    table = (folder / "serving.md").read_text()
+    assert "uniformly from 8-24 and 12-36 (range ratio 0.5)" in table
+    assert "400 requests (at least the level) or 3 s of sending, whichever ends first, per level" in table
 
 
 @pytest.mark.parametrize(

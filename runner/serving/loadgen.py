@@ -71,6 +71,14 @@ def level_requests(sweep: dict[str, Any], level: int) -> int:
     return max(sweep["requests"], level, sweep.get("rounds", 0) * level)
 
 
+def reference_sweep(sweep: dict[str, Any], sent: float | None) -> dict[str, Any]:
+    """The sweep an engine's own benchmark runs after a level: where the level was bounded by time
+    (duration_s), as many requests as the load generator completed in it, since that tool takes a count."""
+    if not sweep.get("duration_s") or not sent:
+        return sweep
+    return {**sweep, "requests": int(sent), "rounds": 0, "duration_s": 0}
+
+
 def aiperf_arguments(
     url: str,
     model_name: str,
@@ -105,6 +113,8 @@ def aiperf_arguments(
         "--ui-type", "none",
         "--artifact-dir", str(artifacts),
     ]  # fmt: skip
+    if sweep.get("duration_s"):  # no new request after this long; those in flight then are waited for
+        command += ["--benchmark-duration", f"{sweep['duration_s']:g}", "--benchmark-grace-period", "inf"]
     ratio = sweep.get("length_range_ratio", 0)
     if ratio:  # lengths drawn per request from [floor(n(1-r)), ceil(n(1+r))] (AIPerf's default corpus style):
         # the window the random datasets of the engines' own serving benchmarks draw from

@@ -48,6 +48,7 @@ from runner.serving.loadgen import (
     level_metrics,
     level_requests,
     level_seed,
+    reference_sweep,
 )
 from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
@@ -150,9 +151,11 @@ def _check_level(metrics: dict[str, Any], level: int, sweep: dict[str, Any]) -> 
     """Why a level's numbers do not stand (errors, missing requests, a length other than asked), or None."""
     wanted = level_requests(sweep, level)
     if metrics["errors"]:
-        return f"{metrics['errors']:.0f} of {wanted} requests failed"
-    if metrics["requests"] is None or metrics["requests"] < wanted:
-        return f"{metrics['requests'] or 0:.0f} of {wanted} requests completed"
+        return f"{metrics['errors']:.0f} of {metrics['errors'] + (metrics['requests'] or 0):.0f} requests failed"
+    # bounded by time (duration_s), a level sends what fits in it: at least one request per slot
+    least = min(wanted, level) if sweep.get("duration_s") else wanted
+    if metrics["requests"] is None or metrics["requests"] < least:
+        return f"{metrics['requests'] or 0:.0f} of {least} requests completed"
     wrong = metrics.get("output_tokens_not_as_asked")
     if wrong:
         shown = ", ".join(f"{got} for {asked}" for asked, got in metrics["output_tokens_not_as_asked_first"])
@@ -271,7 +274,8 @@ class ServingRun:
             args = aiperf_arguments(url, served, model["path"], level, sweep, extras, artifacts, connections)
             entry["command"] = ["aiperf", *args]
             entry["started"] = time.time()
-            self.log(f"[{cell.id}] level {level}: {level_requests(sweep, level)} requests")
+            bound = f" or {sweep['duration_s']:g} s, whichever ends first" if sweep.get("duration_s") else ""
+            self.log(f"[{cell.id}] level {level}: {level_requests(sweep, level)} requests{bound}")
             log_path = artifacts / "aiperf.log"
             try:
                 code = self.executor.run_tool(job, "aiperf", args, log_path, max(deadline - time.monotonic(), 1))
@@ -327,7 +331,8 @@ class ServingRun:
         tools' or only how one closed-loop run fell out. The row stays the level's first run.
         """
         sweep, level = job.spec["workload"], entry["level"]
-        found = self._reference(job, reference, url, served, level, artifacts, deadline, run=1)
+        sent = entry["metrics"]["requests"]
+        found = self._reference(job, reference, url, served, level, artifacts, deadline, sent, run=1)
         found.update(_ratios(entry["metrics"], found))
         entry["reference"] = found
         runs = sweep.get("fidelity_runs", 1)
@@ -352,7 +357,7 @@ class ServingRun:
                 if problem:
                     found["runs_error"] = f"run {run}: {problem}"
                     break
-                theirs = self._reference(job, reference, url, served, level, where, deadline, run=run)
+                theirs = self._reference(job, reference, url, served, level, where, deadline, ours["requests"], run=run)
                 if "error" in theirs:
                     found["runs_error"] = f"run {run}: {reference.name} failed: {theirs['error']}"
                     break
@@ -374,10 +379,12 @@ class ServingRun:
         level: int,
         artifacts: Path,
         deadline: float,
+        sent: float | None,
         run: int = 1,
     ) -> dict[str, Any]:
-        """The engine's own serving benchmark on the same level and server: its throughput and median TTFT."""
-        sweep, model = job.spec["workload"], job.spec["model"]
+        """The engine's own serving benchmark on the same level and server: its throughput and median TTFT (as
+        many requests as the load generator sent at that level and run)."""
+        sweep, model = reference_sweep(job.spec["workload"], sent), job.spec["model"]
         result = artifacts / "reference.json"
         seed = level_seed(level, run)
         args = reference.arguments(url, served, model["path"], level, sweep, str(result), seed)

@@ -161,8 +161,12 @@ def frame(results: list[dict[str, Any]], ttft_bound_ms: float) -> pd.DataFrame:
 
 def _requests(sweep: dict[str, Any]) -> str:
     if sweep.get("rounds"):
-        return f"max({sweep['requests']}, {sweep['rounds']} x the level) requests"
-    return f"{sweep['requests']} requests (at least the level)"
+        count = f"max({sweep['requests']}, {sweep['rounds']} x the level) requests"
+    else:
+        count = f"{sweep['requests']} requests (at least the level)"
+    if sweep.get("duration_s"):  # those in flight at the end are waited for and counted
+        count += f" or {sweep['duration_s']:g} s of sending, whichever ends first,"
+    return count
 
 
 def _lengths(sweep: dict[str, Any]) -> str:
