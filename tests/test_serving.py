@@ -468,6 +468,14 @@ def test_the_gpu_serving_matrices_have_the_issues_rows(repo, path, lengths):
     assert all(c.gpus == (0,) for c in serving_cells(matrix))
 
 
+def test_the_ranged_gpu_matrix_asks_the_fidelity_question_with_lengths_of_their_own(repo):
+    sweep = load_matrix(repo / "matrix-serving-ranged.yaml").serving.sweep
+    assert (sweep.prompt_tokens, sweep.new_tokens, sweep.length_range_ratio, sweep.fidelity_runs) == (64, 256, 0.25, 3)
+    from runner.serving.table import _lengths
+
+    assert "uniformly from 48-80 and 192-320" in _lengths(sweep.__dict__)  # as the file's comment says
+
+
 @pytest.mark.slow
 def test_a_sweep_past_its_timeout_stops_server_and_load_and_keeps_the_row(runner_cli, tmp_path, model_store):
     if not AIPERF.exists() or not LLAMA_SERVER.exists():
