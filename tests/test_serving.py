@@ -411,13 +411,14 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     assert aiperf_leftovers() <= before  # every AIPerf run had a TMPDIR of its own, removed after it
 
 
+@pytest.mark.slow
 def test_llamacpp_requests_of_lengths_drawn_each_their_own_for_a_set_time_on_cpu(runner_cli, tmp_path, model_store):
     if not AIPERF.exists() or not LLAMA_SERVER.exists():
         pytest.skip(f"needs {AIPERF} (make setup-aiperf) and {LLAMA_SERVER} (make setup-llamacpp)")
     matrix = tmp_path / "ranged.yaml"
     matrix.write_text(
         "version: 1\nmodel: {synthetic: tiny-mistral}\ndefaults: {gpus: [], timeout_s: 300}\n"
-        "serving:\n  levels: [2]\n  requests: 400\n  duration_s: 3\n  warmup_requests: 1\n  prompt_tokens: 16\n"
+        "serving:\n  levels: [2]\n  requests: 2000\n  duration_s: 2\n  warmup_requests: 1\n  prompt_tokens: 16\n"
         "  new_tokens: 24\n  length_range_ratio: 0.5\n  engines: {llamacpp: {include: [{quant: f16}]}}\n"
     )
     folder = tmp_path / "run"
@@ -429,8 +430,8 @@ def test_llamacpp_requests_of_lengths_drawn_each_their_own_for_a_set_time_on_cpu
     (level,) = result["levels"]
     m = level["metrics"]
     assert level["status"] == "ok" and m["errors"] == 0 and m["complete"]
-    # bounded by 3 s of sending rather than by its 400 requests (the server answers tens a second here)
-    assert 2 <= m["requests"] < 400 and 3 <= m["duration_s"] < 10, m
+    # bounded by 2 s of sending rather than by its 2000 requests (the server answers 40-140 a second here)
+    assert 2 <= m["requests"] < 2000 and 1.9 <= m["duration_s"] < 10, m
     # each request asked for its own length within 12-36, and got exactly that many tokens, as the server counted
     assert 12 <= m["output_tokens_asked_min"] < m["output_tokens_asked_max"] <= 36
     assert m["output_tokens_not_as_asked"] == 0
@@ -441,7 +442,7 @@ def test_llamacpp_requests_of_lengths_drawn_each_their_own_for_a_set_time_on_cpu
     assert m["prompt_tokens_min"] < m["prompt_tokens_max"]  # the prompts' lengths were drawn too
     table = (folder / "serving.md").read_text()
     assert "uniformly from 8-24 and 12-36 (range ratio 0.5)" in table
-    assert "400 requests (at least the level) or 3 s of sending, whichever ends first, per level" in table
+    assert "2000 requests (at least the level) or 2 s of sending, whichever ends first, per level" in table
 
 
 @pytest.mark.parametrize(
