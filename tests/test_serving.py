@@ -445,6 +445,48 @@ def test_llamacpp_requests_of_lengths_drawn_each_their_own_for_a_set_time_on_cpu
     assert "2000 requests (at least the level) or 2 s of sending, whichever ends first, per level" in table
 
 
+@pytest.mark.slow
+def test_a_server_that_dies_mid_sweep_keeps_the_levels_before_and_fails_the_rest_in_its_own_words(
+    repo, tmp_path, model_store
+):
+    from two_node_ray import runner_process
+
+    if not AIPERF.exists() or not LLAMA_SERVER.exists():
+        pytest.skip(f"needs {AIPERF} (make setup-aiperf) and {LLAMA_SERVER} (make setup-llamacpp)")
+    matrix = tmp_path / "dies.yaml"
+    matrix.write_text(
+        "version: 1\nmodel: {synthetic: tiny-mistral}\ndefaults: {gpus: [], timeout_s: 600}\n"
+        "serving:\n  levels: [1, 2, 4]\n  requests: 300\n  warmup_requests: 1\n  prompt_tokens: 16\n"
+        "  new_tokens: 64\n  engines: {llamacpp: {include: [{quant: f16}]}}\n"
+    )
+    folder = tmp_path / "run"
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    args = [str(matrix), "-o", str(folder), "--store", str(model_store), "--executor", "local"]
+    with runner_process(repo, out, err, *args) as runner:
+        deadline = time.monotonic() + 300
+        while "] level 2: " not in out.read_text():  # level 1 measured, level 2's load generator starting
+            assert runner.poll() is None and time.monotonic() < deadline, out.read_text()[-3000:]
+            time.sleep(0.05)
+        servers = subprocess.run(["pgrep", "-f", str(LLAMA_SERVER)], capture_output=True, text=True).stdout.split()
+        assert len(servers) == 1, servers
+        subprocess.run(["kill", "-KILL", servers[0]], check=True)  # the server dies under load, unannounced
+        assert runner.wait(timeout=300) == 0, out.read_text()[-3000:] + err.read_text()[-3000:]
+    (path,) = (folder / "cells").glob("serve-llamacpp-*.json")
+    result = json.loads(path.read_text())
+    died = "RuntimeError: the server exited with code -9 while it served"
+    assert result["status"] == "failed" and result["reason"].startswith(died), result["reason"]
+    assert result["reason"].endswith("(after levels [1, 2, 4])")
+    first, second, third = result["levels"]
+    assert first["status"] == "ok" and first["metrics"]["requests"] == 300 and first["peak_memory_mib"] > 0
+    for level in (second, third):  # the level it died in and the one it never reached, each saying why
+        assert level["status"] == "failed" and "the server had stopped (" + died in level["reason"], level
+    table = (folder / "serving.md").read_text()
+    assert table.count("the server had stopped (RuntimeError: the server exited with code -9") == 2
+    for program in (str(LLAMA_SERVER), str(AIPERF.parent)):
+        left = subprocess.run(["pgrep", "-f", program], capture_output=True, text=True)
+        assert left.stdout == "", f"{program} left running: {left.stdout}"
+
+
 @pytest.mark.parametrize(
     ("path", "lengths"), [("matrix-serving.yaml", (64, 256)), ("matrix-serving-long.yaml", (1024, 128))]
 )
@@ -515,6 +557,19 @@ def test_aiperf_failures_are_told_in_its_own_words():
     said = error_lines(log)
     assert said == "1 validation error for CLIConfig warmup_request_count Input should be greater than 0"
     assert error_lines("starting\nTraceback ...\nValueError: boom\n") == "starting / Traceback ... / ValueError: boom"
+    # a run whose every request failed (its server gone): its exit box, not the log path printed after it
+    run = (
+        "01:06:07.296 ERROR    All 3 inference request(s) failed\n"
+        "╭─ AIPerf System Exit Errors ─────────╮\n"
+        "│ • Service: system_controller        │\n"
+        "│    Reason: All 3 inference request(s) failed. No successful │\n"
+        "│            responses were collected │\n"
+        "╰─────────────────────────────────────╯\n"
+        "Log File:\n/tmp/run/serving/c2/logs/aiperf.log\n"
+    )
+    assert error_lines(run) == (
+        "• Service: system_controller Reason: All 3 inference request(s) failed. No successful responses were collected"
+    )
 
 
 def test_vllm_rows_carry_vllms_own_serving_benchmark_on_the_same_level():

@@ -199,7 +199,8 @@ def asked_lengths(artifacts: Path) -> dict[str, Any]:
 def error_lines(log_text: str, most_chars: int = 400) -> str:
     """AIPerf's own words when it failed: the text of its last error box, else its last lines."""
     lines = log_text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("╭─ Error")]
+    # its error boxes: "╭─ Error ─..." (a bad argument), "╭─ AIPerf System Exit Errors ─..." (a failed run)
+    starts = [i for i, line in enumerate(lines) if line.startswith("╭─") and "Error" in line]
     if starts:
         box = []
         for line in lines[starts[-1] + 1 :]:

@@ -215,6 +215,10 @@ class ServingRun:
             result["status"] = "failed"
             result["reason"] = f"level {bad['level']}: {bad['reason']}" if bad else "no level ran"
         elif result["status"] != "ok" and levels:
+            # the server stopped during the sweep: the levels it left unserved say how, in its own words
+            for level in levels:
+                if level["status"] != "ok" and level.get("reason", "").endswith("the server had stopped"):
+                    level["reason"] += f" ({result['reason']})"
             result["reason"] = f"{result['reason']} (after levels {[lv['level'] for lv in levels]})"
         return result
 
