@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,15 @@ class _Where:
             raise self.fail(f"{key}.{name}", f"expected an integer >= {minimum}, got {value!r}")
         return value
 
+    def number(
+        self, table: dict[str, Any], key: str, name: str, default: float, valid: Callable[[float], bool], expected: str
+    ) -> float:
+        """table[name] (or default) as a float, if it is a number valid() accepts; else `expected, got ...`."""
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+            raise self.fail(f"{key}.{name}", f"{expected}, got {value!r}")
+        return float(value)
+
 
 def load_matrix(path: str | Path) -> Matrix:
     path = Path(path)
@@ -308,33 +318,34 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
         )
     if len(set(levels)) != len(levels):
         raise w.fail("serving.levels", f"a level is listed twice in {levels!r}")
-    bound = table.get("ttft_p99_ms", d.ttft_p99_ms)
-    if isinstance(bound, bool) or not isinstance(bound, int | float) or bound <= 0:
-        raise w.fail("serving.ttft_p99_ms", f"expected a number of milliseconds > 0, got {bound!r}")
-    ratio = table.get("length_range_ratio", d.length_range_ratio)
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
-        raise w.fail(
-            "serving.length_range_ratio",
-            f"expected a number from 0 up to (not including) 1, like 0.25 for lengths within 25 % of "
-            f"prompt_tokens and new_tokens, got {ratio!r}",
-        )
-    duration = table.get("duration_s", d.duration_s)
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
-        raise w.fail(
-            "serving.duration_s",
-            f"expected seconds >= 0 per level (0: each level sends its requests and no time bound), got {duration!r}",
-        )
     sweep = Sweep(
         levels=tuple(levels),
         requests=w.integer(table, "serving", "requests", d.requests, 1),
         rounds=w.integer(table, "serving", "rounds", d.rounds, 0),
-        duration_s=float(duration),
+        duration_s=w.number(
+            table,
+            "serving",
+            "duration_s",
+            d.duration_s,
+            lambda v: v >= 0,
+            "expected seconds >= 0 per level (0: each level sends its requests and no time bound)",
+        ),
         fidelity_runs=w.integer(table, "serving", "fidelity_runs", d.fidelity_runs, 1),
         warmup_requests=w.integer(table, "serving", "warmup_requests", d.warmup_requests, 0),
         prompt_tokens=w.integer(table, "serving", "prompt_tokens", d.prompt_tokens, 1),
         new_tokens=w.integer(table, "serving", "new_tokens", d.new_tokens, 1),
-        length_range_ratio=float(ratio),
-        ttft_p99_ms=float(bound),
+        length_range_ratio=w.number(
+            table,
+            "serving",
+            "length_range_ratio",
+            d.length_range_ratio,
+            lambda v: 0 <= v < 1,
+            "expected a number from 0 up to (not including) 1, like 0.25 for lengths within 25 % of "
+            "prompt_tokens and new_tokens",
+        ),
+        ttft_p99_ms=w.number(
+            table, "serving", "ttft_p99_ms", d.ttft_p99_ms, lambda v: v > 0, "expected a number of milliseconds > 0"
+        ),
         server_timeout_s=w.integer(table, "serving", "server_timeout_s", d.server_timeout_s, 1),
     )
     if "engines" not in table:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from two_node_ray import wait_for
 
 pytestmark = pytest.mark.slow  # real runs interrupted mid-matrix
 
@@ -62,20 +63,6 @@ def interruptible() -> None:
     """SIGINT back to its default in the runner: a shell's background job (`pytest &`) inherits it ignored,
     and Python then raises no KeyboardInterrupt, as POSIX intends for nohup'd jobs."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def wait_for(condition, runner: subprocess.Popen, what: str, output: Path | None = None):
-    """Poll condition() until it returns something truthy; fail if the runner exits first."""
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        value = condition()
-        if value is not None and value is not False and value != []:
-            return value
-        if runner.poll() is not None:
-            said = output.read_text() if output else "".join(runner.communicate())
-            pytest.fail(f"runner exited ({runner.returncode}) before {what}:\n{said[-3000:]}")
-        time.sleep(0.02)
-    pytest.fail(f"gave up waiting for {what}")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

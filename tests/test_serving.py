@@ -449,7 +449,7 @@ def test_llamacpp_requests_of_lengths_drawn_each_their_own_for_a_set_time_on_cpu
 def test_a_server_that_dies_mid_sweep_keeps_the_levels_before_and_fails_the_rest_in_its_own_words(
     repo, tmp_path, model_store
 ):
-    from two_node_ray import runner_process
+    from two_node_ray import runner_process, wait_for
 
     if not AIPERF.exists() or not LLAMA_SERVER.exists():
         pytest.skip(f"needs {AIPERF} (make setup-aiperf) and {LLAMA_SERVER} (make setup-llamacpp)")
@@ -463,10 +463,8 @@ def test_a_server_that_dies_mid_sweep_keeps_the_levels_before_and_fails_the_rest
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     args = [str(matrix), "-o", str(folder), "--store", str(model_store), "--executor", "local"]
     with runner_process(repo, out, err, *args) as runner:
-        deadline = time.monotonic() + 300
-        while "] level 2: " not in out.read_text():  # level 1 measured, level 2's load generator starting
-            assert runner.poll() is None and time.monotonic() < deadline, out.read_text()[-3000:]
-            time.sleep(0.05)
+        # level 1 measured, level 2's load generator starting
+        wait_for(lambda: "] level 2: " in out.read_text(), runner, "level 2", out)
         servers = subprocess.run(["pgrep", "-f", str(LLAMA_SERVER)], capture_output=True, text=True).stdout.split()
         assert len(servers) == 1, servers
         subprocess.run(["kill", "-KILL", servers[0]], check=True)  # the server dies under load, unannounced

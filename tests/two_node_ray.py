@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 RAY = str(Path(sys.executable).parent / "ray")
 OBJECT_STORE = str(100 * 1024 * 1024)
 TEST_CARD = "TESTCARD"
@@ -105,6 +107,20 @@ def runner_process(repo: Path, out: Path, err: Path, *args: str) -> Iterator[sub
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(runner.pid, signal.SIGKILL)
             runner.wait(timeout=30)
+
+
+def wait_for(condition, runner: subprocess.Popen, what: str, output: Path | None = None, deadline_s: float = 300):
+    """Poll condition() until it returns something truthy; fail if the runner exits first (or after deadline_s)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value is not None and value is not False and value != []:
+            return value
+        if runner.poll() is not None:
+            said = output.read_text() if output else "".join(runner.communicate())
+            pytest.fail(f"runner exited ({runner.returncode}) before {what}:\n{said[-3000:]}")
+        time.sleep(0.02)
+    pytest.fail(f"gave up waiting for {what}")
 
 
 @contextlib.contextmanager

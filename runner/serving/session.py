@@ -54,6 +54,7 @@ from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
 READY_POLL_S = 0.5
+SERVER_GONE = "the server had stopped"  # a level's reason; the server's own words are added after
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -217,7 +218,7 @@ class ServingRun:
         elif result["status"] != "ok" and levels:
             # the server stopped during the sweep: the levels it left unserved say how, in its own words
             for level in levels:
-                if level["status"] != "ok" and level.get("reason", "").endswith("the server had stopped"):
+                if level["status"] != "ok" and level.get("reason", "").endswith(SERVER_GONE):
                     level["reason"] += f" ({result['reason']})"
             result["reason"] = f"{result['reason']} (after levels {[lv['level'] for lv in levels]})"
         return result
@@ -269,9 +270,7 @@ class ServingRun:
         for level in sweep["levels"]:
             entry: dict[str, Any] = {"level": level}
             if not server.is_alive():
-                levels.append(
-                    {**entry, "status": "failed", "reason": "the server had stopped", "started": 0, "ended": 0}
-                )
+                levels.append({**entry, "status": "failed", "reason": SERVER_GONE, "started": 0, "ended": 0})
                 continue
             artifacts = self.folder / "serving" / cell.id / f"c{level}"
             artifacts.mkdir(parents=True, exist_ok=True)
@@ -307,7 +306,7 @@ class ServingRun:
                 entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
             entry["ended"] = time.time()
             if entry["status"] != "ok" and not server.is_alive():
-                entry["reason"] += "; the server had stopped"
+                entry["reason"] += f"; {SERVER_GONE}"
             levels.append(entry)
             self.log(
                 f"[{cell.id}] level {level} {entry['status']}" + (f": {entry['reason']}" if entry["reason"] else "")
