@@ -12,7 +12,8 @@ stops the server (SIGINT, then SIGKILL after a grace period) and writes the resu
 long it took to become ready, its exit, the last error line of its log, and its
 memory over time (device memory through NVML on the cell's GPUs, the process
 tree's RSS on CPU), sampled twice a second so the runner can cut a peak per
-concurrency level.
+concurrency level. The server's whole log is kept gzipped in ``<output>.server.log.gz``
+(the runner files it with the sweep's artefacts; its last 20 kB also go to the cell's log).
 
 Files and protocol are plain so that both executors work the same: the run
 folder is shared with the container. This file imports nothing from the runner.
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +52,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def keep_gzipped(path: Path) -> None:
+    """Replace the file at path by path.gz (a server's log: per-request timings that the cell's log only tails)."""
+    if not path.exists():
+        return
+    with open(path, "rb") as raw, gzip.open(f"{path}.gz", "wb") as packed:
+        shutil.copyfileobj(raw, packed)
+    path.unlink()
 
 
 def last_error_line(log_text: str) -> str | None:
@@ -206,7 +218,7 @@ def serve(server_class: type, argv: list[str] | None = None) -> int:
             cause = last_error_line(log_text)
             if cause and cause not in result["reason"]:
                 result["reason"] += f"; server said: {cause}"
-        server_log.unlink(missing_ok=True)
+        keep_gzipped(server_log)
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(args.output, result)
     print(f"[{spec['cell']['id']}] server {result['status']}: {result['reason'] or 'stopped'}", flush=True)

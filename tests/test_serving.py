@@ -9,6 +9,7 @@ temporary folder, is left.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import re
@@ -381,6 +382,10 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     ]
     assert len(prompts) == 14 and len(set(prompts)) == 14  # (1 warm-up + 6) x 2 levels
     assert "n_past was set" not in (folder / "logs" / f"{result['cell']['id']}.log").read_text()
+    # llama-server's whole log is kept beside the levels: a timing line for every request it served
+    assert result["server"]["log"] == f"serving/{result['cell']['id']}/server.log.gz"
+    with gzip.open(folder / result["server"]["log"], "rt") as server_log:
+        assert server_log.read().count("prompt eval time") == 14
     table = (folder / "serving.md").read_text()
     assert "| llama.cpp" in table and "summary" in table and "p99 TTFT under 5000 ms up to concurrency" in table
     if server_cpus != client_cpus:
@@ -495,16 +500,17 @@ def test_the_gpu_serving_matrices_have_the_issues_rows(repo, path, lengths):
     assert (matrix.serving.sweep.prompt_tokens, matrix.serving.sweep.new_tokens) == lengths
     assert matrix.serving.sweep.fidelity_runs == (3 if path == "matrix-serving.yaml" else 1)
     labels = {(c.engine, "; ".join(server_label(c))) for c in serving_cells(matrix)}
-    assert labels == {
+    issue_rows = {  # the issue's: vLLM bf16 and fp8, llama.cpp f16 and q4_k_m, transformers serve
         ("vllm", "tensor_parallel_size=1"),
         ("vllm", "tensor_parallel_size=1; quantization='fp8'"),
-        ("llamacpp", "fp16"),
-        ("llamacpp", "q4_k_m"),
+        ("llamacpp", "fp16; flash_attn=True"),
+        ("llamacpp", "q4_k_m; flash_attn=True"),
         ("transformers", "BF16; attn_implementation=sdpa"),
-    } | (
-        {("llamacpp", "fp16; cache_ram_mib=0"), ("llamacpp", "fp16; flash_attn=True")}
+    }
+    assert labels == issue_rows | (
+        {("llamacpp", "fp16"), ("llamacpp", "q4_k_m"), ("llamacpp", "fp16; cache_ram_mib=0")}
         if path == "matrix-serving.yaml"
-        else set()
+        else {("llamacpp", "fp16; flash_attn=True; n_batch=2048 n_ubatch=512")}
     )
     assert all(c.gpus == (0,) for c in serving_cells(matrix))
 

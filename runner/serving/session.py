@@ -12,7 +12,8 @@ levels before it keep their numbers. An interrupt (Ctrl-C, SIGTERM, the runner's
 own ``timeout``) likewise keeps the levels measured before it: the server and the
 load generator are stopped, the level in flight is failed as interrupted, and
 the cell's result is written before the run ends. The cell's memory per level is
-the peak of the child's memory timeline within the level's time.
+the peak of the child's memory timeline within the level's time. The server's
+whole log (``<child result>.server.log.gz``) is filed as serving/<cell>/server.log.gz.
 
 The executor runs the load generator beside the cell (Executor.run_tool): the
 local executor as a local process (.venv/aiperf, or --loadgen), the docker
@@ -238,6 +239,12 @@ class ServingRun:
             path.unlink(missing_ok=True)
         sweep = job.spec["workload"]
         result = outcome[0] if outcome else failure(job.cell, job.spec["model"], sweep, "failed", "no result")
+        server_log = Path(f"{job.child_result_path}.server.log.gz")  # the server's whole log, kept beside the levels
+        if server_log.exists():
+            kept = self.folder / "serving" / cell.id / "server.log.gz"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            server_log.replace(kept)
+            result.setdefault("server", {})["log"] = str(kept.relative_to(self.folder))
         timeline = result.pop("memory_timeline", None) or []
         for level in levels:
             level["peak_memory_mib"] = _peak_between(timeline, level["started"], level["ended"])
