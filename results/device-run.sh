@@ -141,13 +141,23 @@ if ls /tmp/site/*.pth >/dev/null 2>&1 && [ ! -f /tmp/site/sitecustomize.py ]; th
   printf 'import site\nsite.addsitedir("/tmp/site")\n' > /tmp/site/sitecustomize.py
 fi
 # AIPerf for serving cells (results/aiperf-carry.sh): its site carried in pieces into /tmp/aparts (or
-# whole under .carry/aiperf-1), unpacked once per machine, run through a wrapper with that site alone
-# ahead of the device's packages, and named to the runner as --loadgen.
+# all under .carry/aiperf-*), unpacked once per machine, run through a wrapper with that site alone
+# ahead of the device's packages, and named to the runner as --loadgen. Pieces still on their way (a
+# background run started before the last carry call) are waited for, up to 4 min: a site is kept only
+# when the pieces join into a whole tarball.
 loadgen=()
-if [ ! -d /tmp/aiperf-site ]; then
+for attempt in $(seq 24); do
+  [ ! -d /tmp/aiperf-site ] || break
   parts=$(ls /tmp/aparts/part-* 2>/dev/null || ls .carry/aiperf-*/part-* 2>/dev/null || true)
-  if [ -n "$parts" ]; then mkdir -p /tmp/aiperf-site && cat $parts | xz -dc -T0 | tar -x -C /tmp/aiperf-site; fi
-fi
+  [ -n "$parts" ] || break
+  rm -rf /tmp/aiperf-site.partial && mkdir -p /tmp/aiperf-site.partial
+  if cat $parts | xz -dc -T0 2>/dev/null | tar -x -C /tmp/aiperf-site.partial 2>/dev/null; then
+    mv /tmp/aiperf-site.partial /tmp/aiperf-site
+  else
+    echo "AIPerf's $(echo $parts | wc -w) piece(s) do not make a whole tarball yet: waiting for the rest ($attempt)"
+    sleep 10
+  fi
+done
 if [ -d /tmp/aiperf-site ]; then
   printf '#!/bin/sh\nPYTHONPATH=/tmp/aiperf-site exec python3 -m aiperf "$@"\n' > /tmp/aiperf && chmod +x /tmp/aiperf
   loadgen=(--loadgen /tmp/aiperf)
