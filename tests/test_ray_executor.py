@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("ray", reason="the ray executor's tests need Ray: pip install '.[ray]' (ray==2.60.0)")
 
@@ -85,8 +86,8 @@ def test_a_card_cell_runs_on_that_card_node_and_each_card_gets_its_table(
     ray_cluster, runner_cli, model_store, tmp_path
 ):
     """cards: [TESTCARD, OTHERCARD]: the GPU cell for TESTCARD is placed on node_b (the node of that kind; with
-    no GPU here it then runs on the CPU), the one for OTHERCARD is not run (no such node), the CPU cell runs once;
-    one table per card and one for the CPU row, listed by table.md."""
+    no GPU there it is not run: not a CPU measurement in a GPU row), the one for OTHERCARD is not run (no such
+    node), the CPU cell runs once; one table per card and one for the CPU row, listed by table.md."""
     folder = tmp_path / "run"
     done = runner_cli(
         CARDS, "--executor", "ray", "--ray-address", ray_cluster, "-o", str(folder), "--store", str(model_store),
@@ -101,6 +102,10 @@ def test_a_card_cell_runs_on_that_card_node_and_each_card_gets_its_table(
     placed = results[(TEST_CARD, (0,))]
     assert placed["node"]["custom_resources"] == [f"accelerator_type:{TEST_CARD}", "node_b"]
     assert placed["node"]["gpus"] == [0]  # the GPU Ray gave it there
+    if not torch.cuda.is_available():  # CI: node_b's "GPU" is a Ray resource, not a device
+        assert placed["status"] == "unsupported", placed.get("reason")
+        no_cuda = f"the cell asks for GPU(s) [0] and torch {torch.__version__} sees no CUDA device here"
+        assert placed["reason"] == no_cuda
     missing = results[("OTHERCARD", (0,))]
     assert missing["status"] == "unsupported" and "node" not in missing
     assert missing["reason"] == "no node of the Ray cluster has OTHERCARD cards (resource accelerator_type:OTHERCARD)"
