@@ -70,6 +70,13 @@ def cpu_kv_cache_bytes(config: dict[str, Any], context: int, batch_size: int) ->
     return max(256 * mib, -(-needed // mib) * mib)
 
 
+def vllm_platform() -> str:
+    """The device vLLM chose for this process (its current_platform: "cuda", "cpu", ...)."""
+    from vllm.platforms import current_platform
+
+    return str(current_platform.device_type)
+
+
 class Engine:
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
@@ -84,6 +91,8 @@ class Engine:
     def check(self) -> None:
         if vllm is None:
             raise harness.CellUnsupported(f"vLLM is not importable here ({IMPORT_PROBLEM}): use the vllm image")
+        if self.gpus and (platform := vllm_platform()) == "cpu":  # not a CPU measurement under a GPU cell's row
+            raise harness.CellUnsupported(f"the cell asks for GPU(s) {self.gpus} and this vLLM runs on the {platform}")
         known = {f.name for f in dataclasses.fields(EngineArgs)}
         problem = unknown_engine_args(list(self.settings["engine_args"]), known, vllm.__version__)
         if problem:
