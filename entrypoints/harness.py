@@ -63,6 +63,12 @@ class CellUnsupported(Exception):
     engine release): status ``unsupported``, shown as "not run here: <message>", not counted as a failure."""
 
 
+def refuse_cpu_stand_in(gpus: list[int], device_seen: bool, why_not: str) -> None:
+    """A GPU cell whose engine sees no GPU here is not run, rather than measured on the CPU under a GPU row."""
+    if gpus and not device_seen:
+        raise CellUnsupported(f"the cell asks for GPU(s) {list(gpus)} and {why_not}")
+
+
 class CellInvalid(Exception):
     """This cell cannot work anywhere as given (settings that contradict each other or the workload, a
     malformed spec): a failed row whose reason is the message, with the fix."""

@@ -93,10 +93,7 @@ class Engine:
             raise harness.CellUnsupported(str(exc)) from None
         except ImportError as exc:
             raise harness.CellUnsupported(f"gpt-fast's generate.py does not import here: {exc}") from None
-        if self.gpus and not self.cuda:  # not a CPU measurement under a GPU cell's row
-            raise harness.CellUnsupported(
-                f"the cell asks for GPU(s) {self.gpus} and torch {torch.__version__} sees no CUDA device here"
-            )
+        harness.refuse_cpu_stand_in(self.gpus, self.cuda, f"torch {torch.__version__} sees no CUDA device here")
         s = self.settings
         if s["precision"] == "int4" and not self.cuda:
             raise harness.CellUnsupported(INT4_ON_CPU)

@@ -57,18 +57,14 @@ class Engine:
     def __init__(self, spec: dict[str, Any]):
         self.settings = spec["cell"]["settings"]
         self.model_path = spec["model"]["path"]
-        self.spec_gpus = list(spec["cell"]["gpus"])
-        self.cuda = torch.cuda.is_available() and bool(self.spec_gpus)
+        self.gpus = spec["cell"]["gpus"]
+        self.cuda = torch.cuda.is_available() and bool(self.gpus)
         self.device = torch.device("cuda:0" if self.cuda else "cpu")
         self.model = None
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
 
     def check(self) -> None:
-        gpus = self.spec_gpus
-        if gpus and not self.cuda:  # not a CPU measurement under a GPU cell's row
-            raise harness.CellUnsupported(
-                f"the cell asks for GPU(s) {gpus} and torch {torch.__version__} sees no CUDA device here"
-            )
+        harness.refuse_cpu_stand_in(self.gpus, self.cuda, f"torch {torch.__version__} sees no CUDA device here")
         if self.settings["bettertransformer"]:
             try:
                 from optimum.bettertransformer import BetterTransformer  # noqa: F401

@@ -91,8 +91,8 @@ class Engine:
     def check(self) -> None:
         if vllm is None:
             raise harness.CellUnsupported(f"vLLM is not importable here ({IMPORT_PROBLEM}): use the vllm image")
-        if self.gpus and (platform := vllm_platform()) == "cpu":  # not a CPU measurement under a GPU cell's row
-            raise harness.CellUnsupported(f"the cell asks for GPU(s) {self.gpus} and this vLLM runs on the {platform}")
+        if self.gpus:
+            harness.refuse_cpu_stand_in(self.gpus, vllm_platform() != "cpu", "this vLLM runs on the cpu")
         known = {f.name for f in dataclasses.fields(EngineArgs)}
         problem = unknown_engine_args(list(self.settings["engine_args"]), known, vllm.__version__)
         if problem:
