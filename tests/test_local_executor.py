@@ -401,3 +401,36 @@ def test_a_tool_beside_a_cell_gets_a_temporary_folder_of_its_own_removed_after(t
     assert folder.name.startswith("inference-matrix-tool-") and folder.parent == Path(tempfile.gettempdir())
     assert not folder.exists()  # removed, with the tool's own folder in it
     assert os.environ.get("TMPDIR") != str(folder)  # the runner's own environment is untouched
+
+
+def test_a_tool_interrupted_while_the_runner_waits_on_it_goes_whole(tmp_path, sleepers, monkeypatch):
+    """A serving sweep waits on its load generator in the main thread, where Ctrl-C raises KeyboardInterrupt: the
+    tool's whole process group still goes, children that ignore SIGTERM included (an AIPerf process outlived an
+    interrupted run on CI when the group only ever got stop_all's SIGTERM)."""
+    monkeypatch.setattr(local, "KILL_GRACE_S", 0.5)
+    pids = tmp_path / "pids.txt"
+    tool = tmp_path / "tool.py"
+    tool.write_text(
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the sleep child: SIGTERM ends neither\n"
+        "child = subprocess.Popen(['sleep', '1000'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{child.pid}}')\n"
+        "time.sleep(1000)\n"
+    )
+    executor = LocalExecutor(tools={"tool": sys.executable})
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)  # the interrupt lands in the wait, as Ctrl-C's would
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 2.0)
+        with pytest.raises(KeyboardInterrupt):
+            executor.run_tool(make_job(tmp_path), "tool", [str(tool)], tmp_path / "tool.log", 60)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    child = int(pids.read_text())
+    sleepers.append(child)
+    assert gone(child), "the tool's child outlived the interrupted wait"
+    assert not executor._running

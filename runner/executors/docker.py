@@ -317,8 +317,9 @@ class DockerExecutor:
                 code = None
                 subprocess.run(["docker", "kill", name], capture_output=True, stdin=subprocess.DEVNULL)
                 process.wait()
-        _remove(name)
-        self._names.discard(name)
+            finally:  # an interrupt raised in the wait (a serving sweep waits on the main thread) included
+                _remove(name)
+                self._names.discard(name)
         return code
 
     def run_in_cell(self, job: Job, script: str, args: list[str], log_path: Path, timeout_s: float) -> int | None:

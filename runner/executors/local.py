@@ -154,8 +154,9 @@ class LocalExecutor:
                 process.wait(timeout=job.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-            _kill_group(process)
-            self._running.discard(process)
+            finally:  # an interrupt raised in the wait included: see _run_beside
+                _kill_group(process)
+                self._running.discard(process)
             code = process.returncode
         return outcome(job, code, timed_out=timed_out, interrupted=self.interrupted)
 
@@ -205,8 +206,11 @@ class LocalExecutor:
                 code = process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 code = None
-            _kill_group(process)
-            self._running.discard(process)
+            finally:
+                # on every way out, an interrupt raised in the wait included (a serving sweep waits on the main
+                # thread): stop_all's SIGTERM alone left AIPerf processes that ignore it running after the run
+                _kill_group(process)
+                self._running.discard(process)
         return code
 
 
