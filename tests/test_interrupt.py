@@ -303,7 +303,7 @@ def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(runner_cli, r
     assert invocation["cells"] == [result["cell"]["id"]]
     assert not list((folder / "cells").glob(".*"))  # no handshake or scratch file left
     for program in (str(llama_server), str(aiperf.parent)):
-        left = subprocess.run(["pgrep", "-f", program], capture_output=True, text=True)
+        left = subprocess.run(["pgrep", "-af", program], capture_output=True, text=True)
         assert left.stdout == "", f"{program} left running: {left.stdout}"
 
     # a rerun measures the interrupted cell again, whole

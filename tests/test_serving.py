@@ -486,7 +486,7 @@ def test_a_server_that_dies_mid_sweep_keeps_the_levels_before_and_fails_the_rest
     table = (folder / "serving.md").read_text()
     assert table.count("the server had stopped (RuntimeError: the server exited with code -9") == 2
     for program in (str(LLAMA_SERVER), str(AIPERF.parent)):
-        left = subprocess.run(["pgrep", "-f", program], capture_output=True, text=True)
+        left = subprocess.run(["pgrep", "-af", program], capture_output=True, text=True)
         assert left.stdout == "", f"{program} left running: {left.stdout}"
 
 
@@ -545,7 +545,7 @@ def test_a_sweep_past_its_timeout_stops_server_and_load_and_keeps_the_row(runner
     assert level["level"] == 1 and level["status"] == "timeout"
     assert "summary" in (folder / "serving.md").read_text()
     for program in (str(LLAMA_SERVER), str(AIPERF.parent)):
-        left = subprocess.run(["pgrep", "-f", program], capture_output=True, text=True)
+        left = subprocess.run(["pgrep", "-af", program], capture_output=True, text=True)
         assert left.stdout == "", f"{program} left running: {left.stdout}"
 
 
