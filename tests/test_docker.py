@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -350,7 +351,6 @@ def test_ctrl_c_on_a_container_cell_keeps_the_row_and_leaves_no_container(
     Ctrl-C left the killed container behind, Exited 137, with no row)."""
     import signal
     import sys
-    import time
 
     matrix = "tests/fixtures/matrices/e2e_interrupt.yaml"
     first, second, _ = (line.split("  ", 1)[0] for line in runner_cli(matrix, "--list").stdout.splitlines())
@@ -581,6 +581,45 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
     assert leftover_containers() == []
 
 
+def test_ctrl_c_during_a_serving_sweep_in_containers_keeps_the_level_measured_and_leaves_no_container(
+    cpu_image, repo, model_store, tmp_path
+):
+    """Ctrl-C (SIGINT to the runner's group, twice) while AIPerf's container drives level 2 of llama-server's
+    container: the runner exits 130 with level 1 kept and level 2 interrupted, and neither the server's container
+    nor AIPerf's is left (the sweep waits on AIPerf in the runner's main thread, where the interrupt lands)."""
+    import signal
+
+    from two_node_ray import runner_process, wait_for
+
+    matrix = tmp_path / "serving.yaml"
+    matrix.write_text(
+        "version: 1\nmodel: {synthetic: tiny-mistral}\ndefaults: {gpus: [], timeout_s: 900}\n"
+        "serving:\n  levels: [1, 2]\n  requests: 100\n  warmup_requests: 1\n  prompt_tokens: 16\n"
+        "  new_tokens: 64\n  engines: {llamacpp: {include: [{quant: f16}]}}\n"
+    )
+    folder, out, err = tmp_path / "run", tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    args = [str(matrix), "--executor", "docker", "-o", str(folder), "--store", str(model_store)]
+    with runner_process(repo, out, err, *args) as runner:
+        wait_for(lambda: "] level 2: " in out.read_text(), runner, "level 2", out, deadline_s=1200)
+        aiperf = "name=inference-matrix-serve-llamacpp-"
+        wait_for(lambda: "-aiperf-" in docker("ps", "--filter", aiperf, "--format", "{{.Names}}").stdout, runner,
+                 "level 2's AIPerf container", out)  # fmt: skip
+        os.killpg(runner.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(runner.pid, signal.SIGINT)  # an impatient user's second Ctrl-C while the runner stops
+        code = runner.wait(timeout=300)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert code == 130, stdout[-3000:] + stderr[-3000:]
+    assert leftover_containers() == []
+    (path,) = (folder / "cells").glob("serve-llamacpp-*.json")
+    result = json.loads(path.read_text())
+    assert result["reason"] == "interrupted: the run was stopped at level 2; levels [1] kept", result["reason"]
+    first, second = result["levels"]
+    assert first["status"] == "ok" and first["metrics"]["requests"] == 100 and first["peak_memory_mib"] > 0
+    assert second["status"] == "failed" and second["reason"].startswith("interrupted"), second
+    assert "interrupted: the run was stopped at level 2" in (folder / "serving.md").read_text()
+
+
 def test_a_gpu_cell_on_a_host_without_gpus_says_so_at_once_and_builds_nothing(runner_cli, model_store, tmp_path):
     """CI has Docker and no NVIDIA GPU: the GPU cell is a row with the reason at once, and no GPU image is
     built or asked for (--no-build would refuse a missing one)."""
@@ -751,7 +790,6 @@ def test_ray_nodes_run_cells_in_containers_and_ctrl_c_leaves_no_container(
     image. Then SIGINT to the runner while a container cell runs on each node:
     both rows say interrupted, and no container is left on either node."""
     import signal
-    import time
 
     pytest.importorskip("ray", reason="the ray executor's tests need Ray: pip install '.[ray]' (ray==2.60.0)")
     from two_node_ray import TEST_CARD, runner_process

@@ -109,3 +109,25 @@ def test_a_chart_that_cannot_be_drawn_costs_no_table():
         raise ValueError("Image size of 100x900000 pixels is too large")
 
     assert drawn(broken, None, None) == ([], "ValueError: Image size of 100x900000 pixels is too large")
+
+
+def test_serving_charts_show_the_levels_as_numbers_and_the_per_user_trade_off(runner_cli, tmp_path):
+    """results/h200/serving-llamacpp re-rendered: throughput against concurrency (ticks at the levels swept,
+    written as numbers), against p99 TTFT, and against each user's rate (AIPerf's per-user output tok/s)."""
+    folder = tmp_path / "serving-llamacpp"
+    shutil.copytree(REPO / "results" / "h200" / "serving-llamacpp", folder)
+    shutil.rmtree(folder / "charts")
+    done = runner_cli(str(folder / "matrix-serving.yaml"), "-o", str(folder), "--table-only")
+    assert done.returncode == 0, done.stdout + done.stderr
+    links = re.findall(r"!\[([^\]]+)\]\((charts/[^)]+\.png)\)", (folder / "serving.md").read_text())
+    assert [png for _, png in links] == [
+        "charts/serving-1-throughput.png",
+        "charts/serving-2-latency.png",
+        "charts/serving-3-interactivity.png",
+    ]
+    assert links[2][0] == "Output tok/s against tok/s per user"
+    throughput = (folder / "charts" / "serving-1-throughput.svg").read_text()
+    texts = re.findall(r"<text [^>]*>([^<]*)</text>", throughput)  # SVG text stays text (svg.fonttype none)
+    assert texts[:5] == ["1", "4", "16", "64", "concurrency (requests in flight)"], texts
+    interactivity = (folder / "charts" / "serving-3-interactivity.svg").read_text()
+    assert "c64" in interactivity and "llama.cpp: fp16; flash_attn=True" in interactivity

@@ -409,7 +409,7 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
     assert "![Output tok/s against concurrency](charts/serving-1-throughput.png)" in table
     assert (folder / "charts" / "serving-2-latency.png").is_file()
     page = (folder / "table.html").read_text()
-    assert "<h2>Serving</h2>" in page and page.count("<svg") == 2 and "not importable" in page
+    assert "<h2>Serving</h2>" in page and page.count("<svg") == 3 and "not importable" in page
     for server in (str(LLAMA_SERVER), "transformers.cli.transformers serve"):
         left = subprocess.run(["pgrep", "-f", server], capture_output=True, text=True)
         assert left.stdout == "", f"{server} left running: {left.stdout}"

@@ -215,6 +215,9 @@ def serving_charts(results: list[dict[str, Any]], ttft_bound_ms: float, folder: 
         rates = [lv["metrics"]["output_tokens_per_s"] for lv in levels]
         ax.plot([lv["level"] for lv in levels], rates, "o-", label=label)
     ax.set_xscale("log", base=2)
+    swept = sorted({lv["level"] for _, levels in curves for lv in levels})
+    ax.set_xticks(swept, [str(level) for level in swept])  # the levels as numbers, not powers of two
+    ax.minorticks_off()
     ax.set_xlabel("concurrency (requests in flight)")
     ax.set_ylabel("output tok/s")
     ax.set_title("Serving throughput against concurrency")
@@ -240,7 +243,33 @@ def serving_charts(results: list[dict[str, Any]], ttft_bound_ms: float, folder: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     charts.append(_save(fig, folder, Chart("serving-2-latency", "Output tok/s against p99 TTFT")))
-    return charts
+    interactive = _interactivity(curves, folder)
+    return charts + ([interactive] if interactive else [])
+
+
+def _interactivity(curves: list[tuple[str, list[dict[str, Any]]]], folder: Path) -> Chart | None:
+    """What the server delivers in all against what each user sees (output tok/s of one request, AIPerf's
+    per-user rate): the trade-off a concurrency level picks, up and to the right being better."""
+    shown = [
+        (label, [lv for lv in levels if lv["metrics"].get("output_tokens_per_s_per_user")]) for label, levels in curves
+    ]
+    shown = [(label, levels) for label, levels in shown if levels]
+    if not shown:
+        return None
+    fig, ax = _pyplot().subplots(figsize=(9, 5.5))
+    for label, levels in shown:
+        points = [
+            (lv["metrics"]["output_tokens_per_s_per_user"], lv["metrics"]["output_tokens_per_s"]) for lv in levels
+        ]
+        ax.plot(*zip(*points, strict=True), "o-", label=label)
+        for lv, at in zip(levels, points, strict=True):
+            ax.annotate(f"c{lv['level']}", at, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("output tok/s per user (one request's rate)")
+    ax.set_ylabel("output tok/s (all requests)")
+    ax.set_title("Serving throughput against each user's rate (points: concurrency levels)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, folder, Chart("serving-3-interactivity", "Output tok/s against tok/s per user"))
 
 
 def drawn(draw, *args: Any) -> tuple[list[Chart], str | None]:
