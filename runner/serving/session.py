@@ -55,6 +55,9 @@ from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
 READY_POLL_S = 0.5
+# an interrupted sweep's wait for the server's child to stop its server (SIGINT, 20 s, then SIGKILL) and write its
+# result, before the executor stops it
+STOP_WAIT_S = 60
 SERVER_GONE = "the server had stopped"  # a level's reason; the server's own words are added after
 
 
@@ -195,10 +198,15 @@ class ServingRun:
                 served = ready.get("model") or job.spec["model"]["name"]  # the name its requests carry
                 self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", served, extras, server, deadline, levels)
         except KeyboardInterrupt:
-            # stop the load generator and the server's child (SIGTERM: it stops its server and writes its result,
-            # memory timeline included), wait for it, and hand the levels measured so far up to be written
-            self.executor.stop_all()
-            server.join()  # the runner ignores further signals once stopping (cli._interrupt)
+            # the load generator is gone with its process group or container (the executor's wait saw to it). The
+            # server's child is asked to stop as at a sweep's end, by the stop file: it stops its server and writes
+            # its result, the memory timeline of the levels measured included, whatever the executor (a container
+            # stopped by the executor gets SIGKILL, and its result with it). Only a child that does not end in
+            # STOP_WAIT_S is stopped by the executor. Then the levels measured so far go up to be written.
+            stop_path.touch()
+            server.join(timeout=STOP_WAIT_S)  # the runner ignores further signals once stopping (cli._interrupt)
+            self.executor.stop_all()  # and nothing else starts
+            server.join()
             own = _child_result(job.child_result_path)  # the executor's outcome keeps only why it stopped
             if own is not None and outcome:
                 outcome[0] = {**own, "exit_code": outcome[0].get("exit_code")}
