@@ -55,6 +55,7 @@ class LlamaCppServer:
             "--flash-attn", "on" if s["flash_attn"] else "off",
             "--cont-batching" if s["cont_batching"] else "--no-cont-batching",
             "--no-webui",
+            "--metrics",  # its Prometheus counters at /metrics, which the load generator reads through each level
         ]  # fmt: skip
         if self.spec["cell"]["gpus"]:
             command += ["--n-gpu-layers", str(s["n_gpu_layers"]), "--split-mode", s["split_mode"]]

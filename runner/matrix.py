@@ -30,6 +30,10 @@ Schema (version 1):
       length_range_ratio: 0           # optional: each request's prompt and new tokens drawn uniformly from
                                       # [n(1-r), n(1+r)] (vllm bench serve's random range ratio, in both tools);
                                       # each request still returns exactly the new tokens it asks for
+      server_metrics: false           # optional: AIPerf also reads the server's own metrics (/metrics) through
+                                      # each level, 3 times a second (a request the server serves besides): what
+                                      # it counted itself over the level (its TTFT, cache hits...) goes beside
+                                      # the row, where its engine names them; off, the server serves only load
       ttft_p99_ms: 2000               # the summary row's bound: highest level with p99 TTFT under it
       server_timeout_s: 900           # how long the server may take to answer its health check
       engines: {llamacpp: {include: [{quant: f16}]}}   # as engines:, plus each server's own settings
@@ -136,6 +140,7 @@ class Sweep:
     prompt_tokens: int = 64
     new_tokens: int = 256
     length_range_ratio: float = 0.0  # r: lengths drawn per request from [n(1-r), n(1+r)]; 0: every request n
+    server_metrics: bool = False  # AIPerf reads the server's own metrics through each level (Server.own_figures)
     ttft_p99_ms: float = 2000.0
     server_timeout_s: int = 900
 
@@ -151,6 +156,8 @@ class Sweep:
             del found["length_range_ratio"]  # likewise
         if not self.duration_s:
             del found["duration_s"]  # likewise
+        if not self.server_metrics:
+            del found["server_metrics"]  # likewise
         return found
 
 
@@ -198,6 +205,12 @@ class _Where:
         value = table.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(f"{key}.{name}", f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def boolean(self, table: dict[str, Any], key: str, name: str, default: bool) -> bool:
+        value = table.get(name, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{key}.{name}", f"expected true or false, got {value!r}")
         return value
 
     def number(
@@ -331,6 +344,7 @@ def _serving(w: _Where, table: dict[str, Any], defaults: Placement) -> Serving:
             "expected seconds >= 0 per level (0: each level sends its requests and no time bound)",
         ),
         fidelity_runs=w.integer(table, "serving", "fidelity_runs", d.fidelity_runs, 1),
+        server_metrics=w.boolean(table, "serving", "server_metrics", d.server_metrics),
         warmup_requests=w.integer(table, "serving", "warmup_requests", d.warmup_requests, 0),
         prompt_tokens=w.integer(table, "serving", "prompt_tokens", d.prompt_tokens, 1),
         new_tokens=w.integer(table, "serving", "new_tokens", d.new_tokens, 1),

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from runner.cpuset import available, format_cpus, named, split_for_clients
+from runner.engines import ENGINES
 from runner.executors.docker import daemon_problem
 from runner.expand import expand
 from runner.images import image_tag, load_specs
@@ -554,6 +555,7 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                     sent = json.loads((where / "reference.json").read_text())["requests"]
                     assert len(sent) == 6 and sent[0]["sent_s"] == 0
                     assert all(r["output_tokens"] == 16 and 0 < r["ttft_ms"] < r["e2e_ms"] for r in sent), sent
+                assert set(level["server_metrics"]) <= set(ENGINES["vllm"].server.own_figures)  # its own counts
                 prompts = [
                     json.loads((where / "inputs.json").read_text())["data"][0]["payloads"][0]["prompt"]
                     for where in (here, here / "run2")
@@ -575,8 +577,12 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                 assert re.match(beside, bench_log), bench_log[:300]
                 assert f" --cpuset-cpus {format_cpus(clients)} " in bench_log.splitlines()[0]
         assert f" --cpuset-cpus {format_cpus(server_cpus)} " in first
+    vllm = json.loads(next((folder / "cells").glob("serve-vllm-*.json")).read_text())["levels"]
+    assert any(lv["server_metrics"].get("ttft_ms_avg", 0) > 0 for lv in vllm)  # vllm serve's own TTFT, as it saw it
+    assert sum(lv["server_metrics"].get("generated_tokens", 0) for lv in vllm) > 0
     table = (folder / "serving.md").read_text()
     assert "| vLLM " in table and "| llama.cpp " in table and "| HF Transformers " in table
+    assert "server's own count: TTFT mean " in table
     assert "vllm bench serve: " in table and "; 2 runs of each: TTFT p50 " in table
     assert leftover_containers() == []
 

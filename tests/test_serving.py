@@ -13,6 +13,7 @@ import gzip
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,10 @@ def test_a_serving_only_matrix_expands_to_server_cells(matrices):
         ({"engines": {"exllamav2": {"include": [{}]}}}, "serving.engines.exllamav2: ExLlamaV2 has no server"),
         ({"engines": {"llamacpp": {"include": [{"paralel": 4}]}}}, "did you mean 'parallel'?"),
         ({"ttft_p99": 5, "engines": {"llamacpp": {"include": [{}]}}}, "did you mean 'ttft_p99_ms'?"),
+        (
+            {"server_metrics": "yes", "engines": {"llamacpp": {"include": [{}]}}},
+            "serving.server_metrics: expected true or false, got 'yes'",
+        ),
     ],
 )
 def test_serving_section_mistakes_name_key_and_fix(serving, message):
@@ -122,6 +127,47 @@ def test_aiperf_command_asks_for_exact_lengths_and_counts_on_the_server(tmp_path
     from runner.engines import ENGINES
 
     assert ENGINES["llamacpp"].server.connections == "never" and ENGINES["vllm"].server.connections == "pooled"
+
+
+def test_the_servers_own_counts_are_read_only_when_asked_and_go_beside_the_row(tmp_path):
+    """serving.server_metrics: AIPerf reads the server's /metrics through the level (else it is told not to); the
+    figures the engine names come from AIPerf's export over the measured window (a real one of llama-server's, on
+    the tiny model: 6 requests of 16 tokens), and the level's Notes show them."""
+    from runner.engines import ENGINES
+    from runner.serving.loadgen import server_figures
+    from runner.serving.table import SERVER_COUNTS, caption, frame
+
+    sweep = {"requests": 6, "warmup_requests": 1, "prompt_tokens": 16, "new_tokens": 16}
+    plain = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 2, sweep, {}, tmp_path)
+    asked = aiperf_arguments("http://127.0.0.1:9", "m", "/ckpt", 2, sweep, {}, tmp_path, server_metrics=True)
+    assert "--no-server-metrics" in plain and "--server-metrics-formats" not in plain
+    assert "--no-server-metrics" not in asked and asked[asked.index("--server-metrics-formats") + 1] == "json"
+
+    def cell(serving):
+        return serving_cells(parse_matrix(serving_matrix(serving), Path("m.yaml")))[0]
+
+    base = {"engines": {"llamacpp": {"include": [{}]}}}
+    assert cell(base).id == cell({**base, "server_metrics": False}).id != cell({**base, "server_metrics": True}).id
+
+    export = Path(__file__).parent / "fixtures" / "aiperf" / "llama-server-metrics-export.json"
+    shutil.copy(export, tmp_path / "server_metrics_export.json")
+    own = server_figures(tmp_path, ENGINES["llamacpp"].server.own_figures)
+    # 6 requests of 16 prompt tokens: 90 computed, 6 (each one's first, the shared BOS) from its cache
+    assert own == {"generated_tokens": 96, "prompt_tokens": 90, "prompt_tokens_cached": 6, "decode_calls": 78}
+    assert server_figures(tmp_path / "nowhere", ENGINES["llamacpp"].server.own_figures) == {}
+    ttft = ENGINES["vllm"].server.own_figures["ttft_ms_avg"]
+    assert (ttft.metric, ttft.stat, ttft.scale) == ("vllm:time_to_first_token_seconds", "avg", 1000)
+
+    level = {"level": 2, "status": "ok", "reason": None, "metrics": {"output_tokens_per_s": 1.0}, "server_metrics": own}
+    result = {
+        "cell": {"engine": "llamacpp", "software": "llama.cpp", "label": ["fp16"], "id": "serve-llamacpp-x"},
+        "status": "ok", "levels": [level], "model": {"name": "tiny", "synthetic": True},
+        "workload": {**sweep, "levels": [2], "server_metrics": True},
+    }  # fmt: skip
+    notes = frame([result], 2000).loc[0, "Notes"]
+    assert notes == "server's own count: 96 tokens generated, 6 prompt tokens from its cache, 78 llama_decode calls"
+    assert SERVER_COUNTS in caption([result])
+    assert SERVER_COUNTS not in caption([{**result, "workload": sweep}])
 
 
 def test_rounds_keep_every_slot_busy_several_times_and_both_load_generators_send_the_same():
@@ -363,6 +409,12 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
         assert level["peak_memory_mib"] > 0 and level["ended"] > level["started"]
         assert (folder / "serving" / result["cell"]["id"] / f"c{level['level']}" / "profile_export.jsonl").exists()
     assert result["loadgen"]["name"] == "aiperf"
+    # what llama-server counted itself (serving.server_metrics: AIPerf read its /metrics through each level)
+    from runner.engines import ENGINES
+
+    for level in result["levels"]:
+        assert set(level["server_metrics"]) <= set(ENGINES["llamacpp"].server.own_figures)
+    assert sum(level["server_metrics"].get("generated_tokens", 0) for level in result["levels"]) > 0
     # the server on part of the CPUs, AIPerf (which times it) on the rest
     server_cpus, client_cpus = split_for_clients(available())
     assert result["cpus"] == {"server": format_cpus(server_cpus), "load_generators": format_cpus(client_cpus)}
@@ -388,6 +440,7 @@ def test_llamacpp_server_sweep_on_cpu(runner_cli, matrices, tmp_path, model_stor
         assert server_log.read().count("prompt eval time") == 14
     table = (folder / "serving.md").read_text()
     assert "| llama.cpp" in table and "summary" in table and "p99 TTFT under 5000 ms up to concurrency" in table
+    assert "server's own count: " in table and "Server's own counts: the load generator read" in table
     if server_cpus != client_cpus:
         assert f"CPU servers: on {named(server_cpus)}; the load generators timing them on {named(client_cpus)}" in table
     assert not list((folder / "cells").glob(".*"))  # no handshake or scratch file left

@@ -62,6 +62,19 @@ class ServerReference:
 
 
 @dataclass(frozen=True)
+class OwnFigure:
+    """A figure the server counts itself, from its Prometheus metrics (``/metrics``) as AIPerf scraped them through a
+    level and reduced them to the level's measured window (warm-up excluded): the server's side of the row."""
+
+    metric: str  # the metric's family name (a counter's without _total)
+    stat: str  # which statistic of it: "total" (a counter's change over the window), "avg", "p50", ... (a histogram's)
+    label: str  # how the table's Notes name it
+    scale: float = 1.0  # to the unit below (seconds to ms: 1000)
+    unit: str = ""  # a total is a count: none
+    noted: bool = True  # shown in the level's Notes (every figure is kept in its result)
+
+
+@dataclass(frozen=True)
 class Server:
     """An engine's own server for serving cells (runner/serving): what runs it, how requests keep to N tokens."""
 
@@ -78,6 +91,8 @@ class Server:
     connections: str = "pooled"
     # the engine's settings its server cannot honour: (settings) -> why and what to do, or None
     check: Callable[[dict[str, Any]], str | None] = field(default=lambda settings: None)
+    # what the server counts itself, kept beside each level (level["server_metrics"]); none: AIPerf reads no metrics
+    own_figures: dict[str, OwnFigure] = field(default_factory=dict)
 
     @property
     def lengths_vary(self) -> bool:

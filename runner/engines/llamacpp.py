@@ -10,7 +10,7 @@ from __future__ import annotations
 from numbers import Real
 from typing import Any
 
-from runner.engines.base import Engine, Server, Setting
+from runner.engines.base import Engine, OwnFigure, Server, Setting
 
 # llama.cpp's quantisation types this tool offers (llama-quantize names them in capitals).
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
@@ -106,6 +106,13 @@ SERVER = Server(
     # one failed ("Server disconnected", on the CPU at concurrency 1), so each request opens its own
     connections="never",
     forced_length="max_tokens with ignore_eos (llama-server's sampling parameter): the end token cannot stop a request",
+    # its counters (llama-server --metrics) over each level's measured window
+    own_figures={
+        "generated_tokens": OwnFigure("llamacpp:tokens_predicted", "total", "tokens generated"),
+        "prompt_tokens": OwnFigure("llamacpp:prompt_tokens", "total", "prompt tokens computed", noted=False),
+        "prompt_tokens_cached": OwnFigure("llamacpp:prompt_tokens_cached", "total", "prompt tokens from its cache"),
+        "decode_calls": OwnFigure("llamacpp:n_decode", "total", "llama_decode calls"),
+    },
 )
 
 LLAMACPP = Engine(

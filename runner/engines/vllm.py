@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from runner.cpuset import named
-from runner.engines.base import Engine, Server, ServerReference, Setting, harness_threads
+from runner.engines.base import Engine, OwnFigure, Server, ServerReference, Setting, harness_threads
 from runner.serving.loadgen import level_requests
 
 QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "bitsandbytes")
@@ -202,6 +202,17 @@ SERVER = Server(
     request_extras={"ignore_eos": True},
     forced_length="max_tokens with ignore_eos (vLLM's sampling parameter): the end token cannot stop a request",
     reference=ServerReference("vllm_bench_serve.py", "vllm bench serve", bench_serve_arguments),
+    # its own metrics (vllm serve's /metrics) over each level's measured window: its TTFT from a request's arrival
+    # in the server, beside the clients' (which add HTTP and streaming)
+    own_figures={
+        "ttft_ms_avg": OwnFigure("vllm:time_to_first_token_seconds", "avg", "TTFT mean", 1000, " ms"),
+        "itl_ms_avg": OwnFigure("vllm:inter_token_latency_seconds", "avg", "ITL mean", 1000, " ms"),
+        "queue_ms_avg": OwnFigure("vllm:request_queue_time_seconds", "avg", "queued mean", 1000, " ms"),
+        "generated_tokens": OwnFigure("vllm:generation_tokens", "total", "tokens generated"),
+        "prompt_tokens": OwnFigure("vllm:prompt_tokens", "total", "prompt tokens", noted=False),
+        "prefix_cache_hit_tokens": OwnFigure("vllm:prefix_cache_hits", "total", "prompt tokens from its prefix cache"),
+        "preemptions": OwnFigure("vllm:num_preemptions", "total", "preemptions"),
+    },
 )
 
 VLLM = Engine(

@@ -17,7 +17,10 @@ connection per request is not free (on CI's CPU it cost one server about 4 ms of
 TTFT and a quarter of its output rate at concurrency 1). AIPerf writes its
 summary as JSON (``profile_export_aiperf.json``) and every request as a line;
 ``level_metrics`` keeps what the table shows and the raw export stays in the run
-folder beside the cell.
+folder beside the cell. Where the engine's server counts for itself (Prometheus
+metrics at ``/metrics``: Server.own_figures), AIPerf scrapes them through the
+level and reduces them to its measured window (``server_metrics_export.json``);
+``server_figures`` keeps the ones the engine names, the server's side of the row.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ AIPERF_VERSION = "0.13.0"
 SUMMARY_FILE = "profile_export_aiperf.json"
 RECORDS_FILE = "profile_export.jsonl"  # one line per request: its timings and the server's token counts
 INPUTS_FILE = "inputs.json"  # every request's payload, by session (max_tokens among them)
+SERVER_METRICS_FILE = "server_metrics_export.json"  # the server's own metrics over the measured window
 # AIPerf's metric tags -> our names; latency in ms, throughput per second
 LATENCIES = {
     "time_to_first_token": "ttft_ms",
@@ -89,9 +93,11 @@ def aiperf_arguments(
     artifacts: Path,
     connections: str = "pooled",
     run: int = 1,
+    server_metrics: bool = False,
 ) -> list[str]:
     """One level's ``aiperf`` arguments (``profile ...``), for the executor's run_tool (run: which run of the level,
-    for the fidelity check's further runs, each with prompts of its own)."""
+    for the fidelity check's further runs, each with prompts of its own; server_metrics: whether to scrape the
+    server's own Prometheus metrics through the level, from the url's /metrics)."""
     command = [
         "profile",
         "--url", url, "--endpoint-type", "completions", "--streaming",
@@ -109,7 +115,8 @@ def aiperf_arguments(
         "--num-dataset-entries", str(sweep["warmup_requests"] + level_requests(sweep, level)),
         "--dataset-sampling-strategy", "shuffle",
         "--wait-for-model-timeout", "0",
-        "--no-server-metrics", "--no-gpu-telemetry", "--no-auto-plot",
+        *(["--server-metrics-formats", "json"] if server_metrics else ["--no-server-metrics"]),
+        "--no-gpu-telemetry", "--no-auto-plot",
         "--ui-type", "none",
         "--artifact-dir", str(artifacts),
     ]  # fmt: skip
@@ -160,6 +167,24 @@ def level_metrics(artifacts: Path) -> dict[str, Any]:
         for stat in ("avg", *PERCENTILES):
             metrics[f"{name}_{stat}"] = _stat(summary, tag, stat)
     return metrics
+
+
+def server_figures(artifacts: Path, figures: dict[str, Any]) -> dict[str, float]:
+    """The figures the engine's server counts itself (Server.own_figures: name -> OwnFigure), from AIPerf's export of
+    its metrics over the level's measured window: a counter's change summed over its series (label sets), a
+    histogram's statistic from its first series; scaled. Empty where AIPerf wrote no such export, or the server
+    had none of them."""
+    path = artifacts / SERVER_METRICS_FILE
+    if not figures or not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text()).get("metrics") or {}
+    found: dict[str, float] = {}
+    for name, figure in figures.items():
+        stats = [series.get("stats") or {} for series in (metrics.get(figure.metric) or {}).get("series", [])]
+        values = [float(s[figure.stat]) for s in stats if isinstance(s.get(figure.stat), int | float)]
+        if values:
+            found[name] = (sum(values) if figure.stat == "total" else values[0]) * figure.scale
+    return found
 
 
 def asked_lengths(artifacts: Path) -> dict[str, Any]:

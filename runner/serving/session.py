@@ -50,6 +50,7 @@ from runner.serving.loadgen import (
     level_requests,
     level_seed,
     reference_sweep,
+    server_figures,
 )
 from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
@@ -282,6 +283,7 @@ class ServingRun:
         model = job.spec["model"]
         reference = ENGINES[cell.engine].server.reference
         connections = ENGINES[cell.engine].server.connections
+        own = ENGINES[cell.engine].server.own_figures if sweep.get("server_metrics") else {}
         for level in sweep["levels"]:
             entry: dict[str, Any] = {"level": level}
             if not server.is_alive():
@@ -289,7 +291,9 @@ class ServingRun:
                 continue
             artifacts = self.folder / "serving" / cell.id / f"c{level}"
             artifacts.mkdir(parents=True, exist_ok=True)
-            args = aiperf_arguments(url, served, model["path"], level, sweep, extras, artifacts, connections)
+            args = aiperf_arguments(
+                url, served, model["path"], level, sweep, extras, artifacts, connections, server_metrics=bool(own)
+            )
             entry["command"] = ["aiperf", *args]
             entry["started"] = time.time()
             bound = f" or {sweep['duration_s']:g} s, whichever ends first" if sweep.get("duration_s") else ""
@@ -304,6 +308,8 @@ class ServingRun:
                     raise RuntimeError(f"aiperf exited with code {code}: {said} (log: {log_path})")
                 else:
                     entry["metrics"] = level_metrics(artifacts)
+                    if own:  # what the server counted itself over the same window
+                        entry["server_metrics"] = server_figures(artifacts, own)
                     problem = _check_level(entry["metrics"], level, sweep)
                     entry.update(status="failed" if problem else "ok", reason=problem)
                     if not problem and reference is not None:
@@ -357,13 +363,14 @@ class ServingRun:
         if runs < 2 or "error" in found:
             return
         found["runs"] = [_pair(entry["metrics"], found)]
+        own = sweep.get("server_metrics") and ENGINES[job.cell["engine"]].server.own_figures  # runs alike
         run = 2
         try:
             for run in range(2, runs + 1):
                 where = artifacts / f"run{run}"
                 where.mkdir(parents=True, exist_ok=True)
                 args = aiperf_arguments(url, served, job.spec["model"]["path"], level, sweep, extras, where,
-                                        connections, run=run)  # fmt: skip
+                                        connections, run=run, server_metrics=bool(own))  # fmt: skip
                 log_path = where / "aiperf.log"
                 code = self.executor.run_tool(job, "aiperf", args, log_path, max(deadline - time.monotonic(), 1))
                 if code != 0:

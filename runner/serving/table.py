@@ -5,7 +5,9 @@ tokens per second, requests per second, time to first token, inter-token and
 end-to-end latency at p50 / p90 / p99, failed requests, and the server's peak
 memory during the level, and where the engine has a serving benchmark of its own,
 that tool's figures on the same level beside the row's (with several fidelity
-runs, each tool's spread over them). The summary row gives the setting's peak output
+runs, each tool's spread over them), and what the server counted itself over the
+level (Server.own_figures: its TTFT from a request's arrival, prompt tokens it
+took from a cache, ...). The summary row gives the setting's peak output
 throughput, the highest level whose p99 TTFT stayed under the matrix's bound
 (``serving.ttft_p99_ms``), and at how many levels its rows agreed with the
 engine's own benchmark within 5 %. Written as serving.md, serving.csv and serving.json
@@ -22,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from runner.cpuset import named, parse_cpus
+from runner.engines import ENGINES
 from runner.report.charts import drawn, markdown_links, serving_charts
 from runner.report.html import write_html
 from runner.shared import write_text_atomic
@@ -65,8 +68,25 @@ def _level_row(result: dict[str, Any], level: dict[str, Any]) -> dict[str, Any]:
         "E2E p50/p99 (ms)": _trio(m, "e2e_ms", ("p50", "p99")),
         "Errors": "" if not m else f"{m.get('errors', 0):.0f}",
         "Max Mem (MiB)": _fmt(level.get("peak_memory_mib"), 0),
-        "Notes": "; ".join(filter(None, [_failure(level), _reference_note(level.get("reference"))])),
+        "Notes": "; ".join(
+            filter(None, [_failure(level), _reference_note(level.get("reference")), _server_note(result, level)])
+        ),
     }
+
+
+def _server_note(result: dict[str, Any], level: dict[str, Any]) -> str:
+    """What the server counted itself over the level, as its engine names the figures."""
+    found = level.get("server_metrics") or {}
+    engine = ENGINES.get(result["cell"].get("engine", ""))
+    figures = engine.server.own_figures if engine and engine.server else {}
+    parts = [
+        f"{found[name]:,.0f} {figure.label}"  # a count
+        if figure.stat == "total"
+        else f"{figure.label} {found[name]:,.1f}{figure.unit}"
+        for name, figure in figures.items()
+        if figure.noted and name in found
+    ]
+    return "server's own count: " + ", ".join(parts) if parts else ""
 
 
 def _failure(level: dict[str, Any]) -> str:
@@ -185,6 +205,12 @@ def _window(n: int, ratio: float) -> str:
     return f"{math.floor(n * (1 - ratio))}-{math.ceil(n * (1 + ratio))}"
 
 
+SERVER_COUNTS = (
+    "Server's own counts: the load generator read each server's metrics (/metrics) 3 times a second through each "
+    "level; a count is over its measured window, whose edges fall between reads"
+)
+
+
 def caption(results: list[dict[str, Any]]) -> list[str]:
     sweep = results[0]["workload"]
     model = results[0]["model"]
@@ -197,6 +223,7 @@ def caption(results: list[dict[str, Any]]) -> list[str]:
         f"warm-up, closed loop at each concurrency, streamed",
         f"Load generator: {loadgen.get('name', '?')} {loadgen.get('version', '')}; memory: the server's peak during "
         "each level (device memory on its GPUs, or the process tree's RSS on CPU)",
+        *([SERVER_COUNTS] if sweep.get("server_metrics") else []),
     ]
 
 
