@@ -191,6 +191,7 @@ class ServingRun:
             path.unlink(missing_ok=True)
         deadline = time.monotonic() + job.timeout_s
         levels: list[dict[str, Any]] = []  # filled by the sweep as each level ends
+        ready = None
         server.start()
         try:
             ready = _wait_ready(ready_path, server)
@@ -203,9 +204,11 @@ class ServingRun:
             # server's child is asked to stop as at a sweep's end, by the stop file: it stops its server and writes
             # its result, the memory timeline of the levels measured included, whatever the executor (a container
             # stopped by the executor gets SIGKILL, and its result with it). Only a child that does not end in
-            # STOP_WAIT_S is stopped by the executor. Then the levels measured so far go up to be written.
-            stop_path.touch()
-            server.join(timeout=STOP_WAIT_S)  # the runner ignores further signals once stopping (cli._interrupt)
+            # STOP_WAIT_S is stopped by the executor (at once where the server was not ready yet: it reads the stop
+            # file only once serving). Then the levels measured so far go up to be written.
+            if ready:
+                stop_path.touch()
+                server.join(timeout=STOP_WAIT_S)  # the runner ignores further signals once stopping (cli._interrupt)
             self.executor.stop_all()  # and nothing else starts
             server.join()
             own = _child_result(job.child_result_path)  # the executor's outcome keeps only why it stopped
