@@ -62,6 +62,12 @@ STOP_WAIT_S = 60
 SERVER_GONE = "the server had stopped"  # a level's reason; the server's own words are added after
 
 
+def _own_figures(engine: str, sweep: dict[str, Any]) -> dict[str, Any]:
+    """The figures of the server's own metrics AIPerf reads at each level: the engine's, where the sweep asks for
+    them (serving.server_metrics); none, and AIPerf reads no metrics, otherwise."""
+    return ENGINES[engine].server.own_figures if sweep.get("server_metrics") else {}
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """The run was interrupted during a serving cell: carries the cell's result so far (its measured levels)."""
 
@@ -286,7 +292,7 @@ class ServingRun:
         model = job.spec["model"]
         reference = ENGINES[cell.engine].server.reference
         connections = ENGINES[cell.engine].server.connections
-        own = ENGINES[cell.engine].server.own_figures if sweep.get("server_metrics") else {}
+        own = _own_figures(cell.engine, sweep)
         for level in sweep["levels"]:
             entry: dict[str, Any] = {"level": level}
             if not server.is_alive():
@@ -366,7 +372,7 @@ class ServingRun:
         if runs < 2 or "error" in found:
             return
         found["runs"] = [_pair(entry["metrics"], found)]
-        own = sweep.get("server_metrics") and ENGINES[job.cell["engine"]].server.own_figures  # runs alike
+        own = _own_figures(job.cell["engine"], sweep)  # AIPerf's further runs read the server as its first did
         run = 2
         try:
             for run in range(2, runs + 1):
