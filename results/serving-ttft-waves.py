@@ -6,7 +6,9 @@ level's size (each request starts when one ends, and they end together). A wave'
 arrivals fall against the server's steps, so one run's median can sit in a gap between waves, and two
 tools' medians can differ by more than either's figures suggest. This prints, per level and run, each
 wave's TTFT range for AIPerf (its per-request export) and for the engine's benchmark (reference.json's
-"requests", written since it was run with --save-detailed), then each tool's median.
+"requests", written since it was run with --save-detailed), each tool's median, and per level both
+tools' medians over all their runs with the 95 % interval of their ratio (runner.serving.agreement,
+what the serving table's Notes give).
 
     python3 results/serving-ttft-waves.py results/h200/serving/serving/serve-vllm-<id>
 """
@@ -14,37 +16,13 @@ wave's TTFT range for AIPerf (its per-request export) and for the engine's bench
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import statistics
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the runner, from the repository root
 
-def aiperf_requests(folder: Path) -> list[tuple[float, float]]:
-    """(sent, TTFT ms) of each measured request in AIPerf's per-request export, by send time."""
-    path = folder / "profile_export.jsonl"
-    text = path.read_text() if path.exists() else gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
-    found = []
-    for line in text.splitlines():
-        record = json.loads(line)
-        meta, metrics = record["metadata"], record["metrics"]
-        if meta.get("benchmark_phase") == "profiling" and "time_to_first_token" in metrics:
-            found.append((meta["request_start_ns"] / 1e9, metrics["time_to_first_token"]["value"]))
-    return sorted(found)
-
-
-def reference_requests(folder: Path) -> list[tuple[float, float]]:
-    """(sent, TTFT ms) of each request the engine's own benchmark sent, where it kept them."""
-    path = folder / "reference.json"
-    if not path.exists():
-        return []
-    return sorted((r["sent_s"], r["ttft_ms"]) for r in json.loads(path.read_text()).get("requests", []))
-
-
-def waves(requests: list[tuple[float, float]], level: int) -> str:
-    ttfts = [ttft for _, ttft in requests]
-    groups = [ttfts[i : i + level] for i in range(0, len(ttfts), level)]
-    return " ".join(f"{min(g):.0f}-{max(g):.0f}" for g in groups[:8]) + (" ..." if len(groups) > 8 else "")
+from runner.serving.agreement import loadgen_ttfts, pooled_ttft, reference_ttfts, run_folders, waves
 
 
 def main() -> None:
@@ -53,13 +31,20 @@ def main() -> None:
     args = parser.parse_args()
     for level_folder in sorted(args.cell.glob("c*"), key=lambda p: int(p.name[1:])):
         level = int(level_folder.name[1:])
-        runs = [level_folder, *sorted(level_folder.glob("run*"), key=lambda p: int(p.name[3:]))]
-        for number, folder in enumerate(runs, start=1):
-            for tool, requests in (("aiperf", aiperf_requests(folder)), ("own", reference_requests(folder))):
-                if not requests:
+        for number, folder in enumerate(run_folders(level_folder), start=1):
+            for tool, ttfts in (("aiperf", loadgen_ttfts(folder)), ("own", reference_ttfts(folder))):
+                if not ttfts:  # a run cut short, or a benchmark without per-request timings
                     continue
-                median = statistics.median(t for _, t in requests)
-                print(f"c{level} run {number} {tool:6} p50 {median:7.1f} ms  waves (ms): {waves(requests, level)}")
+                groups = waves(ttfts, level)
+                shown = " ".join(f"{min(g):.0f}-{max(g):.0f}" for g in groups[:8]) + (" ..." if len(groups) > 8 else "")
+                print(f"c{level} run {number} {tool:6} p50 {statistics.median(ttfts):7.1f} ms  waves (ms): {shown}")
+        pooled = pooled_ttft(level_folder, level)
+        if pooled:
+            (ours, theirs), (low, high) = pooled["ttft_ms_p50"], pooled["interval"]
+            print(
+                f"c{level} pooled  aiperf {ours:.1f} ms ({pooled['requests'][0]} requests), own {theirs:.1f} ms "
+                f"({pooled['requests'][1]}): {pooled['ratio']:.2f}x, 95% interval {low:.2f}-{high:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from runner.matrix import Matrix, load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
 from runner.results import FAILURES, read_result
 from runner.run_lock import run_folder_lock
+from runner.serving.agreement import with_pooled
 from runner.serving.loadgen import find_aiperf
 from runner.serving.session import run_serving_cells, server_label, serving_cells
 from runner.serving.table import render_serving
@@ -452,11 +453,19 @@ def _serve_in(
 
 def _serving_table(folder: Path, matrix: Matrix, serving: list[Cell], fresh: dict[str, dict]) -> None:
     shown = [
-        r for c in serving if (r := fresh.get(c.id) or read_result(cell_paths(folder, c)["result_path"])) is not None
+        r
+        for c in serving
+        if (r := fresh.get(c.id) or _stored_serving(folder, cell_paths(folder, c)["result_path"])) is not None
     ]
     if shown:
         print(render_serving(shown, matrix.serving.sweep.ttft_p99_ms, folder))
         print(f"\nserving table: {folder / 'serving.md'} ({len(shown)} of {len(serving)} serving cells have results)")
+
+
+def _stored_serving(folder: Path, path: Path) -> dict | None:
+    """A serving cell's stored result, with the pooled TTFT comparison its files allow where it was made without."""
+    result = read_result(path)
+    return with_pooled(result, folder) if result else None
 
 
 def _run_in(

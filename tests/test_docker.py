@@ -550,6 +550,9 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                 assert ref["runs"][0]["ours"]["ttft_ms_p50"] == m["ttft_ms_p50"]  # the row is the first run
                 assert all(r[side]["ttft_ms_p50"] > 0 for r in ref["runs"] for side in ("ours", "theirs"))
                 assert ref["ttft_p50_ratio_of_medians"] > 0 and len(ref["ttft_ms_p50_theirs"]) == 3
+                pooled = ref["pooled_ttft"]  # every request of both runs of each tool, and their medians' ratio
+                assert pooled["runs"] == [2, 2] and pooled["requests"] == [12, 12], pooled
+                assert 0 < pooled["interval"][0] <= pooled["interval"][1] and pooled["ratio"] > 0
                 here = folder / "serving" / cell_id / f"c{level['level']}"
                 for where in (here, here / "run2"):
                     sent = json.loads((where / "reference.json").read_text())["requests"]

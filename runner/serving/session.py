@@ -42,6 +42,7 @@ from runner.job import Executor, Job
 from runner.matrix import Matrix, serving_engine
 from runner.provenance import tool_version
 from runner.results import failure
+from runner.serving.agreement import level_folder, pooled_ttft
 from runner.serving.loadgen import (
     AIPERF_VERSION,
     aiperf_arguments,
@@ -298,7 +299,7 @@ class ServingRun:
             if not server.is_alive():
                 levels.append({**entry, "status": "failed", "reason": SERVER_GONE, "started": 0, "ended": 0})
                 continue
-            artifacts = self.folder / "serving" / cell.id / f"c{level}"
+            artifacts = level_folder(self.folder, cell.id, level)
             artifacts.mkdir(parents=True, exist_ok=True)
             args = aiperf_arguments(
                 url, served, model["path"], level, sweep, extras, artifacts, connections, server_metrics=bool(own)
@@ -361,7 +362,8 @@ class ServingRun:
         With serving.fidelity_runs N > 1, the load generator and the engine's benchmark then each run N - 1 times
         more, alternating, each run with prompts of its own (under ``run<k>/`` beside the level's files): each
         tool's own spread from run to run, beside the gap between them, says whether a gap in median TTFT is the
-        tools' or only how one closed-loop run fell out. The row stays the level's first run.
+        tools' or only how one closed-loop run fell out. The row stays the level's first run. Then both tools'
+        requests of every run are pooled into one median TTFT each, with an interval (reference["pooled_ttft"]).
         """
         sweep, level = job.spec["workload"], entry["level"]
         sent = entry["metrics"]["requests"]
@@ -369,7 +371,10 @@ class ServingRun:
         found.update(_ratios(entry["metrics"], found))
         entry["reference"] = found
         runs = sweep.get("fidelity_runs", 1)
-        if runs < 2 or "error" in found:
+        if "error" in found:
+            return
+        if runs < 2:
+            _pool(found, artifacts, level)
             return
         found["runs"] = [_pair(entry["metrics"], found)]
         own = _own_figures(job.cell["engine"], sweep)  # AIPerf's further runs read the server as its first did
@@ -403,6 +408,7 @@ class ServingRun:
             found["runs_error"] = f"run {run}: {type(exc).__name__}: {exc}"
         finally:
             found.update(_spread(found["runs"]))
+            _pool(found, artifacts, level)
 
     def _reference(
         self,
@@ -455,6 +461,17 @@ def _ratios(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any
         if metrics.get(ours) and reference.get(theirs):
             found[name] = round(metrics[ours] / reference[theirs], 4)
     return found
+
+
+def _pool(found: dict[str, Any], artifacts: Path, level: int) -> None:
+    """Both tools' median TTFT over every request of the level's runs, with an interval (runner.serving.agreement)."""
+    try:
+        pooled = pooled_ttft(artifacts, level)
+    except (OSError, ValueError, KeyError) as exc:  # a run's files unreadable: the figures above stand without it
+        found["pooled_error"] = f"{type(exc).__name__}: {exc}"
+        return
+    if pooled:
+        found["pooled_ttft"] = pooled
 
 
 def _pair(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:

@@ -5,13 +5,16 @@ tokens per second, requests per second, time to first token, inter-token and
 end-to-end latency at p50 / p90 / p99, failed requests, and the server's peak
 memory during the level, and where the engine has a serving benchmark of its own,
 that tool's figures on the same level beside the row's (with several fidelity
-runs, each tool's spread over them), and what the server counted itself over the
-level (Server.own_figures: its TTFT from a request's arrival, prompt tokens it
-took from a cache, ...). The summary row gives the setting's peak output
-throughput, the highest level whose p99 TTFT stayed under the matrix's bound
+runs, each tool's spread over them; both tools' median TTFT over all their
+requests at the level, with a 95 % interval of the ratio:
+runner.serving.agreement), and what the server counted itself over the level
+(Server.own_figures: its TTFT from a request's arrival, prompt tokens it took
+from a cache, ...). The summary row gives the setting's peak output throughput,
+the highest level whose p99 TTFT stayed under the matrix's bound
 (``serving.ttft_p99_ms``), and at how many levels its rows agreed with the
-engine's own benchmark within 5 %. Written as serving.md, serving.csv and serving.json
-beside the offline table.
+engine's own benchmark within 5 % (and, pooled, at how many the interval tells
+the tools apart). Written as serving.md, serving.csv and serving.json beside
+the offline table.
 """
 
 from __future__ import annotations
@@ -115,6 +118,13 @@ def _reference_note(reference: dict[str, Any] | None) -> str:
             f"{theirs[2]:,.1f} ms there (medians {reference['ttft_p50_ratio_of_medians']:.2f}x), output medians "
             f"{reference.get('output_ratio_of_medians', 0):.2f}x"
         )
+    pooled = reference.get("pooled_ttft")
+    if pooled:
+        (ours, theirs), (low, high) = pooled["ttft_ms_p50"], pooled["interval"]
+        note += (
+            f"; pooled ({pooled['requests'][0]} and {pooled['requests'][1]} requests): TTFT p50 {ours:,.1f} and "
+            f"{theirs:,.1f} ms, {pooled['ratio']:.2f}x (95% interval {low:.2f}-{high:.2f}, resampling waves)"
+        )
     if reference.get("runs_error"):
         note += f"; fidelity {reference['runs_error']}"
     return note
@@ -167,6 +177,14 @@ def _fidelity_summary(levels: list[dict[str, Any]], within: float = 0.05) -> str
         text += (
             f" ({agreeing('output_ratio_of_medians')} and {agreeing('ttft_p50_ratio_of_medians')} "
             "over the fidelity runs' medians)"
+        )
+    pooled = [r["pooled_ttft"] for r in found if r.get("pooled_ttft")]
+    if pooled:
+        close = sum(1 for p in pooled if round(abs(p["ratio"] - 1), 4) <= within)
+        apart = sum(1 for p in pooled if not p["interval"][0] <= 1 <= p["interval"][1])
+        text += (
+            f"; median TTFT pooled over each level's runs within {within:.0%} at {close} of {len(pooled)}, "
+            f"told apart (95% interval without 1.00) at {apart}"
         )
     return text
 

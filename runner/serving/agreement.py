@@ -1,0 +1,116 @@
+"""How closely the load generator's median TTFT agrees with the engine's own benchmark's, request by request.
+
+One closed-loop run at a fixed concurrency sends its requests in waves of the
+level's size, and a wave's TTFT depends on how its arrivals fall against the
+server's steps: one run's median can sit between waves, and each tool's median
+moves from run to run by more than 5 % (measured on an H100, concurrency 4: 20.7-31.3
+ms over three runs of AIPerf, 22.2-32.3 ms of ``vllm bench serve``). So the
+fidelity check pools every request of every run of each tool at a level and
+compares the two pooled medians, with an interval: the ratio recomputed over
+2,000 resamplings of whole waves (the requests of a run cut into consecutive
+blocks of the level's size, by send time, drawn with replacement), so that
+requests that shared a wave are kept together. An interval that holds 1.00
+says the runs cannot tell the tools apart; one that excludes it says they differ.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+from runner.serving.loadgen import RECORDS_FILE
+
+RESAMPLES = 2000
+SEED = 0  # the same interval every time the same requests are read
+
+
+def run_folders(level_folder: Path) -> list[Path]:
+    """A level's fidelity runs: its own folder (run 1), then run2/, run3/, ..."""
+    more = sorted(level_folder.glob("run[0-9]*"), key=lambda p: int(p.name[3:]))
+    return [level_folder, *more]
+
+
+def loadgen_ttfts(folder: Path) -> list[float]:
+    """The measured requests' TTFT (ms) in AIPerf's per-request export of one run, in send order; none if absent."""
+    path = folder / RECORDS_FILE
+    if path.exists():
+        text = path.read_text()
+    elif path.with_suffix(".jsonl.gz").exists():
+        text = gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
+    else:
+        return []
+    found = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        meta, metrics = record.get("metadata", {}), record.get("metrics", {})
+        if meta.get("benchmark_phase") == "profiling" and "time_to_first_token" in metrics:
+            found.append((meta["request_start_ns"], metrics["time_to_first_token"]["value"]))
+    return [ttft for _, ttft in sorted(found)]
+
+
+def reference_ttfts(folder: Path) -> list[float]:
+    """The TTFT (ms) of each request the engine's own benchmark sent in one run, in send order, where it kept them."""
+    path = folder / "reference.json"
+    try:
+        requests = json.loads(path.read_text()).get("requests") or []
+    except (OSError, ValueError):
+        return []
+    return [r["ttft_ms"] for r in sorted(requests, key=lambda r: r["sent_s"]) if not r.get("error")]
+
+
+def waves(ttfts: list[float], level: int) -> list[list[float]]:
+    """One run's requests cut into the waves a closed loop sends: consecutive blocks of the level's size."""
+    return [ttfts[i : i + level] for i in range(0, len(ttfts), level)]
+
+
+def pooled_ttft(level_folder: Path, level: int) -> dict[str, Any] | None:
+    """Each tool's median TTFT over every request of every run at the level, their ratio and its 95 % interval.
+
+    None where either tool left no per-request timings (an engine benchmark without them, runs cut short)."""
+    ours_runs = [t for t in (loadgen_ttfts(f) for f in run_folders(level_folder)) if t]
+    theirs_runs = [t for t in (reference_ttfts(f) for f in run_folders(level_folder)) if t]
+    if not ours_runs or not theirs_runs:
+        return None
+    ours_waves = [w for run in ours_runs for w in waves(run, level)]
+    theirs_waves = [w for run in theirs_runs for w in waves(run, level)]
+    ours = statistics.median(t for w in ours_waves for t in w)
+    theirs = statistics.median(t for w in theirs_waves for t in w)
+    draw = random.Random(SEED)
+    ratios = sorted(
+        _resampled_median(ours_waves, draw) / _resampled_median(theirs_waves, draw) for _ in range(RESAMPLES)
+    )
+    low, high = ratios[int(0.025 * RESAMPLES)], ratios[int(0.975 * RESAMPLES) - 1]
+    return {
+        "runs": [len(ours_runs), len(theirs_runs)],
+        "requests": [sum(map(len, ours_runs)), sum(map(len, theirs_runs))],
+        "ttft_ms_p50": [round(ours, 3), round(theirs, 3)],
+        "ratio": round(ours / theirs, 4),
+        "interval": [round(low, 4), round(high, 4)],
+    }
+
+
+def _resampled_median(blocks: list[list[float]], draw: random.Random) -> float:
+    """The median over as many waves as there are, drawn with replacement."""
+    return statistics.median(t for block in draw.choices(blocks, k=len(blocks)) for t in block)
+
+
+def level_folder(run_folder: Path, cell_id: str, level: int) -> Path:
+    """Where a serving cell's level keeps the load generator's and the engine's benchmark's files."""
+    return run_folder / "serving" / cell_id / f"c{level}"
+
+
+def with_pooled(result: dict[str, Any], run_folder: Path) -> dict[str, Any]:
+    """A stored serving result with the pooled TTFT comparison added to each level that was measured before the
+    runner made it, from the level's files in the run folder where they are there (``--table-only``)."""
+    for level in result.get("levels", []):
+        reference = level.get("reference")
+        if not reference or reference.get("error") or "pooled_ttft" in reference:
+            continue
+        pooled = pooled_ttft(level_folder(run_folder, result["cell"]["id"], level["level"]), level["level"])
+        if pooled:
+            reference["pooled_ttft"] = pooled
+    return result

@@ -1,0 +1,135 @@
+"""The fidelity check's pooled TTFT: both tools' medians over every request of a level's runs, and the interval.
+
+Level folders are written the way a sweep leaves them (AIPerf's per-request export, warm-up records
+included; vllm bench serve's reference.json with its requests), and the committed H100 run
+(results/h100/serving) is read as the table reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from runner.serving.agreement import loadgen_ttfts, pooled_ttft, waves, with_pooled
+from runner.serving.table import _reference_note, summary_row
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_run(folder: Path, ours: list[float], theirs: list[float] | None, warmup: int = 2) -> None:
+    """One run of both tools at a level: AIPerf's export (warm-up first, then the measured requests, written out of
+    send order as its record processors do) and the engine benchmark's reference.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = [("warmup", i, 999.0) for i in range(warmup)]
+    records += [("profiling", 1000 + i, ttft) for i, ttft in enumerate(ours)]
+    lines = [
+        json.dumps(
+            {
+                "metadata": {"benchmark_phase": phase, "request_start_ns": sent * 1_000_000},
+                "metrics": {"time_to_first_token": {"value": ttft, "unit": "ms"}},
+            }
+        )
+        for phase, sent, ttft in reversed(records)
+    ]
+    (folder / "profile_export.jsonl").write_text("\n".join(lines) + "\n")
+    if theirs is not None:
+        requests = [{"sent_s": i / 100, "ttft_ms": ttft} for i, ttft in enumerate(theirs)]
+        requests.append({"sent_s": 9.0, "ttft_ms": 0.0, "error": "connection reset"})  # a failed request: not a TTFT
+        (folder / "reference.json").write_text(json.dumps({"median_ttft_ms": 1.0, "requests": requests}))
+
+
+def wavy(draw: random.Random, level: int, count: int) -> list[float]:
+    """TTFTs of a closed loop: each wave of `level` requests shares a wave-wide offset, plus a little noise."""
+    found = []
+    for _ in range(count // level):
+        offset = draw.uniform(20, 80)
+        found += [offset + draw.uniform(0, 5) for _ in range(level)]
+    return found
+
+
+def test_the_same_requests_in_both_tools_agree_and_the_interval_holds_one(tmp_path):
+    draw = random.Random(1)
+    runs = [wavy(draw, 4, 32) for _ in range(3)]
+    write_run(tmp_path / "c4", runs[0], runs[0])
+    for number, ttfts in enumerate(runs[1:], start=2):
+        write_run(tmp_path / "c4" / f"run{number}", ttfts, ttfts)
+    pooled = pooled_ttft(tmp_path / "c4", 4)
+    assert pooled["runs"] == [3, 3] and pooled["requests"] == [96, 96]  # warm-up and failed requests left out
+    assert pooled["ratio"] == 1.0 and pooled["ttft_ms_p50"][0] == pooled["ttft_ms_p50"][1]
+    low, high = pooled["interval"]
+    assert low < 1 < high
+    assert pooled_ttft(tmp_path / "c4", 4) == pooled  # the same interval on every reading
+
+
+def test_a_tool_twice_as_slow_is_told_apart_and_wider_waves_widen_the_interval(tmp_path):
+    draw = random.Random(2)
+    ours = wavy(draw, 4, 64)
+    write_run(tmp_path / "c4", [2 * t for t in ours], ours)
+    pooled = pooled_ttft(tmp_path / "c4", 4)
+    assert pooled["ratio"] == 2.0 and pooled["interval"][0] > 1  # apart: the interval excludes 1.00
+
+    # the same requests resampled one by one (level 1) pretend to be independent: a narrower interval than by
+    # waves of 4, which keeps requests that shared a wave together
+    write_run(tmp_path / "c1", [2 * t for t in ours], ours)
+    by_wave, by_request = pooled_ttft(tmp_path / "c4", 4), pooled_ttft(tmp_path / "c1", 1)
+    assert waves([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [[1.0, 2.0], [3.0, 4.0], [5.0]]
+    wide = by_wave["interval"][1] - by_wave["interval"][0]
+    assert by_request["interval"][1] - by_request["interval"][0] < wide
+
+
+def test_runs_cut_short_are_skipped_and_a_benchmark_without_requests_gives_nothing(tmp_path):
+    write_run(tmp_path / "c2", [10.0, 12.0, 11.0, 13.0], [10.0, 11.0, 12.0, 13.0])
+    (tmp_path / "c2" / "run2").mkdir()  # interrupted before AIPerf wrote anything
+    pooled = pooled_ttft(tmp_path / "c2", 2)
+    assert pooled["runs"] == [1, 1] and pooled["requests"] == [4, 4]
+    assert loadgen_ttfts(tmp_path / "c2") == [10.0, 12.0, 11.0, 13.0]  # in send order
+    (tmp_path / "c2" / "reference.json").write_text(json.dumps({"median_ttft_ms": 11.0}))  # no --save-detailed
+    assert pooled_ttft(tmp_path / "c2", 2) is None
+    assert pooled_ttft(tmp_path / "missing", 2) is None
+
+
+def test_the_note_and_the_summary_row_give_the_pooled_comparison():
+    reference = {
+        "tool": "vllm bench serve",
+        "output_tokens_per_s": 100.0,
+        "output_ratio": 1.0,
+        "ttft_ms_p50": 50.0,
+        "ttft_p50_ratio": 0.9,
+        "pooled_ttft": {
+            "runs": [3, 3],
+            "requests": [48, 48],
+            "ttft_ms_p50": [45.0, 50.0],
+            "ratio": 0.9,
+            "interval": [0.8, 1.1],
+        },
+    }
+    assert _reference_note(reference).endswith(
+        "; pooled (48 and 48 requests): TTFT p50 45.0 and 50.0 ms, 0.90x (95% interval 0.80-1.10, resampling waves)"
+    )
+    apart = json.loads(json.dumps(reference))
+    apart["pooled_ttft"].update(ratio=1.03, interval=[1.01, 1.06])
+    levels = [
+        {"level": n, "status": "ok", "metrics": {"output_tokens_per_s": n, "ttft_ms_p99": 5.0}, "reference": r}
+        for n, r in ((1, reference), (4, apart))
+    ]
+    row = summary_row({"cell": {"software": "vLLM", "label": ["x"]}, "status": "ok", "levels": levels}, 1000)
+    assert row["Notes"].endswith("; median TTFT pooled over each level's runs within 5% at 1 of 2, told apart (95% "
+                                 "interval without 1.00) at 1")  # fmt: skip
+
+
+def test_the_committed_h100_run_reads_as_its_readme_gives_it():
+    folder = REPO / "results" / "h100" / "serving"
+    result = json.loads((folder / "cells" / "serve-vllm-e77a6ada39b3.json").read_text())
+    assert all("pooled_ttft" not in lv["reference"] for lv in result["levels"])  # measured before the runner made it
+    pooled = {lv["level"]: lv["reference"]["pooled_ttft"] for lv in with_pooled(result, folder)["levels"]}
+    assert pooled[1] == {
+        "runs": [3, 3],
+        "requests": [48, 48],
+        "ttft_ms_p50": [17.263, 17.904],
+        "ratio": 0.9642,
+        "interval": [0.8687, 1.0231],
+    }
+    assert pooled[16]["ratio"] == 1.2381 and pooled[16]["interval"] == [0.9004, 1.5689]
+    assert pooled[64]["runs"] == [1, 1] and pooled[64]["requests"] == [256, 256]  # its second run was interrupted
+    assert "pooled (192 and 192 requests): TTFT p50 61.5 and 49.7 ms, 1.24x" in (folder / "serving.md").read_text()
