@@ -13,6 +13,11 @@ is left is the client's own time (and loopback's).
     .venv/bin/python results/loadgen-overhead/probe.py --out results/loadgen-overhead/cpu-2core \\
         --vllm-image inference-matrix/vllm:cpu-<tag> [--repeats 2]
     python3 results/loadgen-overhead/probe.py --out DIR --bench-python python3   # no Docker: vLLM importable
+
+With --guidellm PATH (a venv's guidellm, e.g. `pip install guidellm==0.8.1`), GuideLLM runs each level too, as
+the third tool: its concurrent profile, the same lengths and request count, ignore_eos in the request body; no
+warm-up (GuideLLM's warm-up is a share of the run whose requests it drops by when they finished, not a count
+of requests before), so its rows are set against every request the server got.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from runner.engines.vllm import bench_serve_arguments  # noqa: E402
 from runner.models import synthetic  # noqa: E402
-from runner.serving.loadgen import aiperf_arguments, find_aiperf, level_metrics, level_seed  # noqa: E402
+from runner.serving.loadgen import aiperf_arguments, find_aiperf, level_metrics, level_requests, level_seed  # noqa: E402
 
 # as matrix-serving.yaml
 SWEEP = {"prompt_tokens": 64, "new_tokens": 256, "requests": 16, "rounds": 4, "warmup_requests": 4}
@@ -70,6 +75,29 @@ def run_aiperf(aiperf: str, url: str, tokenizer: str, level: int, folder: Path) 
     got = level_metrics(artifacts)
     return {"ttft_ms_p50": got["ttft_ms_p50"], "ttft_ms_p99": got["ttft_ms_p99"], "itl_ms_mean": got["itl_ms_avg"],
             "output_tokens_per_s": got["output_tokens_per_s"]}  # fmt: skip
+
+
+def run_guidellm(guidellm: str, url: str, tokenizer: str, level: int, folder: Path) -> dict[str, float]:
+    """GuideLLM at one level: its concurrent profile, the same lengths and request count, no warm-up of its own
+    (its warm-up is a share of the run whose requests it drops by when they finished; the server needs none)."""
+    result = folder / f"guidellm-c{level}.json"
+    backend = {"kind": "openai_http", "target": url, "model": tokenizer, "request_format": "/v1/completions",
+               "extras": {"body": {"ignore_eos": True}}}  # fmt: skip
+    command = [
+        guidellm, "run", "--backend", json.dumps(backend), "--profile", f"kind=concurrent,streams={level}",
+        "--constraint", f"kind=max_requests,count={level_requests(SWEEP, level)}",
+        "--data", f"kind=synthetic_text,prompt_tokens={SWEEP['prompt_tokens']},output_tokens={SWEEP['new_tokens']}",
+        "--output", f"kind=json,path={result}", "--disable-console",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    (folder / f"guidellm-c{level}.log").write_text(done.stdout + done.stderr)
+    if done.returncode:
+        raise RuntimeError(f"guidellm at {level}: exit {done.returncode}: {done.stderr[-500:]}")
+    metrics = json.loads(result.read_text())["benchmarks"][0]["metrics"]
+    return {"ttft_ms_p50": metrics["time_to_first_token_ms"]["successful"]["median"],
+            "ttft_ms_p99": metrics["time_to_first_token_ms"]["successful"]["percentiles"]["p99"],
+            "itl_ms_mean": metrics["inter_token_latency_ms"]["successful"]["mean"],
+            "output_tokens_per_s": metrics["output_tokens_per_second"]["successful"]["mean"]}  # fmt: skip
 
 
 def run_bench(image: str | None, python: str | None, url: str, tokenizer: str, level: int, folder: Path):
@@ -122,6 +150,7 @@ def main() -> int:
     parser.add_argument("--ttft-ms", type=float, default=15.0)
     parser.add_argument("--itl-ms", type=float, default=5.0)
     parser.add_argument("--port", type=int, default=8199)
+    parser.add_argument("--guidellm", help="a guidellm executable: GuideLLM too, as a third tool (no warm-up)")
     args = parser.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -148,16 +177,24 @@ def main() -> int:
                     lambda lv, f: run_bench(args.vllm_image, args.bench_python, url, tokenizer, lv, f),
                 ),
             )
+            if args.guidellm:
+                tools += (("GuideLLM", lambda lv, f: run_guidellm(args.guidellm, url, tokenizer, lv, f)),)
             for name, run in tools:
-                folder = args.out / "raw" / f"round-{round_}" / ("aiperf" if name == "AIPerf" else "bench")
+                folder = (
+                    args.out
+                    / "raw"
+                    / f"round-{round_}"
+                    / {"AIPerf": "aiperf", "GuideLLM": "guidellm"}.get(name, "bench")
+                )
                 folder.mkdir(parents=True, exist_ok=True)
                 for level in levels:
                     get(f"{url}/reset", "POST")
                     tool = run(level, folder)
                     records = get(f"{url}/records")
                     (folder / f"server-c{level}.json").write_text(json.dumps(records))
+                    warmups = 0 if name == "GuideLLM" else SWEEP["warmup_requests"]
                     row = {"tool_name": name, "round": round_, "level": level,
-                           "server": truth(records, SWEEP["warmup_requests"]), "tool": tool}  # fmt: skip
+                           "server": truth(records, warmups), "tool": tool}  # fmt: skip
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)
     finally:
@@ -171,6 +208,9 @@ def main() -> int:
         "aiperf": versions or "aiperf 0.13.0",
         "vllm_image": args.vllm_image,
         "bench_python": args.bench_python,
+        "guidellm": subprocess.run([args.guidellm, "--version"], capture_output=True, text=True).stdout.strip()
+        if args.guidellm
+        else None,
         "cpu": f"{os.cpu_count()} CPUs",
         "rows": rows,
     }
