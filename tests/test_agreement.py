@@ -87,6 +87,11 @@ def test_runs_cut_short_are_skipped_and_a_benchmark_without_requests_gives_nothi
     (tmp_path / "c2" / "reference.json").write_text(json.dumps({"median_ttft_ms": 11.0}))  # no --save-detailed
     assert pooled_ttft(tmp_path / "c2", 2) is None
     assert pooled_ttft(tmp_path / "missing", 2) is None
+    (tmp_path / "serving" / "serve-x" / "c2").mkdir(parents=True)
+    (tmp_path / "serving" / "serve-x" / "c2" / "profile_export.jsonl").write_text("{not json\n")
+    (tmp_path / "serving" / "serve-x" / "c2" / "reference.json").write_text(json.dumps({"requests": [{"sent_s": 0}]}))
+    stored = {"cell": {"id": "serve-x"}, "levels": [{"level": 2, "reference": {"tool": "vllm bench serve"}}]}
+    assert with_pooled(stored, tmp_path) == stored  # unreadable files: the row stands without the comparison
 
 
 def test_the_note_and_the_summary_row_give_the_pooled_comparison():

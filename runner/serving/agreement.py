@@ -110,7 +110,10 @@ def with_pooled(result: dict[str, Any], run_folder: Path) -> dict[str, Any]:
         reference = level.get("reference")
         if not reference or reference.get("error") or "pooled_ttft" in reference:
             continue
-        pooled = pooled_ttft(level_folder(run_folder, result["cell"]["id"], level["level"]), level["level"])
+        try:
+            pooled = pooled_ttft(level_folder(run_folder, result["cell"]["id"], level["level"]), level["level"])
+        except (OSError, ValueError, KeyError):  # a level's files unreadable: its row stands without the comparison
+            continue
         if pooled:
             reference["pooled_ttft"] = pooled
     return result
