@@ -175,7 +175,11 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
         metavar="TEXT",
         help="run only cells whose id or settings label contains TEXT (repeatable)",
     )
-    parser.add_argument("--force", action="store_true", help="re-measure cells that already have an ok result")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="re-measure cells that already have an ok result (and every level of a serving cell cut short)",
+    )
     parser.add_argument(
         "--cpus",
         metavar="LIST",
@@ -439,7 +443,7 @@ def _serve_in(
     print(f"{len(chosen)} serving cell(s), executor {executor.name}, load generator {where}", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
-        results = run_serving_cells(matrix, chosen, model, folder, executor, where, args.cpu_set)
+        results = run_serving_cells(matrix, chosen, model, folder, executor, where, args.cpu_set, force=args.force)
     except KeyboardInterrupt:  # what was measured stays: the invocation, the table of every cell with a result
         _manifest(folder, args, executor.name, matrix.path, chosen, None, started)
         _serving_table(folder, matrix, serving, {})

@@ -24,6 +24,7 @@ WHAT_CHANGED = {
     "engine_environment": "the engine's image or environment changed",
     "hardware": "other hardware or driver",
     "cpus": "another CPU set",
+    "loadgen": "another load generator",  # serving cells: AIPerf's executable or image (offline cells: none)
 }
 
 

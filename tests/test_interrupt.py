@@ -306,8 +306,11 @@ def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(runner_cli, r
         left = subprocess.run(["pgrep", "-af", program], capture_output=True, text=True)
         assert left.stdout == "", f"{program} left running: {left.stdout}"
 
-    # a rerun measures the interrupted cell again, whole
+    # a rerun keeps level 1 as it was measured and measures level 2, on a new server
     rerun = runner_cli(*args, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "keeping levels [1] of the earlier result (failed); measuring the rest" in rerun.stdout, rerun.stdout
     again = json.loads(path.read_text())
     assert again["status"] == "ok" and [lv["status"] for lv in again["levels"]] == ["ok", "ok"]
+    assert again["levels"][0] == {**first, "kept_from": result["started_at"]}
+    assert "kept_from" not in again["levels"][1] and again["levels"][1]["metrics"]["requests"] == 4

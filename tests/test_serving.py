@@ -505,7 +505,7 @@ def test_llamacpp_requests_of_lengths_drawn_each_their_own_for_a_set_time_on_cpu
 
 @pytest.mark.slow
 def test_a_server_that_dies_mid_sweep_keeps_the_levels_before_and_fails_the_rest_in_its_own_words(
-    repo, tmp_path, model_store
+    repo, tmp_path, model_store, runner_cli
 ):
     from two_node_ray import runner_process, wait_for
 
@@ -541,6 +541,27 @@ def test_a_server_that_dies_mid_sweep_keeps_the_levels_before_and_fails_the_rest
     for program in (str(LLAMA_SERVER), str(AIPERF.parent)):
         left = subprocess.run(["pgrep", "-af", program], capture_output=True, text=True)
         assert left.stdout == "", f"{program} left running: {left.stdout}"
+
+    # the same matrix again: level 1 kept as measured, levels 2 and 4 measured on a new server (the killed run's
+    # files of those levels set aside, not mixed with the new ones)
+    again = runner_cli(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "keeping levels [1] of the earlier result (failed); measuring the rest" in again.stdout, again.stdout
+    assert "sweeping levels [2, 4]" in again.stdout
+    resumed = json.loads(path.read_text())
+    assert resumed["status"] == "ok", resumed.get("reason")
+    kept, *measured = resumed["levels"]
+    assert {k: v for k, v in kept.items() if k != "kept_from"} == first and kept["kept_from"] == result["started_at"]
+    assert [lv["level"] for lv in measured] == [2, 4]
+    assert all(
+        lv["status"] == "ok" and lv["metrics"]["requests"] == 300 and lv["peak_memory_mib"] > 0 for lv in measured
+    )
+    assert len(list((folder / "serving" / resumed["cell"]["id"] / "earlier").glob("c2-*"))) == 1
+    assert resumed["measured_with"]["loadgen"] == str(AIPERF)
+    # and once more: every level measured, the same way: the result stands, no server starts
+    third = runner_cli(*args)
+    assert third.returncode == 0 and "kept earlier ok result" in third.stdout, third.stdout + third.stderr
+    assert "server ready" not in third.stdout and json.loads(path.read_text()) == resumed
 
 
 @pytest.mark.parametrize(

@@ -38,10 +38,12 @@ from runner.cpuset import format_cpus, split_for_clients
 from runner.engines import ENGINES
 from runner.engines.base import ServerReference
 from runner.expand import Cell, block_cells
+from runner.host import hardware_of
 from runner.job import Executor, Job
 from runner.matrix import Matrix, serving_engine
 from runner.provenance import tool_version
-from runner.results import failure
+from runner.results import failure, read_result
+from runner.reuse import measured_with
 from runner.serving.agreement import level_folder, pooled_ttft
 from runner.serving.loadgen import (
     AIPERF_VERSION,
@@ -53,6 +55,7 @@ from runner.serving.loadgen import (
     reference_sweep,
     server_figures,
 )
+from runner.serving.resume import plan
 from runner.session import _cell_model, cell_paths
 from runner.shared import RESULT_SCHEMA_VERSION, SAFETY_ENV, write_json_atomic
 
@@ -147,6 +150,14 @@ def make_serving_job(folder: Path, cell: Cell, matrix: Matrix, model: dict[str, 
     )
 
 
+def _set_aside(artifacts: Path) -> None:
+    """An earlier run's files of a level measured again go under earlier/ beside the levels, not mixed with the new."""
+    if artifacts.exists():
+        aside = artifacts.parent / "earlier" / f"{artifacts.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.rename(aside)
+
+
 def _wait_ready(ready_path: Path, server: threading.Thread) -> dict[str, Any] | None:
     while server.is_alive():
         if ready_path.exists():
@@ -187,7 +198,8 @@ class ServingRun:
     def __init__(self, folder: Path, executor: Executor, aiperf: str, log=print):
         self.folder, self.executor, self.aiperf, self.log = folder, executor, aiperf, log  # aiperf: where it ran
 
-    def run(self, cell: Cell, job: Job) -> dict[str, Any]:
+    def run(self, cell: Cell, job: Job, kept: list[dict[str, Any]] | tuple = ()) -> dict[str, Any]:
+        """Start the server, sweep the levels not in kept (an earlier run's, runner.serving.resume), stop it."""
         sweep = job.spec["workload"]
         extras = ENGINES[cell.engine].server.extras(sweep["new_tokens"])  # what each request carries to get N
         outcome: list[dict[str, Any]] = []
@@ -197,13 +209,14 @@ class ServingRun:
         for path in (ready_path, stop_path):
             path.unlink(missing_ok=True)
         deadline = time.monotonic() + job.timeout_s
-        levels: list[dict[str, Any]] = []  # filled by the sweep as each level ends
+        levels: list[dict[str, Any]] = list(kept)  # then filled by the sweep as each level ends
         ready = None
         server.start()
         try:
             ready = _wait_ready(ready_path, server)
             if ready:
-                self.log(f"[{cell.id}] server ready on port {ready['port']}; sweeping levels {sweep['levels']}")
+                left = [level for level in sweep["levels"] if level not in {lv["level"] for lv in kept}]
+                self.log(f"[{cell.id}] server ready on port {ready['port']}; sweeping levels {left}")
                 served = ready.get("model") or job.spec["model"]["name"]  # the name its requests carry
                 self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", served, extras, server, deadline, levels)
         except KeyboardInterrupt:
@@ -266,8 +279,10 @@ class ServingRun:
             result.setdefault("server", {})["log"] = str(kept.relative_to(self.folder))
         timeline = result.pop("memory_timeline", None) or []
         for level in levels:
-            level["peak_memory_mib"] = _peak_between(timeline, level["started"], level["ended"])
-        result["levels"] = levels
+            if "kept_from" not in level:  # a kept level keeps the peak its own server's timeline gave it
+                level["peak_memory_mib"] = _peak_between(timeline, level["started"], level["ended"])
+        order = {level: i for i, level in enumerate(sweep["levels"])}
+        result["levels"] = sorted(levels, key=lambda lv: order.get(lv["level"], len(order)))
         result["loadgen"] = {"name": "aiperf", "version": AIPERF_VERSION, "executable": self.aiperf}
         if job.cpus:  # a CPU cell: where its server ran, and where the load generators that timed it ran
             result["cpus"] = {"server": format_cpus(job.cpus), "load_generators": format_cpus(job.client_cpus)}
@@ -294,12 +309,16 @@ class ServingRun:
         reference = ENGINES[cell.engine].server.reference
         connections = ENGINES[cell.engine].server.connections
         own = _own_figures(cell.engine, sweep)
+        kept = {lv["level"] for lv in levels}  # an earlier run's levels (runner.serving.resume)
         for level in sweep["levels"]:
+            if level in kept:
+                continue
             entry: dict[str, Any] = {"level": level}
             if not server.is_alive():
                 levels.append({**entry, "status": "failed", "reason": SERVER_GONE, "started": 0, "ended": 0})
                 continue
             artifacts = level_folder(self.folder, cell.id, level)
+            _set_aside(artifacts)
             artifacts.mkdir(parents=True, exist_ok=True)
             args = aiperf_arguments(
                 url, served, model["path"], level, sweep, extras, artifacts, connections, server_metrics=bool(own)
@@ -503,13 +522,17 @@ def run_serving_cells(
     aiperf: str,
     cpus: tuple[int, ...],
     log=print,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every serving cell, one at a time (each server takes its GPUs or CPUs alone)."""
+    """Run every serving cell, one at a time (each server takes its GPUs or CPUs alone).
+
+    A cell whose earlier result stands (runner.serving.resume) is kept; one cut short sweeps only the levels
+    it lacks; force measures every level again."""
     results = []
     runner = ServingRun(folder, executor, aiperf, log)
     try:
         for cell in cells:
-            results.append(_run_one(matrix, cell, model, folder, executor, runner, cpus, log))
+            results.append(_run_one(matrix, cell, model, folder, executor, runner, cpus, log, force))
     except KeyboardInterrupt:  # stop the running server and load generator (processes or containers)
         executor.stop_all()
         raise
@@ -525,25 +548,51 @@ def _run_one(
     runner: ServingRun,
     cpus: tuple[int, ...],
     log,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """One serving cell: its checkpoint, its job, the sweep, its result written."""
+    """One serving cell: its checkpoint, its job, what it keeps of an earlier result, the sweep, its result."""
     cell_model, problem = _cell_model(cell, model, log)
     job = make_serving_job(folder, cell, matrix, cell_model, cpus)
+    wanted = measured_with(
+        cell_model,
+        executor.name,
+        executor.environment(cell),
+        hardware_of(cell.gpus),
+        format_cpus(job.cpus) if job.cpus else None,
+    )
+    wanted["loadgen"] = runner.aiperf
+    previous = read_result(job.result_path)
+    levels = job.spec["workload"]["levels"]
+    kept = plan(previous, wanted, levels, force)
+    if kept.keep and previous is not None:
+        log(f"[{cell.id}] kept earlier ok result ({'; '.join(server_label(cell))}): the same checkpoint, engine "
+            "environment, executor, hardware and load generator")  # fmt: skip
+        return previous
+    if kept.kept:
+        log(f"[{cell.id}] keeping levels {[lv['level'] for lv in kept.kept]} of the earlier result "
+            f"({previous and previous.get('status')}); measuring the rest")  # fmt: skip
+    elif previous is not None:
+        log(f"[{cell.id}] measuring again: {kept.why}")
     log(f"[{cell.id}] serving {cell.software}: {'; '.join(server_label(cell))}")
     started = time.time()
     if problem:
         result = failure(job.cell, cell_model, job.spec["workload"], "failed", problem)
+    elif previous is not None and {lv["level"] for lv in kept.kept} == set(levels):
+        # every level measured already (the earlier run stopped after them, in a fidelity run): nothing to serve
+        result = {**previous, "status": "ok", "reason": None, "levels": kept.kept}
     else:
         try:
-            result = runner.run(cell, job)
+            result = runner.run(cell, job, kept.kept)
         except SweepInterrupted as stop:  # the levels measured before the interrupt are kept
-            _write(job, stop.result, started, executor, log)
+            _write(job, stop.result, started, executor, log, wanted)
             raise
-    return _write(job, result, started, executor, log)
+    return _write(job, result, started, executor, log, wanted)
 
 
-def _write(job: Job, result: dict[str, Any], started: float, executor: Executor, log) -> dict[str, Any]:
-    result.update(wall_s=time.time() - started, executor=executor.name, runner=tool_version())
+def _write(
+    job: Job, result: dict[str, Any], started: float, executor: Executor, log, wanted: dict[str, Any]
+) -> dict[str, Any]:
+    result.update(wall_s=time.time() - started, executor=executor.name, runner=tool_version(), measured_with=wanted)
     write_json_atomic(job.result_path, result)
     job.child_result_path.unlink(missing_ok=True)
     log(f"[{job.cell['id']}] {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
