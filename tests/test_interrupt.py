@@ -314,3 +314,7 @@ def test_an_interrupted_serving_sweep_keeps_the_levels_it_measured(runner_cli, r
     assert again["status"] == "ok" and [lv["status"] for lv in again["levels"]] == ["ok", "ok"]
     assert again["levels"][0] == {**first, "kept_from": result["started_at"]}
     assert "kept_from" not in again["levels"][1] and again["levels"][1]["metrics"]["requests"] == 4
+    assert (
+        f"measured by the run of {result['started_at']} (another start of the server)"
+        in (folder / "serving.md").read_text()
+    )

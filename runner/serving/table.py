@@ -72,7 +72,10 @@ def _level_row(result: dict[str, Any], level: dict[str, Any]) -> dict[str, Any]:
         "Errors": "" if not m else f"{m.get('errors', 0):.0f}",
         "Max Mem (MiB)": _fmt(level.get("peak_memory_mib"), 0),
         "Notes": "; ".join(
-            filter(None, [_failure(level), _reference_note(level.get("reference")), _server_note(result, level)])
+            filter(
+                None,
+                [_failure(level), _kept(level), _reference_note(level.get("reference")), _server_note(result, level)],
+            )
         ),
     }
 
@@ -90,6 +93,12 @@ def _server_note(result: dict[str, Any], level: dict[str, Any]) -> str:
         if figure.noted and name in found
     ]
     return "server's own count: " + ", ".join(parts) if parts else ""
+
+
+def _kept(level: dict[str, Any]) -> str:
+    """A level kept from an earlier run of the cell (runner.serving.resume): its server was another start."""
+    since = level.get("kept_from")
+    return f"measured by the run of {since} (another start of the server)" if since else ""
 
 
 def _failure(level: dict[str, Any]) -> str:
