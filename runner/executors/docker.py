@@ -30,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 CONTAINER_ENTRYPOINTS = "/bench/entrypoints"
 SHM_SIZE = "16g"
 FOLDER_LABEL = "inference-matrix.run-folder"
+REMOVE_AGAIN_S = 1.0  # an interrupted tool's container is removed again after this, in case its create landed late
 
 
 def daemon_problem() -> str | None:
@@ -204,6 +206,21 @@ def _remove(name: str) -> None:
     subprocess.run(["docker", "rm", "--force", name], capture_output=True, stdin=subprocess.DEVNULL)
 
 
+def _remove_beside(name: str, client: subprocess.Popen | None) -> None:
+    """Remove a tool's container, its docker client first where it still runs (interrupted): a client left running
+    (its own session) could create the container after the removal, and one whose cell's container is gone stays
+    created, never started, never removed. A create request the dead client had sent can still land: once more
+    after a moment."""
+    if client is None or client.poll() is not None:
+        _remove(name)
+        return
+    client.kill()
+    client.wait()
+    _remove(name)
+    time.sleep(REMOVE_AGAIN_S)
+    _remove(name)
+
+
 def leftover_containers(run_folder: Path) -> list[str]:
     """Containers an earlier runner on this folder started and never removed (it was killed)."""
     done = subprocess.run(
@@ -304,21 +321,22 @@ class DockerExecutor:
         with open(log_path, "w") as log:
             log.write("$ " + " ".join(shlex.quote(a) for a in command) + "\n")
             log.flush()
-            with self._lock:
-                if self.interrupted:
-                    return None
-                self._names.add(name)
-                process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
+            process = None
             try:
+                with self._lock:
+                    if self.interrupted:
+                        return None
+                    self._names.add(name)
+                    process = subprocess.Popen(
+                        command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
                 code = process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 code = None
                 subprocess.run(["docker", "kill", name], capture_output=True, stdin=subprocess.DEVNULL)
                 process.wait()
             finally:  # an interrupt raised in the wait (a serving sweep waits on the main thread) included
-                _remove(name)
+                _remove_beside(name, process)
                 self._names.discard(name)
         return code
 
