@@ -15,14 +15,13 @@ says the runs cannot tell the tools apart; one that excludes it says they differ
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import statistics
 from pathlib import Path
 from typing import Any
 
-from runner.serving.loadgen import RECORDS_FILE
+from runner.serving.loadgen import profiling_records
 
 RESAMPLES = 2000
 SEED = 0  # the same interval every time the same requests are read
@@ -36,19 +35,11 @@ def run_folders(level_folder: Path) -> list[Path]:
 
 def loadgen_ttfts(folder: Path) -> list[float]:
     """The measured requests' TTFT (ms) in AIPerf's per-request export of one run, in send order; none if absent."""
-    path = folder / RECORDS_FILE
-    if path.exists():
-        text = path.read_text()
-    elif path.with_suffix(".jsonl.gz").exists():
-        text = gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
-    else:
-        return []
-    found = []
-    for line in text.splitlines():
-        record = json.loads(line)
-        meta, metrics = record.get("metadata", {}), record.get("metrics", {})
-        if meta.get("benchmark_phase") == "profiling" and "time_to_first_token" in metrics:
-            found.append((meta["request_start_ns"], metrics["time_to_first_token"]["value"]))
+    found = [
+        (r["metadata"]["request_start_ns"], r["metrics"]["time_to_first_token"]["value"])
+        for r in profiling_records(folder)
+        if "time_to_first_token" in r.get("metrics", {})
+    ]
     return [ttft for _, ttft in sorted(found)]
 
 
@@ -103,17 +94,23 @@ def level_folder(run_folder: Path, cell_id: str, level: int) -> Path:
     return run_folder / "serving" / cell_id / f"c{level}"
 
 
+def add_pooled(reference: dict[str, Any], level_folder: Path, level: int) -> None:
+    """The pooled comparison into a level's reference figures (``pooled_ttft``), or why its files gave none
+    (``pooled_error``: a run's files unreadable; the level's other figures stand without it)."""
+    try:
+        pooled = pooled_ttft(level_folder, level)
+    except (OSError, ValueError, KeyError) as exc:
+        reference["pooled_error"] = f"{type(exc).__name__}: {exc}"
+        return
+    if pooled:
+        reference["pooled_ttft"] = pooled
+
+
 def with_pooled(result: dict[str, Any], run_folder: Path) -> dict[str, Any]:
     """A stored serving result with the pooled TTFT comparison added to each level that was measured before the
     runner made it, from the level's files in the run folder where they are there (``--table-only``)."""
     for level in result.get("levels", []):
         reference = level.get("reference")
-        if not reference or reference.get("error") or "pooled_ttft" in reference:
-            continue
-        try:
-            pooled = pooled_ttft(level_folder(run_folder, result["cell"]["id"], level["level"]), level["level"])
-        except (OSError, ValueError, KeyError):  # a level's files unreadable: its row stands without the comparison
-            continue
-        if pooled:
-            reference["pooled_ttft"] = pooled
+        if reference and not reference.get("error") and "pooled_ttft" not in reference:
+            add_pooled(reference, level_folder(run_folder, result["cell"]["id"], level["level"]), level["level"])
     return result

@@ -25,6 +25,7 @@ level and reduces them to its measured window (``server_metrics_export.json``);
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import sys
@@ -187,13 +188,27 @@ def server_figures(artifacts: Path, figures: dict[str, Any]) -> dict[str, float]
     return found
 
 
+def profiling_records(artifacts: Path) -> list[dict[str, Any]]:
+    """The measured requests' records in AIPerf's per-request export (warm-up left out), as written or gzipped as
+    committed results keep it; none where there is no export."""
+    path = artifacts / RECORDS_FILE
+    if path.exists():
+        text = path.read_text()
+    elif path.with_suffix(".jsonl.gz").exists():
+        text = gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
+    else:
+        return []
+    records = (json.loads(line) for line in text.splitlines())
+    return [r for r in records if r.get("metadata", {}).get("benchmark_phase") == "profiling"]
+
+
 def asked_lengths(artifacts: Path) -> dict[str, Any]:
     """Each measured request's max_tokens (from AIPerf's inputs) beside the tokens the server said it returned
     (its record): the range asked for, and how many requests returned another count than they asked for, with
     the first few of them as (asked, returned). Empty where AIPerf wrote no per-request files."""
     try:
         sessions = json.loads((artifacts / INPUTS_FILE).read_text())["data"]
-        lines = (artifacts / RECORDS_FILE).read_text().splitlines()
+        records = profiling_records(artifacts)
     except (OSError, ValueError, KeyError):
         return {}
     asked = {
@@ -202,11 +217,8 @@ def asked_lengths(artifacts: Path) -> dict[str, Any]:
         for turn, payload in enumerate(entry.get("payloads", []))
     }
     pairs = []
-    for line in lines:
-        record = json.loads(line)
-        meta = record.get("metadata", {})
-        if meta.get("benchmark_phase") != "profiling":
-            continue
+    for record in records:
+        meta = record["metadata"]
         returned = (record.get("metrics", {}).get("output_sequence_length") or {}).get("value")
         pairs.append((asked.get((meta.get("conversation_id"), meta.get("turn_index", 0))), returned))
     known = [n for n, _ in pairs if n is not None]

@@ -44,7 +44,7 @@ from runner.matrix import Matrix, serving_engine
 from runner.provenance import tool_version
 from runner.results import failure, read_result
 from runner.reuse import measured_with
-from runner.serving.agreement import level_folder, pooled_ttft
+from runner.serving.agreement import add_pooled, level_folder
 from runner.serving.loadgen import (
     AIPERF_VERSION,
     aiperf_arguments,
@@ -215,7 +215,8 @@ class ServingRun:
         try:
             ready = _wait_ready(ready_path, server)
             if ready:
-                left = [level for level in sweep["levels"] if level not in {lv["level"] for lv in kept}]
+                done = {lv["level"] for lv in kept}
+                left = [level for level in sweep["levels"] if level not in done]
                 self.log(f"[{cell.id}] server ready on port {ready['port']}; sweeping levels {left}")
                 served = ready.get("model") or job.spec["model"]["name"]  # the name its requests carry
                 self._sweep(cell, job, f"http://127.0.0.1:{ready['port']}", served, extras, server, deadline, levels)
@@ -393,7 +394,7 @@ class ServingRun:
         if "error" in found:
             return
         if runs < 2:
-            _pool(found, artifacts, level)
+            add_pooled(found, artifacts, level)
             return
         found["runs"] = [_pair(entry["metrics"], found)]
         own = _own_figures(job.cell["engine"], sweep)  # AIPerf's further runs read the server as its first did
@@ -427,7 +428,7 @@ class ServingRun:
             found["runs_error"] = f"run {run}: {type(exc).__name__}: {exc}"
         finally:
             found.update(_spread(found["runs"]))
-            _pool(found, artifacts, level)
+            add_pooled(found, artifacts, level)
 
     def _reference(
         self,
@@ -480,17 +481,6 @@ def _ratios(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any
         if metrics.get(ours) and reference.get(theirs):
             found[name] = round(metrics[ours] / reference[theirs], 4)
     return found
-
-
-def _pool(found: dict[str, Any], artifacts: Path, level: int) -> None:
-    """Both tools' median TTFT over every request of the level's runs, with an interval (runner.serving.agreement)."""
-    try:
-        pooled = pooled_ttft(artifacts, level)
-    except (OSError, ValueError, KeyError) as exc:  # a run's files unreadable: the figures above stand without it
-        found["pooled_error"] = f"{type(exc).__name__}: {exc}"
-        return
-    if pooled:
-        found["pooled_ttft"] = pooled
 
 
 def _pair(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
