@@ -40,10 +40,13 @@ def main() -> None:
                 print(f"c{level} run {number} {tool:6} p50 {statistics.median(ttfts):7.1f} ms  waves (ms): {shown}")
         pooled = pooled_ttft(level_folder, level)
         if pooled:
-            (ours, theirs), (low, high) = pooled["ttft_ms_p50"], pooled["interval"]
+            (ours, theirs), interval = pooled["ttft_ms_p50"], pooled["interval"]
+            spread = "one run of each: no interval"
+            if interval:
+                spread = f"95% interval {interval[0]:.2f}-{interval[1]:.2f}"
             print(
                 f"c{level} pooled  aiperf {ours:.1f} ms ({pooled['requests'][0]} requests), own {theirs:.1f} ms "
-                f"({pooled['requests'][1]}): {pooled['ratio']:.2f}x, 95% interval {low:.2f}-{high:.2f}"
+                f"({pooled['requests'][1]}): {pooled['ratio']:.2f}x, {spread}"
             )
 
 

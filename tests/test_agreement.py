@@ -64,25 +64,44 @@ def test_the_same_requests_in_both_tools_agree_and_the_interval_holds_one(tmp_pa
 
 def test_a_tool_twice_as_slow_is_told_apart_and_wider_waves_widen_the_interval(tmp_path):
     draw = random.Random(2)
-    ours = wavy(draw, 4, 64)
-    write_run(tmp_path / "c4", [2 * t for t in ours], ours)
+    runs = [wavy(draw, 4, 64) for _ in range(2)]
+    for level in (4, 1):
+        write_run(tmp_path / f"c{level}", [2 * t for t in runs[0]], runs[0])
+        write_run(tmp_path / f"c{level}" / "run2", [2 * t for t in runs[1]], runs[1])
     pooled = pooled_ttft(tmp_path / "c4", 4)
     assert pooled["ratio"] == 2.0 and pooled["interval"][0] > 1  # apart: the interval excludes 1.00
 
     # the same requests resampled one by one (level 1) pretend to be independent: a narrower interval than by
     # waves of 4, which keeps requests that shared a wave together
-    write_run(tmp_path / "c1", [2 * t for t in ours], ours)
-    by_wave, by_request = pooled_ttft(tmp_path / "c4", 4), pooled_ttft(tmp_path / "c1", 1)
+    by_wave, by_request = pooled, pooled_ttft(tmp_path / "c1", 1)
     assert waves([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [[1.0, 2.0], [3.0, 4.0], [5.0]]
     wide = by_wave["interval"][1] - by_wave["interval"][0]
     assert by_request["interval"][1] - by_request["interval"][0] < wide
 
 
+def test_each_run_start_wave_is_resampled_among_start_waves(tmp_path):
+    """Every run begins with one wave sent at once to an idle server (70 ms here against a steady 25 ms, as
+    measured on an H100 with lengths drawn per request): drawn freely, six start waves of twelve would move
+    the median to the start waves' and the interval would span 0.5-1.9 for tools that agree."""
+    draw = random.Random(4)
+    for number in (1, 2, 3):
+        folder = tmp_path / "c16" / ("" if number == 1 else f"run{number}")
+        ours, theirs = ([draw.uniform(60, 80) for _ in range(16)] + [draw.uniform(22, 28) for _ in range(48)]
+                        for _ in range(2))  # fmt: skip
+        write_run(folder, ours, theirs)
+    pooled = pooled_ttft(tmp_path / "c16", 16)
+    assert pooled["runs"] == [3, 3] and 22 < pooled["ttft_ms_p50"][0] < 28
+    low, high = pooled["interval"]
+    assert low < 1 < high and high - low < 0.1  # the steady waves' spread (about 1.4 % per median), not the modes'
+
+
 def test_runs_cut_short_are_skipped_and_a_benchmark_without_requests_gives_nothing(tmp_path):
     write_run(tmp_path / "c2", [10.0, 12.0, 11.0, 13.0], [10.0, 11.0, 12.0, 13.0])
     (tmp_path / "c2" / "run2").mkdir()  # interrupted before AIPerf wrote anything
+    write_run(tmp_path / "c2" / "run3", [50.0] * 4, None)  # AIPerf's turn done, the benchmark's interrupted
     pooled = pooled_ttft(tmp_path / "c2", 2)
     assert pooled["runs"] == [1, 1] and pooled["requests"] == [4, 4]
+    assert pooled["interval"] is None and pooled["ratio"] == 1.0  # one run of a tool: no interval
     assert loadgen_ttfts(tmp_path / "c2") == [10.0, 12.0, 11.0, 13.0]  # in send order
     (tmp_path / "c2" / "reference.json").write_text(json.dumps({"median_ttft_ms": 11.0}))  # no --save-detailed
     assert pooled_ttft(tmp_path / "c2", 2) is None
@@ -91,7 +110,23 @@ def test_runs_cut_short_are_skipped_and_a_benchmark_without_requests_gives_nothi
     (tmp_path / "serving" / "serve-x" / "c2" / "profile_export.jsonl").write_text("{not json\n")
     (tmp_path / "serving" / "serve-x" / "c2" / "reference.json").write_text(json.dumps({"requests": [{"sent_s": 0}]}))
     stored = {"cell": {"id": "serve-x"}, "levels": [{"level": 2, "reference": {"tool": "vllm bench serve"}}]}
-    assert with_pooled(stored, tmp_path) == stored  # unreadable files: the row stands without the comparison
+    assert with_pooled(stored, tmp_path)["levels"][0]["reference"]["pooled_error"].startswith("JSONDecodeError")
+    # unreadable files: the row stands without the comparison, saying why
+
+
+def test_table_only_makes_the_comparison_again_where_the_files_are(tmp_path):
+    level = tmp_path / "serving" / "serve-x" / "c2"
+    write_run(level, [10.0, 12.0, 11.0, 13.0], [10.0, 11.0, 12.0, 13.0])
+    write_run(level / "run2", [10.0, 12.0, 11.0, 13.0], [10.0, 11.0, 12.0, 13.0])
+    older = {"runs": [2, 2], "requests": [8, 8], "ttft_ms_p50": [11.5, 11.5], "ratio": 1.0, "interval": [0.5, 2.0]}
+    stored = {"cell": {"id": "serve-x"}, "levels": [
+        {"level": 2, "reference": {"tool": "vllm bench serve", "pooled_ttft": dict(older)}},
+        {"level": 4, "reference": {"tool": "vllm bench serve", "pooled_ttft": dict(older)}},  # its files are gone
+    ]}  # fmt: skip
+    made = with_pooled(stored, tmp_path)["levels"]
+    assert made[0]["reference"]["pooled_ttft"]["interval"] != [0.5, 2.0]  # an older runner's interval replaced
+    assert made[0]["reference"]["pooled_ttft"]["requests"] == [8, 8]
+    assert made[1]["reference"]["pooled_ttft"] == older  # kept as stored
 
 
 def test_the_note_and_the_summary_row_give_the_pooled_comparison():
@@ -119,8 +154,16 @@ def test_the_note_and_the_summary_row_give_the_pooled_comparison():
         for n, r in ((1, reference), (4, apart))
     ]
     row = summary_row({"cell": {"software": "vLLM", "label": ["x"]}, "status": "ok", "levels": levels}, 1000)
-    assert row["Notes"].endswith("; median TTFT pooled over each level's runs within 5% at 1 of 2, told apart (95% "
-                                 "interval without 1.00) at 1")  # fmt: skip
+    assert row["Notes"].endswith("; median TTFT pooled over each level's runs within 5% at 1 of 2 (95% interval "
+                                 "inside 0.95-1.05 at 0), told apart (interval without 1.00) at 1")  # fmt: skip
+    single = json.loads(json.dumps(reference))
+    single["pooled_ttft"].update(runs=[1, 3], interval=None)
+    assert _reference_note(single).endswith("0.90x (one run of each: no interval)")
+    levels[0]["reference"] = single
+    levels[1]["reference"]["pooled_ttft"].update(ratio=1.01, interval=[0.97, 1.04])
+    row = summary_row({"cell": {"software": "vLLM", "label": ["x"]}, "status": "ok", "levels": levels}, 1000)
+    assert row["Notes"].endswith("within 5% at 1 of 2 (95% interval inside 0.95-1.05 at 1), told apart (interval "
+                                 "without 1.00) at 0")  # fmt: skip
 
 
 def test_the_committed_h100_run_reads_as_its_readme_gives_it():
@@ -133,8 +176,9 @@ def test_the_committed_h100_run_reads_as_its_readme_gives_it():
         "requests": [48, 48],
         "ttft_ms_p50": [17.263, 17.904],
         "ratio": 0.9642,
-        "interval": [0.8687, 1.0231],
+        "interval": [0.872, 1.0185],
     }
-    assert pooled[16]["ratio"] == 1.2381 and pooled[16]["interval"] == [0.9004, 1.5689]
+    assert pooled[16]["ratio"] == 1.2381 and pooled[16]["interval"] == [0.9191, 1.5348]
     assert pooled[64]["runs"] == [1, 1] and pooled[64]["requests"] == [256, 256]  # its second run was interrupted
+    assert pooled[64]["interval"] is None
     assert "pooled (192 and 192 requests): TTFT p50 61.5 and 49.7 ms, 1.24x" in (folder / "serving.md").read_text()

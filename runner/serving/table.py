@@ -12,8 +12,8 @@ runner.serving.agreement), and what the server counted itself over the level
 from a cache, ...). The summary row gives the setting's peak output throughput,
 the highest level whose p99 TTFT stayed under the matrix's bound
 (``serving.ttft_p99_ms``), and at how many levels its rows agreed with the
-engine's own benchmark within 5 % (and, pooled, at how many the interval tells
-the tools apart). Written as serving.md, serving.csv and serving.json beside
+engine's own benchmark within 5 % (and, pooled, at how many the interval lies
+inside 0.95-1.05, and at how many it tells the tools apart). Written as serving.md, serving.csv and serving.json beside
 the offline table.
 """
 
@@ -129,10 +129,14 @@ def _reference_note(reference: dict[str, Any] | None) -> str:
         )
     pooled = reference.get("pooled_ttft")
     if pooled:
-        (ours, theirs), (low, high) = pooled["ttft_ms_p50"], pooled["interval"]
+        ours, theirs = pooled["ttft_ms_p50"]
+        interval = pooled.get("interval")
+        spread = "one run of each: no interval"
+        if interval:
+            spread = f"95% interval {interval[0]:.2f}-{interval[1]:.2f}, resampling waves"
         note += (
             f"; pooled ({pooled['requests'][0]} and {pooled['requests'][1]} requests): TTFT p50 {ours:,.1f} and "
-            f"{theirs:,.1f} ms, {pooled['ratio']:.2f}x (95% interval {low:.2f}-{high:.2f}, resampling waves)"
+            f"{theirs:,.1f} ms, {pooled['ratio']:.2f}x ({spread})"
         )
     if reference.get("runs_error"):
         note += f"; fidelity {reference['runs_error']}"
@@ -190,10 +194,13 @@ def _fidelity_summary(levels: list[dict[str, Any]], within: float = 0.05) -> str
     pooled = [r["pooled_ttft"] for r in found if r.get("pooled_ttft")]
     if pooled:
         close = sum(1 for p in pooled if round(abs(p["ratio"] - 1), 4) <= within)
-        apart = sum(1 for p in pooled if not p["interval"][0] <= 1 <= p["interval"][1])
+        intervals = [p["interval"] for p in pooled if p.get("interval")]
+        shown = sum(1 for low, high in intervals if 1 - within <= low and high <= 1 + within)
+        apart = sum(1 for low, high in intervals if not low <= 1 <= high)
         text += (
-            f"; median TTFT pooled over each level's runs within {within:.0%} at {close} of {len(pooled)}, "
-            f"told apart (95% interval without 1.00) at {apart}"
+            f"; median TTFT pooled over each level's runs within {within:.0%} at {close} of {len(pooled)} "
+            f"(95% interval inside {1 - within:.2f}-{1 + within:.2f} at {shown}), told apart (interval without "
+            f"1.00) at {apart}"
         )
     return text
 
