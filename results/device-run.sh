@@ -4,8 +4,14 @@
 # survives between back-to-back calls, then pack that folder into $OUT.
 #
 #   bash results/device-run.sh RUN_FOLDER TIME_BUDGET_S [runner args...]
+#   DEVICE_SCRIPT=results/loadgen-overhead/probe.py bash results/device-run.sh OUT_FOLDER TIME_BUDGET_S [its args...]
 set -uo pipefail
 run_folder=$1; budget=$2; shift 2
+# The lent machine sets PYTHONDONTWRITEBYTECODE=1 and its torch venv ships no bytecode, so every Python
+# process there compiled torch's (and vLLM's) sources again: ~9 s of each load generator's start (seen
+# 2026-12-05 on an H100). Bytecode goes to /tmp instead, written once per machine.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX=/tmp/pycache
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -159,13 +165,23 @@ for attempt in $(seq 24); do
   fi
 done
 if [ -d /tmp/aiperf-site ]; then
+  # AIPerf needs no torch (its image and .venv/aiperf have none), but the machine's transformers imports it
+  # when it is there: ~18 s of each tokenizer load, twice per AIPerf run (its prefetch and its dataset
+  # manager; 2026-12-05, H100). Hidden from AIPerf's processes, as in its own image.
+  printf 'import sys\n\nsys.modules["torch"] = None  # AIPerf without torch, as in its image\n' \
+    > /tmp/aiperf-site/sitecustomize.py
   printf '#!/bin/sh\nPYTHONPATH=/tmp/aiperf-site exec python3 -m aiperf "$@"\n' > /tmp/aiperf && chmod +x /tmp/aiperf
   loadgen=(--loadgen /tmp/aiperf)
 fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version --format=csv
-timeout --signal=INT --kill-after=60 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store "${loadgen[@]}"
-echo "runner exit: $?"
+if [ -n "${DEVICE_SCRIPT:-}" ]; then  # another script than the runner, in this environment (loadgen-overhead/probe.py)
+  timeout --signal=INT --kill-after=60 "$budget" python3 "$DEVICE_SCRIPT" "$@" --out "$run_folder" "${loadgen[@]}"
+  echo "$DEVICE_SCRIPT exit: $?"
+else
+  timeout --signal=INT --kill-after=60 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store "${loadgen[@]}"
+  echo "runner exit: $?"
+fi
 if [ -n "${OUT:-}" ]; then
   tar -C "$(dirname "$run_folder")" -czf "$OUT/$(basename "$run_folder").tgz" "$(basename "$run_folder")"
 fi

@@ -14,6 +14,12 @@ is left is the client's own time (and loopback's).
         --vllm-image inference-matrix/vllm:cpu-<tag> [--repeats 2]
     python3 results/loadgen-overhead/probe.py --out DIR --bench-python python3   # no Docker: vLLM importable
 
+On the GPU host (no Docker there), in the environment results/device-run.sh makes (vLLM's carried site,
+AIPerf's wrapper), with lengths drawn per request as matrix-serving-ranged.yaml draws them:
+
+    DEVICE_SCRIPT=results/loadgen-overhead/probe.py bash results/device-background.sh start runs/probe 900 40 \
+        --bench-python python3 --range-ratio 0.25 --architecture shisa-7b-v1
+
 With --guidellm PATH (a venv's guidellm, e.g. `pip install guidellm==0.8.1`), GuideLLM runs each level too, as
 the third tool: its concurrent profile, the same lengths and request count, ignore_eos in the request body; no
 warm-up (GuideLLM's warm-up is a share of the run whose requests it drops by when they finished, not a count
@@ -151,11 +157,21 @@ def main() -> int:
     parser.add_argument("--itl-ms", type=float, default=5.0)
     parser.add_argument("--port", type=int, default=8199)
     parser.add_argument("--guidellm", help="a guidellm executable: GuideLLM too, as a third tool (no warm-up)")
+    parser.add_argument("--loadgen", help="the aiperf executable (default: as the runner finds it)")
+    parser.add_argument("--range-ratio", type=float, default=0.0,
+                        help="lengths drawn per request within this share of 64 / 256, in both tools (serving's "
+                             "length_range_ratio; 0: every request the same)")  # fmt: skip
+    parser.add_argument("--architecture", default="tiny-mistral",
+                        help="the synthetic checkpoint whose tokenizer makes the prompts (shisa-7b-v1: the GPU "
+                             "matrices'; its weights are materialised too)")  # fmt: skip
     args = parser.parse_args()
+    if args.range_ratio and args.guidellm:
+        parser.error("--range-ratio: GuideLLM's run here sends fixed lengths; leave one of the two out")
+    SWEEP["length_range_ratio"] = args.range_ratio
     levels = [int(v) for v in args.levels.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    tokenizer = str(synthetic.materialise("tiny-mistral", args.store, log=lambda line: None).resolve())
-    aiperf = find_aiperf(None)
+    tokenizer = str(synthetic.materialise(args.architecture, args.store, log=lambda line: None).resolve())
+    aiperf = find_aiperf(args.loadgen)
     url = f"http://127.0.0.1:{args.port}"
     server = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("reference_server.py")), "--port", str(args.port),
@@ -204,6 +220,7 @@ def main() -> int:
     facts = {
         "server": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms, "model": MODEL},
         "sweep": SWEEP,
+        "tokenizer": args.architecture,
         "levels": levels,
         "aiperf": versions or "aiperf 0.13.0",
         "vllm_image": args.vllm_image,
