@@ -69,7 +69,7 @@ def waves(ttfts: list[float], level: int) -> list[list[float]]:
 def pooled_ttft(level_folder: Path, level: int) -> dict[str, Any] | None:
     """Each tool's median TTFT over every request of the level's runs that both tools finished (the tools take
     turns, so a run of one whose turn of the other was cut short would weigh its own moment), their ratio and its
-    95 % interval (None with fewer than MIN_RUNS such runs).
+    95 % interval (None from fewer than MIN_RUNS such runs).
 
     None where either tool left no per-request timings (an engine benchmark without them, runs cut short)."""
     pairs = [(loadgen_ttfts(f), reference_ttfts(f)) for f in run_folders(level_folder)]
@@ -80,7 +80,7 @@ def pooled_ttft(level_folder: Path, level: int) -> dict[str, Any] | None:
     ours = statistics.median(t for run in ours_runs for t in run)
     theirs = statistics.median(t for run in theirs_runs for t in run)
     interval = None
-    if min(len(ours_runs), len(theirs_runs)) >= MIN_RUNS:
+    if len(pairs) >= MIN_RUNS:
         ours_strata, theirs_strata = _strata(ours_runs, level), _strata(theirs_runs, level)
         draw = random.Random(SEED)
         ratios = sorted(
