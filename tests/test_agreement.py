@@ -110,8 +110,9 @@ def test_runs_cut_short_are_skipped_and_a_benchmark_without_requests_gives_nothi
     (tmp_path / "serving" / "serve-x" / "c2" / "profile_export.jsonl").write_text("{not json\n")
     (tmp_path / "serving" / "serve-x" / "c2" / "reference.json").write_text(json.dumps({"requests": [{"sent_s": 0}]}))
     stored = {"cell": {"id": "serve-x"}, "levels": [{"level": 2, "reference": {"tool": "vllm bench serve"}}]}
-    assert with_pooled(stored, tmp_path)["levels"][0]["reference"]["pooled_error"].startswith("JSONDecodeError")
-    # unreadable files: the row stands without the comparison, saying why
+    reference = with_pooled(stored, tmp_path)["levels"][0]["reference"]
+    assert reference["pooled_error"].startswith("JSONDecodeError")  # the row stands without the comparison
+    assert "; pooled TTFT not made: JSONDecodeError" in _reference_note(reference)  # and says why
 
 
 def test_table_only_makes_the_comparison_again_where_the_files_are(tmp_path):

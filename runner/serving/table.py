@@ -138,6 +138,8 @@ def _reference_note(reference: dict[str, Any] | None) -> str:
             f"; pooled ({pooled['requests'][0]} and {pooled['requests'][1]} requests): TTFT p50 {ours:,.1f} and "
             f"{theirs:,.1f} ms, {pooled['ratio']:.2f}x ({spread})"
         )
+    elif reference.get("pooled_error"):  # the level's per-request files were there but could not be read
+        note += f"; pooled TTFT not made: {reference['pooled_error'][:120]}"
     if reference.get("runs_error"):
         note += f"; fidelity {reference['runs_error']}"
     return note
