@@ -175,13 +175,12 @@ if [ -d /tmp/aiperf-site ]; then
 fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version --format=csv
+command=(python3 -m runner "$@" -o "$run_folder" --store .cache/store)
 if [ -n "${DEVICE_SCRIPT:-}" ]; then  # another script than the runner, in this environment (loadgen-overhead/probe.py)
-  timeout --signal=INT --kill-after=60 "$budget" python3 "$DEVICE_SCRIPT" "$@" --out "$run_folder" "${loadgen[@]}"
-  echo "$DEVICE_SCRIPT exit: $?"
-else
-  timeout --signal=INT --kill-after=60 "$budget" python3 -m runner "$@" -o "$run_folder" --store .cache/store "${loadgen[@]}"
-  echo "runner exit: $?"
+  command=(python3 "$DEVICE_SCRIPT" "$@" --out "$run_folder")
 fi
+timeout --signal=INT --kill-after=60 "$budget" "${command[@]}" "${loadgen[@]}"
+echo "${DEVICE_SCRIPT:-runner} exit: $?"
 if [ -n "${OUT:-}" ]; then
   tar -C "$(dirname "$run_folder")" -czf "$OUT/$(basename "$run_folder").tgz" "$(basename "$run_folder")"
 fi

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the runner, from the repository root
 
-from runner.serving.agreement import loadgen_ttfts, pooled_ttft, reference_ttfts, run_folders, waves
+from runner.serving.agreement import interval_text, loadgen_ttfts, pooled_ttft, reference_ttfts, run_folders, waves
 
 
 def main() -> None:
@@ -40,13 +40,10 @@ def main() -> None:
                 print(f"c{level} run {number} {tool:6} p50 {statistics.median(ttfts):7.1f} ms  waves (ms): {shown}")
         pooled = pooled_ttft(level_folder, level)
         if pooled:
-            (ours, theirs), interval = pooled["ttft_ms_p50"], pooled["interval"]
-            spread = "one run of each: no interval"
-            if interval:
-                spread = f"95% interval {interval[0]:.2f}-{interval[1]:.2f}"
+            ours, theirs = pooled["ttft_ms_p50"]
             print(
                 f"c{level} pooled  aiperf {ours:.1f} ms ({pooled['requests'][0]} requests), own {theirs:.1f} ms "
-                f"({pooled['requests'][1]}): {pooled['ratio']:.2f}x, {spread}"
+                f"({pooled['requests'][1]}): {pooled['ratio']:.2f}x, {interval_text(pooled)}"
             )
 
 

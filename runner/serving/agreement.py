@@ -32,7 +32,7 @@ from runner.serving.loadgen import profiling_records
 
 RESAMPLES = 2000
 SEED = 0  # the same interval every time the same requests are read
-MIN_RUNS = 2  # of each tool, for an interval
+MIN_RUNS = 2  # runs both tools finished, for an interval
 
 
 def run_folders(level_folder: Path) -> list[Path]:
@@ -94,6 +94,12 @@ def pooled_ttft(level_folder: Path, level: int) -> dict[str, Any] | None:
         "ratio": round(ours / theirs, 4),
         "interval": interval,
     }
+
+
+def interval_text(pooled: dict[str, Any], how: str = "") -> str:
+    """The pooled ratio's 95 % interval in words (``how`` after it, where there is one), or why there is none."""
+    interval = pooled.get("interval")
+    return f"95% interval {interval[0]:.2f}-{interval[1]:.2f}{how}" if interval else "one run of each: no interval"
 
 
 def _strata(runs: list[list[float]], level: int) -> list[list[list[float]]]:

@@ -13,8 +13,8 @@ from a cache, ...). The summary row gives the setting's peak output throughput,
 the highest level whose p99 TTFT stayed under the matrix's bound
 (``serving.ttft_p99_ms``), and at how many levels its rows agreed with the
 engine's own benchmark within 5 % (and, pooled, at how many the interval lies
-inside 0.95-1.05, and at how many it tells the tools apart). Written as serving.md, serving.csv and serving.json beside
-the offline table.
+inside 0.95-1.05, and at how many it tells the tools apart). Written as
+serving.md, serving.csv and serving.json beside the offline table.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from runner.cpuset import named, parse_cpus
 from runner.engines import ENGINES
 from runner.report.charts import drawn, markdown_links, serving_charts
 from runner.report.html import write_html
+from runner.serving.agreement import interval_text
 from runner.shared import write_text_atomic
 
 COLUMNS = [
@@ -130,13 +131,9 @@ def _reference_note(reference: dict[str, Any] | None) -> str:
     pooled = reference.get("pooled_ttft")
     if pooled:
         ours, theirs = pooled["ttft_ms_p50"]
-        interval = pooled.get("interval")
-        spread = "one run of each: no interval"
-        if interval:
-            spread = f"95% interval {interval[0]:.2f}-{interval[1]:.2f}, resampling waves"
         note += (
             f"; pooled ({pooled['requests'][0]} and {pooled['requests'][1]} requests): TTFT p50 {ours:,.1f} and "
-            f"{theirs:,.1f} ms, {pooled['ratio']:.2f}x ({spread})"
+            f"{theirs:,.1f} ms, {pooled['ratio']:.2f}x ({interval_text(pooled, ', resampling waves')})"
         )
     elif reference.get("pooled_error"):  # the level's per-request files were there but could not be read
         note += f"; pooled TTFT not made: {reference['pooled_error'][:120]}"
