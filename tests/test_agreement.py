@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from runner.serving.agreement import loadgen_ttfts, pooled_ttft, waves, with_pooled
+from runner.serving.agreement import loadgen_requests, loadgen_ttfts, pooled_ttft, resends, waves, with_pooled
 from runner.serving.table import _reference_note, summary_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,8 +178,61 @@ def test_the_committed_h100_run_reads_as_its_readme_gives_it():
         "ttft_ms_p50": [17.263, 17.904],
         "ratio": 0.9642,
         "interval": [0.872, 1.0185],
+        "resend_ms_p50": [3.778, 0.246],  # AIPerf's next request 3.8 ms after a completion, bench serve's 0.2 ms
     }
     assert pooled[16]["ratio"] == 1.2381 and pooled[16]["interval"] == [0.9191, 1.5348]
     assert pooled[64]["runs"] == [1, 1] and pooled[64]["requests"] == [256, 256]  # its second run was interrupted
     assert pooled[64]["interval"] is None
     assert "pooled (192 and 192 requests): TTFT p50 61.5 and 49.7 ms, 1.24x" in (folder / "serving.md").read_text()
+
+
+def loop_sends(level: int, count: int, resend_ms: float, e2e_ms: float) -> list[float]:
+    """When a closed loop sends (ms): `level` requests at once, then each next one resend_ms after one ends."""
+    slots, sends = [0.0] * level, []
+    for number in range(count):
+        slot = min(range(level), key=slots.__getitem__)
+        sends.append(slots[slot] + (resend_ms if number >= level else 0.0))
+        slots[slot] = sends[-1] + e2e_ms
+    return sends
+
+
+def closed_loop(folder: Path, level: int, count: int, resends_ms: tuple[float, float], e2e_ms: float = 100.0) -> None:
+    """One run of both tools as their closed loops send it, each resending its own time after a completion: AIPerf's
+    export with its end times (TTFT 20 ms), the benchmark's requests with e2e_ms (TTFT 22 ms)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ours, theirs = (loop_sends(level, count, resend, e2e_ms) for resend in resends_ms)
+    lines = [
+        json.dumps({
+            "metadata": {"benchmark_phase": "profiling", "request_start_ns": int(sent * 1e6),
+                         "request_end_ns": int((sent + e2e_ms) * 1e6)},
+            "metrics": {"time_to_first_token": {"value": 20.0, "unit": "ms"}},
+        })
+        for sent in ours
+    ]  # fmt: skip
+    (folder / "profile_export.jsonl").write_text("\n".join(lines) + "\n")
+    requests = [{"sent_s": sent / 1e3, "ttft_ms": 22.0, "e2e_ms": e2e_ms} for sent in theirs]
+    (folder / "reference.json").write_text(json.dumps({"requests": requests}))
+
+
+def test_each_tools_resend_after_a_completion_is_measured_and_noted(tmp_path):
+    """AIPerf sends a closed loop's next request some milliseconds after one ended (3-5 ms on an H100), vllm bench
+    serve within a fraction of one: the pooled comparison gives both, over the sends after each first wave."""
+    closed_loop(tmp_path / "c4", 4, 16, (4.0, 0.25))
+    closed_loop(tmp_path / "c4" / "run2", 4, 16, (4.0, 0.25))
+    pooled = pooled_ttft(tmp_path / "c4", 4)
+    assert pooled["resend_ms_p50"] == [4.0, 0.25]
+    assert pooled["ttft_ms_p50"] == [20.0, 22.0] and pooled["interval"] is not None
+    reference = {"tool": "vllm bench serve", "output_tokens_per_s": 1.0, "pooled_ttft": pooled}
+    assert _reference_note(reference).endswith("; next request sent 4.0 and 0.2 ms after a completion")
+    # the first wave, sent at once, follows no completion: only the 12 later sends of each run are timed
+    assert [round(d, 3) for d, _ in resends(loadgen_requests(tmp_path / "c4"), 4)] == [4.0] * 12
+    # a run whose benchmark kept no end times (vllm bench serve without e2e_ms): no resend figures, the rest stands
+    reference_json = tmp_path / "c4" / "run2" / "reference.json"
+    kept = json.loads(reference_json.read_text())
+    reference_json.write_text(
+        json.dumps({"requests": [{k: r[k] for k in ("sent_s", "ttft_ms")} for r in kept["requests"]]})
+    )
+    pooled = pooled_ttft(tmp_path / "c4", 4)
+    assert pooled["resend_ms_p50"] == [4.0, 0.25]  # from the run that has them
+    (tmp_path / "c4" / "reference.json").write_text(reference_json.read_text())
+    assert "resend_ms_p50" not in pooled_ttft(tmp_path / "c4", 4) and pooled_ttft(tmp_path / "c4", 4)["runs"] == [2, 2]

@@ -18,10 +18,25 @@ draw six start waves of twelve moved the median from one kind to the other
 interval that holds 1.00 says the runs cannot tell the tools apart; one that
 excludes it says they differ. With one run there is no interval: its single
 start wave would count as known. Only runs that both tools finished count.
+
+Beside it, each tool's resend delay: how long after a request ended its closed
+loop sent the next one (``vllm bench serve``, one asyncio loop: 0.2 ms; AIPerf,
+whose freed slot goes from a worker process to its timing manager and back:
+3-5 ms, on an H100). A request ends at the end of one of the server's steps, so
+the next one lands at a fixed point of the step then running with the one tool
+and a few milliseconds into it with the other. That shapes the TTFT of the
+later waves, not how either tool measures it: on an H100 at concurrency 16
+(lengths drawn), ``vllm bench serve``'s fell into two modes one step apart
+(20-21 and 27-29 ms: the request made the next step or waited one more),
+AIPerf's between them (24-25 ms); the median of all requests, a quarter of them
+first-wave ones, lies at the later waves' two-thirds point, in the upper mode
+of the one and the middle of the other (25.4 against 27.4 ms, where the later
+waves' medians were 24.9 and 23.7).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 import statistics
@@ -33,6 +48,7 @@ from runner.serving.loadgen import profiling_records
 RESAMPLES = 2000
 SEED = 0  # the same interval every time the same requests are read
 MIN_RUNS = 2  # runs both tools finished, for an interval
+FOLLOWS_MS = 50.0  # a send this soon after a completion answered it (a closed loop's resend)
 
 
 def run_folders(level_folder: Path) -> list[Path]:
@@ -41,24 +57,57 @@ def run_folders(level_folder: Path) -> list[Path]:
     return [level_folder, *more]
 
 
-def loadgen_ttfts(folder: Path) -> list[float]:
-    """The measured requests' TTFT (ms) in AIPerf's per-request export of one run, in send order; none if absent."""
-    found = [
-        (r["metadata"]["request_start_ns"], r["metrics"]["time_to_first_token"]["value"])
-        for r in profiling_records(folder)
-        if "time_to_first_token" in r.get("metrics", {})
-    ]
-    return [ttft for _, ttft in sorted(found)]
+def loadgen_requests(folder: Path) -> list[tuple[float, float | None, float]]:
+    """The measured requests of one AIPerf run as (sent, ended, TTFT), ms, in send order; none if absent."""
+    found = []
+    for record in profiling_records(folder):
+        meta, metrics = record["metadata"], record.get("metrics", {})
+        if "time_to_first_token" in metrics:
+            ended = meta.get("request_end_ns")
+            sent = meta["request_start_ns"] / 1e6
+            found.append((sent, ended / 1e6 if ended else None, metrics["time_to_first_token"]["value"]))
+    return sorted(found)
 
 
-def reference_ttfts(folder: Path) -> list[float]:
-    """The TTFT (ms) of each request the engine's own benchmark sent in one run, in send order, where it kept them."""
+def reference_requests(folder: Path) -> list[tuple[float, float | None, float]]:
+    """The requests the engine's own benchmark sent in one run as (sent, ended, TTFT), ms, in send order, where
+    it kept them (reference.json's "requests")."""
     path = folder / "reference.json"
     try:
         requests = json.loads(path.read_text()).get("requests") or []
     except (OSError, ValueError):
         return []
-    return [r["ttft_ms"] for r in sorted(requests, key=lambda r: r["sent_s"]) if not r.get("error")]
+    found = [
+        (r["sent_s"] * 1e3, r["sent_s"] * 1e3 + r["e2e_ms"] if "e2e_ms" in r else None, r["ttft_ms"])
+        for r in requests
+        if not r.get("error")
+    ]
+    return sorted(found)
+
+
+def loadgen_ttfts(folder: Path) -> list[float]:
+    """The measured requests' TTFT (ms) in AIPerf's per-request export of one run, in send order; none if absent."""
+    return [ttft for _, _, ttft in loadgen_requests(folder)]
+
+
+def reference_ttfts(folder: Path) -> list[float]:
+    """The TTFT (ms) of each request the engine's own benchmark sent in one run, in send order, where it kept them."""
+    return [ttft for _, _, ttft in reference_requests(folder)]
+
+
+def resends(requests: list[tuple[float, float | None, float]], level: int) -> list[tuple[float, float]]:
+    """How long after a completion a closed loop sent its next request, with that request's TTFT (ms): each send
+    after the run's first wave, timed from the last request that ended before it, where one ended within
+    FOLLOWS_MS. None where the run kept no end times."""
+    if any(ended is None for _, ended, _ in requests):
+        return []
+    ends = sorted(ended for _, ended, _ in requests)
+    found = []
+    for sent, _, ttft in requests[level:]:
+        before = bisect.bisect_right(ends, sent)
+        if before and sent - ends[before - 1] <= FOLLOWS_MS:
+            found.append((sent - ends[before - 1], ttft))
+    return found
 
 
 def waves(ttfts: list[float], level: int) -> list[list[float]]:
@@ -72,11 +121,12 @@ def pooled_ttft(level_folder: Path, level: int) -> dict[str, Any] | None:
     95 % interval (None from fewer than MIN_RUNS such runs).
 
     None where either tool left no per-request timings (an engine benchmark without them, runs cut short)."""
-    pairs = [(loadgen_ttfts(f), reference_ttfts(f)) for f in run_folders(level_folder)]
+    pairs = [(loadgen_requests(f), reference_requests(f)) for f in run_folders(level_folder)]
     pairs = [(ours, theirs) for ours, theirs in pairs if ours and theirs]  # a run only where both tools finished it
     if not pairs:
         return None
-    ours_runs, theirs_runs = [ours for ours, _ in pairs], [theirs for _, theirs in pairs]
+    ours_runs = [[ttft for _, _, ttft in ours] for ours, _ in pairs]
+    theirs_runs = [[ttft for _, _, ttft in theirs] for _, theirs in pairs]
     ours = statistics.median(t for run in ours_runs for t in run)
     theirs = statistics.median(t for run in theirs_runs for t in run)
     interval = None
@@ -87,13 +137,17 @@ def pooled_ttft(level_folder: Path, level: int) -> dict[str, Any] | None:
             _resampled_median(ours_strata, draw) / _resampled_median(theirs_strata, draw) for _ in range(RESAMPLES)
         )
         interval = [round(ratios[int(0.025 * RESAMPLES)], 4), round(ratios[int(0.975 * RESAMPLES) - 1], 4)]
-    return {
+    pooled = {
         "runs": [len(ours_runs), len(theirs_runs)],
         "requests": [sum(map(len, ours_runs)), sum(map(len, theirs_runs))],
         "ttft_ms_p50": [round(ours, 3), round(theirs, 3)],
         "ratio": round(ours / theirs, 4),
         "interval": interval,
     }
+    delays = [[d for run in runs for d, _ in resends(run, level)] for runs in zip(*pairs, strict=True)]
+    if all(delays):
+        pooled["resend_ms_p50"] = [round(statistics.median(tool), 3) for tool in delays]
+    return pooled
 
 
 def interval_text(pooled: dict[str, Any], how: str = "") -> str:

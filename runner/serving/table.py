@@ -135,6 +135,9 @@ def _reference_note(reference: dict[str, Any] | None) -> str:
             f"; pooled ({pooled['requests'][0]} and {pooled['requests'][1]} requests): TTFT p50 {ours:,.1f} and "
             f"{theirs:,.1f} ms, {pooled['ratio']:.2f}x ({interval_text(pooled, ', resampling waves')})"
         )
+        if pooled.get("resend_ms_p50"):  # where each tool's next request lands in the server's step (agreement)
+            here, there = pooled["resend_ms_p50"]
+            note += f"; next request sent {here:.1f} and {there:.1f} ms after a completion"
     elif reference.get("pooled_error"):  # the level's per-request files were there but could not be read
         note += f"; pooled TTFT not made: {reference['pooled_error'][:120]}"
     if reference.get("runs_error"):
