@@ -66,7 +66,7 @@ def loadgen_requests(folder: Path) -> list[tuple[float, float | None, float]]:
             ended = meta.get("request_end_ns")
             sent = meta["request_start_ns"] / 1e6
             found.append((sent, ended / 1e6 if ended else None, metrics["time_to_first_token"]["value"]))
-    return sorted(found)
+    return sorted(found, key=lambda request: request[0])  # by send time alone: an end may be unknown
 
 
 def reference_requests(folder: Path) -> list[tuple[float, float | None, float]]:
@@ -82,7 +82,7 @@ def reference_requests(folder: Path) -> list[tuple[float, float | None, float]]:
         for r in requests
         if not r.get("error")
     ]
-    return sorted(found)
+    return sorted(found, key=lambda request: request[0])  # by send time alone: an end may be unknown
 
 
 def loadgen_ttfts(folder: Path) -> list[float]:
@@ -98,7 +98,7 @@ def reference_ttfts(folder: Path) -> list[float]:
 def resends(requests: list[tuple[float, float | None, float]], level: int) -> list[tuple[float, float]]:
     """How long after a completion a closed loop sent its next request, with that request's TTFT (ms): each send
     after the run's first wave, timed from the last request that ended before it, where one ended within
-    FOLLOWS_MS. None where the run kept no end times."""
+    FOLLOWS_MS. Empty where the run kept no end times."""
     if any(ended is None for _, ended, _ in requests):
         return []
     ends = sorted(ended for _, ended, _ in requests)
