@@ -668,3 +668,14 @@ def test_vllm_rows_carry_vllms_own_serving_benchmark_on_the_same_level():
     assert (theirs["output_ratio"], theirs["ttft_p50_ratio"]) == (0.99, 1.1)
     assert _reference_note(theirs) == "vllm bench serve: 100.0 tok/s (this row 0.99x), TTFT p50 20.0 ms (1.10x)"
     assert ENGINES["llamacpp"].server.reference is None  # llama.cpp's server bench needs its own client
+
+
+def test_the_long_fidelity_matrix_asks_both_tools_three_times_at_the_least_loaded_levels(repo):
+    """matrix-serving-long-fidelity.yaml: the question results/h100/serving-long left (fp8's median TTFT 1.13-1.44x
+    with one run of each tool): three runs of each, taking turns, at 1 and 4, fp8 first."""
+    matrix = load_matrix(repo / "matrix-serving-long-fidelity.yaml")
+    sweep = matrix.serving.sweep
+    assert (sweep.prompt_tokens, sweep.new_tokens, sweep.fidelity_runs, tuple(sweep.levels)) == (1024, 128, 3, (1, 4))
+    cells = serving_cells(matrix)
+    assert [c.engine for c in cells] == ["vllm", "vllm"] and all(c.gpus == (0,) for c in cells)
+    assert "quantization='fp8'" in server_label(cells[0])[-1]
