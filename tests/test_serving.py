@@ -676,6 +676,7 @@ def test_the_long_fidelity_matrix_asks_both_tools_three_times_at_the_least_loade
     matrix = load_matrix(repo / "matrix-serving-long-fidelity.yaml")
     sweep = matrix.serving.sweep
     assert (sweep.prompt_tokens, sweep.new_tokens, sweep.fidelity_runs, tuple(sweep.levels)) == (1024, 128, 3, (1, 4))
+    assert sweep.server_metrics  # the server's own TTFT through AIPerf's runs: whether the gap is in the server
     cells = serving_cells(matrix)
     assert [c.engine for c in cells] == ["vllm", "vllm"] and all(c.gpus == (0,) for c in cells)
     assert "quantization='fp8'" in server_label(cells[0])[-1]
