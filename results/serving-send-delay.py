@@ -12,8 +12,10 @@ gives the pooled figures the serving table shows); it is the load, not the clien
 This prints, per level and fidelity run of a serving cell: each tool's delay from the last completion
 before a send to the send (median, 10th-90th percentile; for AIPerf also its two legs, completion to its
 credit and credit to send) with those requests' median TTFT; then, pooled over the runs both tools
-finished, the server's median inter-token latency (AIPerf's: about one step) and each tool's TTFT of those
-requests by quantile (a split into modes shows as a jump) and by send delay.
+finished, the server's median inter-token latency (AIPerf's: about one step), each tool's median gap from a
+request's first streamed chunk to its second (AIPerf's time_to_second_token; the benchmark's where its run
+kept it), and each tool's TTFT of those requests by quantile (a split into modes shows as a jump) and by
+send delay.
 
     python3 results/serving-send-delay.py results/h100/serving-ranged/serving/serve-vllm-cc9f2d80dfa0
 
@@ -24,6 +26,7 @@ is left out, and so are requests with no completion in the 50 ms before their se
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -59,6 +62,14 @@ def credit_legs(folder: Path, level: int) -> tuple[list[float], list[float]]:
     return to_credit, to_send
 
 
+def bench_detail(folder: Path) -> list[dict]:
+    """The engine benchmark's per-request records of one run (reference.json's "requests"), or none."""
+    try:
+        return json.loads((folder / "reference.json").read_text()).get("requests") or []
+    except (OSError, ValueError):
+        return []
+
+
 def quantiles(values: list[float]) -> str:
     ordered = sorted(values)
     return " ".join(f"{q:.2f}: {ordered[min(int(q * len(ordered)), len(ordered) - 1)]:.1f}" for q in QUANTILES)
@@ -72,6 +83,7 @@ def main() -> None:
         level = int(level_folder.name[1:])
         pooled: dict[str, list[tuple[float, float]]] = {"aiperf": [], "own": []}
         itls = []
+        second: dict[str, list[float]] = {"aiperf": [], "own": []}  # first-to-second chunk gap, ms
         for number, folder in enumerate(run_folders(level_folder), start=1):
             runs = {
                 "aiperf": resends(loadgen_requests(folder), level),
@@ -90,10 +102,18 @@ def main() -> None:
                     pooled[tool] += found
                 itls += [r["metrics"]["inter_token_latency"]["value"] for r in profiling_records(folder)
                          if "inter_token_latency" in r.get("metrics", {})]  # fmt: skip
+                second["aiperf"] += [r["metrics"]["time_to_second_token"]["value"] for r in profiling_records(folder)
+                                     if "time_to_second_token" in r.get("metrics", {})]  # fmt: skip
+                second["own"] += [
+                    r["second_token_ms"] for r in bench_detail(folder) if r.get("second_token_ms") is not None
+                ]
         if not all(pooled.values()):
             continue
         step = f"; ITL p50 {statistics.median(itls):.2f} ms" if itls else ""
         print(f"c{level} pooled over the runs both tools finished{step}:")
+        if any(second.values()):  # a first chunk held back until the second shows as a gap well under the ITL
+            gaps = ", ".join(f"{tool} {statistics.median(v):.2f} ms" for tool, v in second.items() if v)
+            print(f"  first to second chunk, p50: {gaps}")
         for tool, found in pooled.items():
             bins: dict[int, list[float]] = {}
             for delay, ttft in found:
