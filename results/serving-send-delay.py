@@ -26,14 +26,21 @@ is left out, and so are requests with no completion in the 50 ms before their se
 from __future__ import annotations
 
 import argparse
-import json
+import bisect
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the runner, from the repository root
 
-from runner.serving.agreement import loadgen_requests, reference_requests, resends, run_folders
+from runner.serving.agreement import (
+    FOLLOWS_MS,
+    loadgen_requests,
+    reference_records,
+    reference_requests,
+    resends,
+    run_folders,
+)
 from runner.serving.loadgen import profiling_records
 
 BIN_MS = 1.5
@@ -47,27 +54,24 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({deciles[0]:.2f}-{deciles[-1]:.2f})"
 
 
-def credit_legs(folder: Path, level: int) -> tuple[list[float], list[float]]:
-    """AIPerf's resend in two legs (ms), for its sends after the first wave: last completion to the credit its
-    timing manager issued, and credit to send."""
-    records = sorted(profiling_records(folder), key=lambda r: r["metadata"]["request_start_ns"])
+def credit_legs(records: list[dict], level: int) -> tuple[list[float], list[float]]:
+    """AIPerf's resend in two legs (ms), for its sends after the first wave that followed a completion (as
+    agreement.resends times them): last completion to the credit its timing manager issued, and credit to send."""
+    records = sorted(records, key=lambda r: r["metadata"]["request_start_ns"])
     ends = sorted(r["metadata"]["request_end_ns"] for r in records)
     to_credit, to_send = [], []
     for record in records[level:]:
-        meta = record["metadata"]
-        before = [e for e in ends if e <= meta["request_start_ns"]]
-        if before and meta["request_start_ns"] - before[-1] <= 50e6:
-            to_credit.append((meta["credit_issued_ns"] - before[-1]) / 1e6)
-            to_send.append((meta["request_start_ns"] - meta["credit_issued_ns"]) / 1e6)
+        sent, credit = record["metadata"]["request_start_ns"], record["metadata"]["credit_issued_ns"]
+        before = bisect.bisect_right(ends, sent)
+        if before and sent - ends[before - 1] <= FOLLOWS_MS * 1e6:
+            to_credit.append((credit - ends[before - 1]) / 1e6)
+            to_send.append((sent - credit) / 1e6)
     return to_credit, to_send
 
 
-def bench_detail(folder: Path) -> list[dict]:
-    """The engine benchmark's per-request records of one run (reference.json's "requests"), or none."""
-    try:
-        return json.loads((folder / "reference.json").read_text()).get("requests") or []
-    except (OSError, ValueError):
-        return []
+def metric_values(records: list[dict], tag: str) -> list[float]:
+    """One of AIPerf's per-request metrics (ms) over its records, where recorded."""
+    return [r["metrics"][tag]["value"] for r in records if tag in r.get("metrics", {})]
 
 
 def quantiles(values: list[float]) -> str:
@@ -85,6 +89,7 @@ def main() -> None:
         itls = []
         second: dict[str, list[float]] = {"aiperf": [], "own": []}  # first-to-second chunk gap, ms
         for number, folder in enumerate(run_folders(level_folder), start=1):
+            records = profiling_records(folder)  # AIPerf's measured requests, read once per run
             runs = {
                 "aiperf": resends(loadgen_requests(folder), level),
                 "own": resends(reference_requests(folder), level),
@@ -94,18 +99,16 @@ def main() -> None:
                     continue
                 line = f"c{level} run {number} {tool:6} sends {spread([d for d, _ in found])} ms after a completion"
                 if tool == "aiperf":
-                    to_credit, to_send = credit_legs(folder, level)
+                    to_credit, to_send = credit_legs(records, level)
                     line += f" (to credit {spread(to_credit)}, credit to send {spread(to_send)})"
                 print(f"{line}; TTFT p50 {statistics.median(t for _, t in found):.1f} ms over {len(found)}")
             if all(runs.values()):  # a run both tools finished
                 for tool, found in runs.items():
                     pooled[tool] += found
-                itls += [r["metrics"]["inter_token_latency"]["value"] for r in profiling_records(folder)
-                         if "inter_token_latency" in r.get("metrics", {})]  # fmt: skip
-                second["aiperf"] += [r["metrics"]["time_to_second_token"]["value"] for r in profiling_records(folder)
-                                     if "time_to_second_token" in r.get("metrics", {})]  # fmt: skip
+                itls += metric_values(records, "inter_token_latency")
+                second["aiperf"] += metric_values(records, "time_to_second_token")
                 second["own"] += [
-                    r["second_token_ms"] for r in bench_detail(folder) if r.get("second_token_ms") is not None
+                    r["second_token_ms"] for r in reference_records(folder) if r.get("second_token_ms") is not None
                 ]
         if not all(pooled.values()):
             continue

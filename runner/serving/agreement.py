@@ -69,17 +69,20 @@ def loadgen_requests(folder: Path) -> list[tuple[float, float | None, float]]:
     return sorted(found, key=lambda request: request[0])  # by send time alone: an end may be unknown
 
 
+def reference_records(folder: Path) -> list[dict[str, Any]]:
+    """The per-request records the engine's own benchmark kept in one run (reference.json's "requests"), or none."""
+    try:
+        return json.loads((folder / "reference.json").read_text()).get("requests") or []
+    except (OSError, ValueError):
+        return []
+
+
 def reference_requests(folder: Path) -> list[tuple[float, float | None, float]]:
     """The requests the engine's own benchmark sent in one run as (sent, ended, TTFT), ms, in send order, where
     it kept them (reference.json's "requests")."""
-    path = folder / "reference.json"
-    try:
-        requests = json.loads(path.read_text()).get("requests") or []
-    except (OSError, ValueError):
-        return []
     found = [
         (r["sent_s"] * 1e3, r["sent_s"] * 1e3 + r["e2e_ms"] if "e2e_ms" in r else None, r["ttft_ms"])
-        for r in requests
+        for r in reference_records(folder)
         if not r.get("error")
     ]
     return sorted(found, key=lambda request: request[0])  # by send time alone: an end may be unknown
