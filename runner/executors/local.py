@@ -72,10 +72,21 @@ def local_environment(python: str, packages_digest: str, cell: Cell) -> str:
     return f"local {python}; packages {packages_digest}; entrypoints {files.hexdigest()[:12]}"
 
 
+def _terminate_group(pgid: int) -> None:
+    """SIGTERM to the group, then SIGCONT: a stopped process (Ctrl-Z, a debugger, a test's SIGSTOP) holds a
+    SIGTERM pending until it is continued, and would otherwise wait out the grace for SIGKILL."""
+    os.killpg(pgid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGCONT)
+
+
 def _kill_group(process: subprocess.Popen) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(process.pid, sig)
+            if sig == signal.SIGTERM:
+                _terminate_group(process.pid)
+            else:
+                os.killpg(process.pid, sig)
         except ProcessLookupError:
             return
         try:
@@ -124,7 +135,7 @@ class LocalExecutor:
             self.interrupted = True
             for process in list(self._running):
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
+                    _terminate_group(process.pid)
 
     def run(self, job: Job) -> dict[str, Any]:
         """Run the job's entrypoint in a child process group and return the cell's result."""
