@@ -2,10 +2,10 @@
 # Getting AIPerf (the serving cells' load generator, runner/serving/loadgen.py) onto the lent GPU
 # machine (no internet there; 64 MiB travel per call). Run here, in the repository root:
 #
-#   bash results/aiperf-carry.sh          # .carry/aiperf-1 .. aiperf-N: one xz tarball in 20 MiB pieces (three: 56 MB)
-#   PIECE=30M bash results/aiperf-carry.sh   # other piece sizes
-# (a call carries the tracked working tree too: 11.5 MB early in December 2026, 27 MB on 2026-12-05, when
-# a 40 MiB piece no longer fit beside it in a call's 64 MiB)
+#   bash results/aiperf-carry.sh          # .carry/aiperf-1 .. aiperf-N: one xz tarball (56 MB) in pieces as
+#                                         # large as a call takes beside the tracked tree and .whl
+#                                         # (results/carry-split.sh; PIECE=20M ... for a fixed size): two of
+#                                         # 33 MiB with the tree of 2026-12-05
 #
 # The tarball is a site-packages folder of aiperf 0.13.0 and its dependencies for CPython 3.12, less
 # the large ones the device's image already has in versions aiperf accepts (numpy, scipy, pyarrow,
@@ -35,10 +35,4 @@ done
 python3 -m pip install -q --no-index --no-deps --no-compile "${target[@]}" --target "$work/site" "$work"/wheels/*.whl
 rm -rf "$work/site/bin"
 tar -C "$work/site" -cf - . | xz -T0 -6 > "$work/aiperf-site.tar.xz"
-rm -rf .carry/aiperf-[0-9]*
-split -b "${PIECE:-20M}" -d -a 1 "$work/aiperf-site.tar.xz" "$work/part-"
-n=0
-for part in "$work"/part-*; do
-  n=$((n + 1)); mkdir -p ".carry/aiperf-$n"; mv "$part" ".carry/aiperf-$n/"
-done
-du -sh .carry/aiperf-*
+bash results/carry-split.sh aiperf "$work/aiperf-site.tar.xz"

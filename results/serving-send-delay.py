@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the runner, from the repository root
 
+from runner.raw_archive import unpack_for
 from runner.serving.agreement import (
     FOLLOWS_MS,
     loadgen_requests,
@@ -83,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cell", type=Path, help="a serving cell's folder: serving/<cell id> in the run folder")
     args = parser.parse_args()
-    for level_folder in sorted(args.cell.glob("c*"), key=lambda p: int(p.name[1:])):
+    for level_folder in sorted(unpack_for(args.cell).glob("c*"), key=lambda p: int(p.name[1:])):
         level = int(level_folder.name[1:])
         pooled: dict[str, list[tuple[float, float]]] = {"aiperf": [], "own": []}
         itls = []

@@ -2,11 +2,11 @@
 # Getting vLLM onto the lent GPU machine (no internet there; 64 MiB travel per call), as done for
 # results/h200x2/. Run here, in the repository root:
 #
-#   bash results/vllm-carry.sh            # .carry/vllm-1 .. vllm-15: one xz tarball in 14 MiB pieces
-#                                         # (PIECE=...: a call carries the tracked working tree too: 21 MB
-#                                         # early in December 2026, 27 MB on 2026-12-05, when 42 MiB no longer
-#                                         # fit, 37 MB that evening, when 28 MiB no longer fit: 42 MB
-#                                         # after results/h100/serving-long; .whl goes with any piece)
+#   bash results/vllm-carry.sh            # .carry/vllm-1 .. vllm-N: one xz tarball in pieces as large as a
+#                                         # call takes beside the tracked tree and .whl (results/carry-split.sh;
+#                                         # PIECE=14M ... for a fixed size): 7 of 33 MiB with the 26.6 MB tree of
+#                                         # 2026-12-05, after the serving results' raw files went into raw.tar.xz
+#                                         # (it had grown to 42 MB: 15 pieces of 14 MiB)
 #
 # The tarball is a site-packages folder: vLLM 0.24.0 (the release that pins torch 2.11, the
 # device's torch) and results/vllm-device-deps.txt, unpacked for CPython 3.12. Dropped from the
@@ -41,10 +41,4 @@ rm -rf "$work/wheels" "$work/site"
   third_party/deep_gemm/_C.cpython-3{10,11,13,14}-x86_64-linux-gnu.so)
 rm -rf "$work/site/bin"
 tar -C "$work/site" -cf - . | xz -T0 -6 > "$work/vllm-site.tar.xz"
-rm -rf .carry/vllm-[0-9]*
-split -b "${PIECE:-14M}" -d -a 2 "$work/vllm-site.tar.xz" "$work/part-"
-n=0
-for part in "$work"/part-*; do
-  n=$((n + 1)); mkdir -p ".carry/vllm-$n"; mv "$part" ".carry/vllm-$n/"
-done
-du -sh .carry/vllm-*
+bash results/carry-split.sh vllm "$work/vllm-site.tar.xz"

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from runner import cpuset
+from runner import cpuset, raw_archive
 from runner.build import BuildOptions, ensure_images, image_spec
 from runner.card_tables import render_by_card
 from runner.compare import parse_compare_args, run_compare
@@ -413,12 +413,16 @@ def _run(args: argparse.Namespace) -> int:
     args.cpu_set = cpuset.choose(args.cpus)
     folder = (args.output or Path("runs") / matrix.name).resolve()
     if args.table_only:
+        if unpacked := raw_archive.unpack(folder):
+            print(f"unpacked {', '.join(unpacked)} from {folder / raw_archive.ARCHIVE} (ignored by git there)")
         if serving:
             _serving_table(folder, matrix, serving, {})
         return _table(folder, cells, {}, baselines, refresh=True) if cells else 0
     model = resolve_model(matrix.model, args.store, matrix.path)  # a bad model leaves no run folder behind
     folder.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(folder):
+        if raw_archive.unpack(folder, keep_archive=False):  # new files must not land in ignored folders
+            print(f"{folder}: raw files unpacked and {raw_archive.ARCHIVE} removed; pack it again once finished")
         code = _run_in(folder, args, matrix, cells, chosen, baselines, model) if chosen else 0
         if chosen_serving:
             code = max(code, _serve_in(folder, args, matrix, serving, chosen_serving, model))

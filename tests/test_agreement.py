@@ -2,15 +2,17 @@
 
 Level folders are written the way a sweep leaves them (AIPerf's per-request export, warm-up records
 included; vllm bench serve's reference.json with its requests), and the committed H100 run
-(results/h100/serving) is read as the table reads it.
+(results/h100/serving, its raw files unpacked from raw.tar.xz into a copy) is read as the table reads it.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
+from runner import raw_archive
 from runner.serving.agreement import loadgen_requests, loadgen_ttfts, pooled_ttft, resends, waves, with_pooled
 from runner.serving.table import _reference_note, summary_row
 
@@ -167,10 +169,14 @@ def test_the_note_and_the_summary_row_give_the_pooled_comparison():
                                  "without 1.00) at 0")  # fmt: skip
 
 
-def test_the_committed_h100_run_reads_as_its_readme_gives_it():
-    folder = REPO / "results" / "h100" / "serving"
+def test_the_committed_h100_run_reads_as_its_readme_gives_it(tmp_path):
+    folder = tmp_path / "serving"
+    shutil.copytree(REPO / "results" / "h100" / "serving", folder)
     result = json.loads((folder / "cells" / "serve-vllm-e77a6ada39b3.json").read_text())
     assert all("pooled_ttft" not in lv["reference"] for lv in result["levels"])  # measured before the runner made it
+    packed = json.loads(json.dumps(result))
+    assert with_pooled(packed, folder) == result  # packed: no level's files, every level keeps what was stored
+    assert raw_archive.unpack(folder) == ["logs", "serving"]
     pooled = {lv["level"]: lv["reference"]["pooled_ttft"] for lv in with_pooled(result, folder)["levels"]}
     assert pooled[1] == {
         "runs": [3, 3],
