@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import raw_archive
 from runner.cpuset import available, format_cpus
 
 pytestmark = pytest.mark.slow  # the CPU matrix for real: Transformers, llama.cpp and vLLM cells
@@ -247,14 +248,21 @@ def test_rerun_keeps_earlier_ok_results(runner_cli, model_store, tmp_path):
     assert {i: json.loads((folder / "cells" / f"{i}.json").read_text()) for i in ids} == results
     assert [row["Cell"] for row in read_csv(folder)] == ids
 
+    # the folder packed as committed results are (runner.raw_archive); a run into it unpacks it for good
+    assert raw_archive.pack(folder) == ["logs"]
+
     # --force with --only re-measures just that cell; the table still shows both
     forced = runner_cli(
         matrix, "-o", str(folder), "--store", str(model_store), "--force", "--only", ids[1], timeout=600
     )
     assert forced.returncode == 0, forced.stderr
-    assert forced.stdout.startswith(f"1 cell(s) from {matrix}")
+    assert not (folder / "raw.tar.xz").exists() and not (folder / ".gitignore").exists()
+    assert sorted(p.name for p in (folder / "logs").iterdir()) == sorted(f"{i}.log" for i in ids)
+    unpacked, forced_out = forced.stdout.split("\n", 1)
+    assert unpacked == f"{folder}: raw files unpacked and raw.tar.xz removed; pack it again once finished"
+    assert forced_out.startswith(f"1 cell(s) from {matrix}")
     assert f"[{ids[1]}] running HF Transformers" in forced.stdout
-    assert ids[0] not in forced.stdout.split("Model:")[0]
+    assert ids[0] not in forced_out.split("Model:")[0]
     assert (folder / "cells" / f"{ids[0]}.json").stat().st_mtime_ns == stamps[ids[0]]
     assert (folder / "cells" / f"{ids[1]}.json").stat().st_mtime_ns != stamps[ids[1]]
     table = read_csv(folder)
