@@ -1,0 +1,254 @@
+"""Does a server's time to first token depend on how long it sat idle before the request? One client, one
+request at a time, each sent a chosen wait after the previous one ended.
+
+At concurrency 1 the two load generators of the serving cells differ in one thing the server can see: how
+soon the next request follows a completion (`vllm bench serve` 0.2 ms, AIPerf 2-4 ms; results/README.md,
+results/h100/serving-long). On vLLM fp8 AIPerf's TTFT came out 9 ms higher at concurrency 1 on the long
+workload, and AIPerf's TTFT grew with its own send delay. This client takes every other difference away:
+the same prompts (token ids, each request its own random ones, so the prefix cache never hits), the same
+body, one kept-alive connection, and only the wait after a completion varies, in shuffled order.
+
+    python3 results/serving-idle-probe.py --out runs/idle-fp8 --delays-ms 0,4,12,50 --requests 24 \\
+        -- python3 -m vllm.entrypoints.openai.api_server --model M --quantization fp8 --port 8000
+    python3 results/serving-idle-probe.py --out runs/idle --url http://127.0.0.1:8000   # a running server
+
+With a command after `--` it starts that server (its own process group, log in OUT/server.log), waits for
+/health, probes, and stops it. Per request it keeps when it was sent, its first streamed chunk with a choice
+(as `vllm bench serve` counts TTFT), its first chunk with text (as AIPerf does) and its end; it prints, per
+wait, the median TTFT and E2E with their ratio to the first wait's (95 % bootstrap interval), and writes
+OUT/idle-probe.json (every request and the summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+RESAMPLES = 2000
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for idle-probe.json (and server.log)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (started by the command if given)")
+    parser.add_argument("--delays-ms", default="0,4,12,50", help="waits after a completion, comma-separated")
+    parser.add_argument("--requests", type=int, default=24, help="measured requests per wait")
+    parser.add_argument("--warmup", type=int, default=4, help="requests sent first and not kept")
+    parser.add_argument("--prompt-tokens", type=int, default=1024)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--token-range", default="1000,30000", help="prompt token ids are drawn from [low, high)")
+    parser.add_argument("--ready-timeout-s", type=float, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(own)
+    try:
+        args.delays = [float(d) for d in args.delays_ms.split(",")]
+        args.low, args.high = (int(t) for t in args.token_range.split(","))
+    except ValueError:
+        parser.error("--delays-ms takes numbers (0,4,12); --token-range two integers (1000,30000)")
+    if args.requests < 2 or args.prompt_tokens < 1 or args.new_tokens < 2 or not args.low < args.high:
+        parser.error("give at least 2 requests, a prompt token, 2 new tokens and a token range low < high")
+    return args, command
+
+
+class Client:
+    """One kept-alive HTTP connection to the server; each request streamed and timed chunk by chunk."""
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=300)
+        self.model = json.loads(self.get("/v1/models"))["data"][0]["id"]
+
+    def get(self, path: str) -> bytes:
+        self.connection.request("GET", path)
+        response = self.connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {response.status}: {body[:200]!r}")
+        return body
+
+    def complete(self, prompt: list[int], new_tokens: int) -> dict[str, float | int]:
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": new_tokens,
+            "min_tokens": new_tokens,
+            "ignore_eos": True,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        payload = json.dumps(body).encode()
+        sent = time.perf_counter()
+        self.connection.request("POST", "/v1/completions", payload, {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"POST /v1/completions: HTTP {response.status}: {response.read()[:300]!r}")
+        first_chunk = first_text = None
+        chunks = tokens = 0
+        while line := response.readline():
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if choices := data.get("choices"):
+                now = time.perf_counter()
+                chunks += 1
+                first_chunk = first_chunk or now
+                if choices[0].get("text"):
+                    first_text = first_text or now
+            if data.get("usage"):
+                tokens = data["usage"].get("completion_tokens", 0)
+        ended = time.perf_counter()
+        if first_chunk is None:
+            raise RuntimeError("the stream ended without a choice")
+        return {
+            "sent": sent,
+            "ttft_ms": (first_chunk - sent) * 1e3,
+            "ttft_text_ms": ((first_text or ended) - sent) * 1e3,
+            "e2e_ms": (ended - sent) * 1e3,
+            "ended": ended,
+            "chunks": chunks,
+            "completion_tokens": tokens,
+        }
+
+
+def probe(client: Client, args: argparse.Namespace) -> list[dict]:
+    rng = random.Random(args.seed)
+    order = [d for _ in range(args.requests) for d in args.delays]
+    for start in range(0, len(order), len(args.delays)):  # each round has every wait once, in its own order
+        block = order[start : start + len(args.delays)]
+        rng.shuffle(block)
+        order[start : start + len(args.delays)] = block
+    records: list[dict] = []
+    previous = None  # when the last request ended
+    for number, delay in enumerate([args.delays[0]] * args.warmup + order):
+        prompt = [rng.randrange(args.low, args.high) for _ in range(args.prompt_tokens)]
+        if previous is not None:
+            wait_until(previous + delay / 1e3)
+        record = client.complete(prompt, args.new_tokens)
+        if number >= args.warmup:
+            waited = None if previous is None else round((record["sent"] - previous) * 1e3, 3)
+            records.append({"delay_ms": delay, "waited_ms": waited, **record})
+        previous = record["ended"]
+    return records
+
+
+def wait_until(target: float) -> None:
+    """Sleep to within a millisecond of target (perf_counter), then spin: a wait accurate to microseconds."""
+    while (left := target - time.perf_counter()) > 0.002:
+        time.sleep(left - 0.001)
+    while time.perf_counter() < target:
+        pass
+
+
+def interval(first: list[float], other: list[float], rng: random.Random) -> list[float]:
+    """95 % bootstrap interval of median(other) / median(first)."""
+    ratios = sorted(
+        statistics.median(rng.choices(other, k=len(other))) / statistics.median(rng.choices(first, k=len(first)))
+        for _ in range(RESAMPLES)
+    )
+    return [round(ratios[int(0.025 * RESAMPLES)], 3), round(ratios[int(0.975 * RESAMPLES) - 1], 3)]
+
+
+def summarise(records: list[dict], delays: list[float]) -> list[dict]:
+    rng = random.Random(1)
+    by_delay = {d: [r for r in records if r["delay_ms"] == d] for d in delays}
+    base = by_delay[delays[0]]
+    rows = []
+    for delay, group in by_delay.items():
+        row = {"delay_ms": delay, "requests": len(group)}
+        for key in ("ttft_ms", "ttft_text_ms", "e2e_ms"):
+            values = [r[key] for r in group]
+            row[key] = round(statistics.median(values), 3)
+            row[f"{key}_ratio"] = round(row[key] / statistics.median(r[key] for r in base), 4)
+            row[f"{key}_interval"] = interval([r[key] for r in base], values, rng)
+        waited = [r["waited_ms"] for r in group if r["waited_ms"] is not None]
+        row["waited_ms"] = round(statistics.median(waited), 3) if waited else None
+        row["completion_tokens"] = sorted({r["completion_tokens"] for r in group})
+        rows.append(row)
+    return rows
+
+
+def start_server(command: list[str], out: Path, url: str, timeout_s: float) -> subprocess.Popen:
+    log = open(out / "server.log", "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              start_new_session=True)  # fmt: skip
+    parsed = urlparse(url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited ({server.returncode}) before it was ready: see {out / 'server.log'}")
+        try:
+            connection = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=2)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(1)
+    stop_server(server)
+    raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s: see {out / 'server.log'}")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(server.pid, sig)
+            server.wait(timeout=wait_s)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: list[str]) -> int:
+    args, command = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        server = start_server(command, args.out, args.url, args.ready_timeout_s) if command else None
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        started = time.monotonic()
+        records = probe(Client(args.url), args)
+        took = time.monotonic() - started
+    finally:
+        if server is not None:
+            stop_server(server)
+    rows = summarise(records, args.delays)
+    result = {
+        "command": command,
+        "url": args.url,
+        "arguments": {k: v for k, v in vars(args).items() if k not in ("out", "delays", "low", "high")},
+        "took_s": round(took, 1),
+        "summary": rows,
+        "requests": records,
+    }
+    (args.out / "idle-probe.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{len(records)} requests in {took:.1f} s, {args.prompt_tokens} prompt tokens, {args.new_tokens} new")
+    print("wait (ms) | waited p50 | TTFT p50 (ms, ratio, 95% interval) | first text p50 | E2E p50 | tokens")
+    for row in rows:
+        low, high = row["ttft_ms_interval"]
+        print(
+            f"{row['delay_ms']:9g} | {row['waited_ms'] or 0:10.2f} | {row['ttft_ms']:8.2f} {row['ttft_ms_ratio']:.3f} "
+            f"({low:.3f}-{high:.3f}) | {row['ttft_text_ms']:8.2f} | {row['e2e_ms']:8.1f} | {row['completion_tokens']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
