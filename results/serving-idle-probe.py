@@ -8,15 +8,16 @@ workload, and AIPerf's TTFT grew with its own send delay. This client takes ever
 the same prompts (token ids, each request its own random ones, so the prefix cache never hits), the same
 body, one kept-alive connection, and only the wait after a completion varies, in shuffled order.
 
-    python3 results/serving-idle-probe.py --out runs/idle-fp8 --delays-ms 0,4,12,50 --requests 24 \\
-        -- python3 -m vllm.entrypoints.openai.api_server --model M --quantization fp8 --port 8000
+    python3 results/serving-idle-probe.py --out runs/idle --delays-ms 0,4,12,50 --requests 24 \
+        --server "fp8=python3 -m vllm.entrypoints.openai.api_server --model M --quantization fp8 --port 8000" \
+        --server "bf16=python3 -m vllm.entrypoints.openai.api_server --model M --port 8000"
     python3 results/serving-idle-probe.py --out runs/idle --url http://127.0.0.1:8000   # a running server
 
-With a command after `--` it starts that server (its own process group, log in OUT/server.log), waits for
-/health, probes, and stops it. Per request it keeps when it was sent, its first streamed chunk with a choice
-(as `vllm bench serve` counts TTFT), its first chunk with text (as AIPerf does) and its end; it prints, per
-wait, the median TTFT and E2E with their ratio to the first wait's (95 % bootstrap interval), and writes
-OUT/idle-probe.json (every request and the summary).
+Each --server NAME=COMMAND is started in turn (its own process group, log in OUT/NAME/server.log), waited
+for (/health), probed and stopped. Per request it keeps when it was sent, its first streamed chunk with a
+choice (as `vllm bench serve` counts TTFT), its first chunk with text (as AIPerf does) and its end; it
+prints, per wait, the median TTFT and E2E with their ratio to the first wait's (95 % bootstrap interval),
+and writes OUT/NAME/idle-probe.json (every request and the summary; OUT/idle-probe.json for a running server).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import http.client
 import json
 import os
 import random
+import shlex
 import signal
 import statistics
 import subprocess
@@ -37,12 +39,12 @@ from urllib.parse import urlparse
 RESAMPLES = 2000
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    command = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for idle-probe.json (and server.log)")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (started by the command if given)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the results (and the servers' logs)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (each --server must listen there)")
+    parser.add_argument("--server", action="append", default=[], metavar="NAME=COMMAND",
+                        help="a server to start, probe and stop (repeat for several, probed in turn)")  # fmt: skip
     parser.add_argument("--delays-ms", default="0,4,12,50", help="waits after a completion, comma-separated")
     parser.add_argument("--requests", type=int, default=24, help="measured requests per wait")
     parser.add_argument("--warmup", type=int, default=4, help="requests sent first and not kept")
@@ -51,7 +53,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--token-range", default="1000,30000", help="prompt token ids are drawn from [low, high)")
     parser.add_argument("--ready-timeout-s", type=float, default=600)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(own)
+    parser.add_argument("--loadgen", help="unused: results/device-run.sh passes it to whatever it runs")
+    args = parser.parse_args(argv)
     try:
         args.delays = [float(d) for d in args.delays_ms.split(",")]
         args.low, args.high = (int(t) for t in args.token_range.split(","))
@@ -59,7 +62,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.error("--delays-ms takes numbers (0,4,12); --token-range two integers (1000,30000)")
     if args.requests < 2 or args.prompt_tokens < 1 or args.new_tokens < 2 or not args.low < args.high:
         parser.error("give at least 2 requests, a prompt token, 2 new tokens and a token range low < high")
-    return args, command
+    args.servers = []
+    for given in args.server:
+        name, _, command = given.partition("=")
+        if not name or not command.strip() or "/" in name:
+            parser.error(f"--server {given!r}: give NAME=COMMAND (a name without /, then the server's command)")
+        args.servers.append((name, shlex.split(command)))
+    return args
 
 
 class Client:
@@ -182,9 +191,9 @@ def summarise(records: list[dict], delays: list[float]) -> list[dict]:
 
 
 def start_server(command: list[str], out: Path, url: str, timeout_s: float) -> subprocess.Popen:
-    log = open(out / "server.log", "w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              start_new_session=True)  # fmt: skip
+    with open(out / "server.log", "w") as log:  # the server keeps its own copy of the descriptor
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)  # fmt: skip
     parsed = urlparse(url)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -214,11 +223,12 @@ def stop_server(server: subprocess.Popen) -> None:
             continue
 
 
-def main(argv: list[str]) -> int:
-    args, command = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+def probe_server(args: argparse.Namespace, out: Path, command: list[str]) -> int:
+    """Start the server (if a command is given), probe it, stop it; write out/idle-probe.json and print the
+    summary."""
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        server = start_server(command, args.out, args.url, args.ready_timeout_s) if command else None
+        server = start_server(command, out, args.url, args.ready_timeout_s) if command else None
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -233,13 +243,13 @@ def main(argv: list[str]) -> int:
     result = {
         "command": command,
         "url": args.url,
-        "arguments": {k: v for k, v in vars(args).items() if k not in ("out", "delays", "low", "high")},
+        "arguments": {k: v for k, v in vars(args).items() if k not in ("out", "delays", "low", "high", "servers")},
         "took_s": round(took, 1),
         "summary": rows,
         "requests": records,
     }
-    (args.out / "idle-probe.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{len(records)} requests in {took:.1f} s, {args.prompt_tokens} prompt tokens, {args.new_tokens} new")
+    (out / "idle-probe.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{out}: {len(records)} requests in {took:.1f} s, {args.prompt_tokens} prompt tokens, {args.new_tokens} new")
     print("wait (ms) | waited p50 | TTFT p50 (ms, ratio, 95% interval) | first text p50 | E2E p50 | tokens")
     for row in rows:
         low, high = row["ttft_ms_interval"]
@@ -248,6 +258,14 @@ def main(argv: list[str]) -> int:
             f"({low:.3f}-{high:.3f}) | {row['ttft_text_ms']:8.2f} | {row['e2e_ms']:8.1f} | {row['completion_tokens']}"
         )
     return 0
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if not args.servers:
+        return probe_server(args, args.out, [])
+    codes = [probe_server(args, args.out / name, command) for name, command in args.servers]
+    return max(codes)
 
 
 if __name__ == "__main__":
