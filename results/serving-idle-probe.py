@@ -88,18 +88,22 @@ class Client:
             raise RuntimeError(f"GET {path}: HTTP {response.status}: {body[:200]!r}")
         return body
 
-    def complete(self, prompt: list[int], new_tokens: int) -> dict[str, float | int]:
-        body = {
-            "model": self.model,
-            "prompt": prompt,
-            "max_tokens": new_tokens,
-            "min_tokens": new_tokens,
-            "ignore_eos": True,
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        payload = json.dumps(body).encode()
+    def body(self, prompt: list[int], new_tokens: int) -> bytes:
+        """A request's body, made before its wait begins (so a wait of 0 is not the time to make it)."""
+        return json.dumps(
+            {
+                "model": self.model,
+                "prompt": prompt,
+                "max_tokens": new_tokens,
+                "min_tokens": new_tokens,
+                "ignore_eos": True,
+                "temperature": 0.0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ).encode()
+
+    def complete(self, payload: bytes) -> dict[str, float | int]:
         sent = time.perf_counter()
         self.connection.request("POST", "/v1/completions", payload, {"Content-Type": "application/json"})
         response = self.connection.getresponse()
@@ -142,11 +146,13 @@ def probe(client: Client, args: argparse.Namespace) -> list[dict]:
         order[start : start + len(args.delays)] = block
     records: list[dict] = []
     previous = None  # when the last request ended
-    for number, delay in enumerate([args.delays[0]] * args.warmup + order):
-        prompt = [rng.randrange(args.low, args.high) for _ in range(args.prompt_tokens)]
+    delays = [args.delays[0]] * args.warmup + order
+    prompts = [[rng.randrange(args.low, args.high) for _ in range(args.prompt_tokens)] for _ in delays]
+    payloads = [client.body(prompt, args.new_tokens) for prompt in prompts]
+    for number, (delay, payload) in enumerate(zip(delays, payloads, strict=True)):
         if previous is not None:
             wait_until(previous + delay / 1e3)
-        record = client.complete(prompt, args.new_tokens)
+        record = client.complete(payload)
         if number >= args.warmup:
             waited = None if previous is None else round((record["sent"] - previous) * 1e3, 3)
             records.append({"delay_ms": delay, "waited_ms": waited, **record})
