@@ -94,7 +94,7 @@ def test_interrupt_keeps_finished_stops_running_skips_rest(runner_cli, repo, mod
 
         # frozen, the engine cannot finish its cell however late the runner acts on the signal (a CI run once
         # saw the tiny model's cell end ok first, on a machine busy building images); the runner's stop must
-        # continue it (SIGCONT after its SIGTERM), else it would wait out the grace for SIGKILL
+        # continue it (SIGCONT after its SIGTERM), else the run would wait for the cell's timeout (600 s)
         os.kill(engine_pid, signal.SIGSTOP)
         assert not (folder / "cells" / f"{second}.json").exists()
         os.kill(runner.pid, signum)  # the runner only, as a supervisor (or kill PID) would

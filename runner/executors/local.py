@@ -74,7 +74,8 @@ def local_environment(python: str, packages_digest: str, cell: Cell) -> str:
 
 def _terminate_group(pgid: int) -> None:
     """SIGTERM to the group, then SIGCONT: a stopped process (Ctrl-Z, a debugger, a test's SIGSTOP) holds a
-    SIGTERM pending until it is continued, and would otherwise wait out the grace for SIGKILL."""
+    SIGTERM pending until it is continued; otherwise an interrupted run would wait for the cell's timeout,
+    and a kill for the SIGKILL after its grace."""
     os.killpg(pgid, signal.SIGTERM)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGCONT)
