@@ -23,6 +23,7 @@ and writes OUT/NAME/idle-probe.json (every request and the summary; OUT/idle-pro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -35,6 +36,10 @@ import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "entrypoints"))  # the serving cells' server helpers
+
+from serving import stop_server, wait_until_ready
 
 RESAMPLES = 2000
 
@@ -197,36 +202,27 @@ def summarise(records: list[dict], delays: list[float]) -> list[dict]:
 
 
 def start_server(command: list[str], out: Path, url: str, timeout_s: float) -> subprocess.Popen:
+    """The server started in its own process group and answering /health (the serving cells' own wait)."""
     with open(out / "server.log", "w") as log:  # the server keeps its own copy of the descriptor
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True)  # fmt: skip
-    parsed = urlparse(url)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited ({server.returncode}) before it was ready: see {out / 'server.log'}")
-        try:
-            connection = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=2)
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                return server
-        except OSError:
-            pass
-        time.sleep(1)
+    try:
+        wait_until_ready(url.rstrip("/") + "/health", server, timeout_s)
+    except RuntimeError:
+        raise RuntimeError(
+            f"the server exited ({server.returncode}) before it was ready: see {out / 'server.log'}"
+        ) from None
+    except TimeoutError:
+        stop(server)
+        raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s: see {out / 'server.log'}") from None
+    return server
+
+
+def stop(server: subprocess.Popen) -> None:
+    """The serving cells' stop (SIGINT, SIGKILL after a grace), then whatever it left in its group."""
     stop_server(server)
-    raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s: see {out / 'server.log'}")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(server.pid, sig)
-            server.wait(timeout=wait_s)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
 
 
 def probe_server(args: argparse.Namespace, out: Path, command: list[str]) -> int:
@@ -244,7 +240,7 @@ def probe_server(args: argparse.Namespace, out: Path, command: list[str]) -> int
         took = time.monotonic() - started
     finally:
         if server is not None:
-            stop_server(server)
+            stop(server)
     rows = summarise(records, args.delays)
     result = {
         "command": command,
