@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner import interrupts
 from runner.build import ensure_images, flavour_of, image_key, image_spec, no_image_reason
 from runner.cpuset import format_cpus
 from runner.cuda_compat import driver_problem
@@ -323,7 +324,7 @@ class DockerExecutor:
             log.flush()
             process = None
             try:
-                with self._lock:
+                with interrupts.held(), self._lock:  # a stop lands once the client is recorded (runner.interrupts)
                     if self.interrupted:
                         return None
                     self._names.add(name)

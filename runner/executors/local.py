@@ -29,8 +29,9 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
+from runner import interrupts
 from runner.cpuset import format_cpus
 from runner.errors import UserError
 from runner.images import entrypoint_files
@@ -38,6 +39,8 @@ from runner.job import ExecutorOptions, Job
 from runner.results import not_started, outcome
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from runner.expand import Cell
 
 ENTRYPOINTS = Path(__file__).resolve().parents[2] / "entrypoints"
@@ -138,6 +141,36 @@ class LocalExecutor:
                 with contextlib.suppress(ProcessLookupError):
                     _terminate_group(process.pid)
 
+    @contextlib.contextmanager
+    def _child(
+        self, command: list[str], log: TextIO, env: dict[str, str], cwd: Path | None
+    ) -> Iterator[subprocess.Popen | None]:
+        """The command started in a process group of its own and recorded for stop_all, or None where the run was
+        stopped before it could start; the group killed on every way out of the block (its SIGTERM, SIGKILL after
+        the grace), an interrupt raised in the wait included: a serving sweep waits on the main thread, and
+        stop_all's SIGTERM alone left AIPerf processes that ignore it running after the run. A stop in the main
+        thread lands once the child is recorded, never inside Popen, where it left the child running unseen
+        (runner.interrupts)."""
+        process = None
+        try:
+            with interrupts.held(), self._lock:  # an interrupt either finds this process or stops it from starting
+                if not self.interrupted:
+                    process = subprocess.Popen(
+                        [*WITH_PARENT, *command],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        env=env,
+                        cwd=cwd,
+                    )
+                    self._running.add(process)
+            yield process
+        finally:
+            if process is not None:
+                _kill_group(process)
+                self._running.discard(process)
+
     def run(self, job: Job) -> dict[str, Any]:
         """Run the job's entrypoint in a child process group and return the cell's result."""
         cell = job.cell
@@ -148,27 +181,14 @@ class LocalExecutor:
         with open(job.log_path, "w") as log:
             log.write(f"$ {' '.join(command)}\n# CUDA_VISIBLE_DEVICES={','.join(map(str, cell['gpus']))}\n")
             log.flush()
-            with self._lock:  # an interrupt either finds this process or stops it from starting
-                if self.interrupted:
-                    return not_started(job)
-                process = subprocess.Popen(
-                    [*WITH_PARENT, *command],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=cell_environment(tuple(cell["gpus"]), job.env),
-                    start_new_session=True,
-                    cwd=ENTRYPOINTS,
-                )
-                self._running.add(process)
             timed_out = False
-            try:
-                process.wait(timeout=job.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:  # an interrupt raised in the wait included: see _run_beside
-                _kill_group(process)
-                self._running.discard(process)
+            with self._child(command, log, cell_environment(tuple(cell["gpus"]), job.env), ENTRYPOINTS) as process:
+                if process is None:
+                    return not_started(job)
+                try:
+                    process.wait(timeout=job.timeout_s)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
             code = process.returncode
         return outcome(job, code, timed_out=timed_out, interrupted=self.interrupted)
 
@@ -201,28 +221,13 @@ class LocalExecutor:
         with open(log_path, "w") as log:
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
-            with self._lock:
-                if self.interrupted:
+            with self._child(command, log, env, cwd) as process:
+                if process is None:
                     return None
-                process = subprocess.Popen(
-                    [*WITH_PARENT, *command],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=env,
-                    cwd=cwd,
-                )
-                self._running.add(process)
-            try:
-                code = process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                code = None
-            finally:
-                # on every way out, an interrupt raised in the wait included (a serving sweep waits on the main
-                # thread): stop_all's SIGTERM alone left AIPerf processes that ignore it running after the run
-                _kill_group(process)
-                self._running.discard(process)
+                try:
+                    code = process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    code = None
         return code
 
 
