@@ -9,7 +9,9 @@ archive keeps the unpacked copies out of the repository (and off those machines)
     python -m runner.raw_archive unpack FOLDER ...   # put them back (tables, analysis scripts)
 
 ``python -m runner --table-only`` unpacks by itself; a run that writes into a packed folder unpacks
-it and removes the archive, so new files are never hidden by the archive's ``.gitignore``.
+it and removes the archive, so new files are never hidden by the archive's ``.gitignore``. A slice run
+elsewhere is merged into a packed folder by unpacking it, copying the slice's files in and packing it
+again: pack replaces the archive when the unpacked copies still hold every file it holds.
 """
 
 from __future__ import annotations
@@ -31,10 +33,18 @@ def is_packed(folder: Path) -> bool:
 
 
 def pack(folder: Path) -> list[str]:
-    """Move folder's raw subfolders into its archive; the names packed (none: nothing to pack)."""
+    """Move folder's raw subfolders into its archive; the names packed (none: nothing to pack). A packed
+    folder is packed again from its unpacked copies (files added to them kept) only where they still hold
+    every file of the archive, so that packing never loses one."""
     names = [name for name in PACKED if (folder / name).is_dir()]
     if is_packed(folder):
-        raise ValueError(f"{folder}: already packed ({ARCHIVE}); unpack it first to change what it holds")
+        lost = _not_unpacked(folder)
+        if lost:
+            raise ValueError(
+                f"{folder}: already packed ({ARCHIVE}), and {len(lost)} of its files are not unpacked beside it"
+                f" (first: {lost[0]}); unpack it first (python -m runner.raw_archive unpack {folder}),"
+                " add what it should hold, then pack"
+            )
     if not names:
         return []
     partial = folder / f".{ARCHIVE}.partial"
@@ -46,6 +56,12 @@ def pack(folder: Path) -> list[str]:
     for name in names:
         shutil.rmtree(folder / name)
     return names
+
+
+def _not_unpacked(folder: Path) -> list[str]:
+    """The archive's files that are not in folder (as regular files)."""
+    with tarfile.open(folder / ARCHIVE) as archive:
+        return [m.name for m in archive.getmembers() if m.isfile() and not (folder / m.name).is_file()]
 
 
 def unpack(folder: Path, keep_archive: bool = True) -> list[str]:

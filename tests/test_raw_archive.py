@@ -36,14 +36,33 @@ def test_pack_then_unpack_gives_the_same_files_and_git_ignores_the_unpacked_copi
     after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert {k: v for k, v in after.items() if k.name not in ("raw.tar.xz", ".gitignore")} == before
     assert raw_archive.unpack(folder) == []  # nothing missing: nothing done
-    with pytest.raises(ValueError, match="already packed"):
-        raw_archive.pack(folder)
 
     subprocess.run(["git", "init", "-q", str(folder)], check=True)
     listed = subprocess.run(
         ["git", "-C", str(folder), "ls-files", "--others", "--exclude-standard"], capture_output=True, text=True
     )
     assert listed.stdout.split() == [".gitignore", "cells/a.json", "raw.tar.xz"]
+
+
+def test_a_slice_copied_into_an_unpacked_folder_is_packed_with_it_and_packing_never_drops_a_file(tmp_path):
+    folder = run_folder(tmp_path)
+    raw_archive.pack(folder)
+    raw_archive.unpack(folder)
+    (folder / "serving" / "serve-b" / "c4").mkdir(parents=True)  # a slice run elsewhere, merged by copying
+    (folder / "serving" / "serve-b" / "c4" / "profile_export.jsonl").write_text('{"y": 2}\n')
+    assert raw_archive.pack(folder) == ["logs", "serving"]
+    assert not (folder / "serving").exists()
+    with tarfile.open(folder / "raw.tar.xz") as archive:
+        files = sorted(m.name for m in archive.getmembers() if m.isfile())
+    assert files == ["logs/a.log", "serving/serve-a/c1/profile_export.jsonl", "serving/serve-b/c4/profile_export.jsonl"]
+
+    raw_archive.unpack(folder)
+    (folder / "logs" / "a.log").unlink()
+    with pytest.raises(ValueError, match=r"1 of its files are not unpacked beside it \(first: logs/a.log\)"):
+        raw_archive.pack(folder)
+    assert (folder / "serving").is_dir()  # nothing moved
+    with tarfile.open(folder / "raw.tar.xz") as archive:
+        assert len([m for m in archive.getmembers() if m.isfile()]) == 3
 
 
 def test_unpack_for_a_path_inside_a_packed_folder_and_a_run_into_it_leaves_a_plain_folder(tmp_path):
@@ -64,7 +83,8 @@ def test_the_command_line_names_what_it_did_and_a_missing_folder(tmp_path):
     again = subprocess.run(
         ["python", "-m", "runner.raw_archive", "pack", str(folder)], cwd=REPO, capture_output=True, text=True
     )
-    assert again.returncode == 1 and "already packed (raw.tar.xz); unpack it first" in again.stderr
+    assert again.returncode == 1 and "already packed (raw.tar.xz), and 2 of its files are not unpacked" in again.stderr
+    assert f"unpack it first (python -m runner.raw_archive unpack {folder})" in again.stderr
     missing = subprocess.run(
         ["python", "-m", "runner.raw_archive", "unpack", str(tmp_path / "nope")], cwd=REPO, capture_output=True,
         text=True,
