@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from runner import cpuset, raw_archive
+from runner import cpuset, interrupts, raw_archive
 from runner.build import BuildOptions, ensure_images, image_spec
 from runner.card_tables import render_by_card
 from runner.compare import parse_compare_args, run_compare
@@ -36,8 +36,8 @@ from runner.matrix import Matrix, load_matrix
 from runner.models.resolve import DEFAULT_STORE, resolve_model
 from runner.results import FAILURES, read_result
 from runner.run_lock import run_folder_lock
-from runner.serving.agreement import with_pooled
-from runner.serving.loadgen import find_aiperf
+from runner.serving.agreement import level_folder, with_pooled
+from runner.serving.loadgen import find_aiperf, server_reads
 from runner.serving.session import run_serving_cells, server_label, serving_cells
 from runner.serving.table import render_serving
 from runner.session import cell_paths, refresh_log_facts, run_cells
@@ -259,7 +259,7 @@ def _interrupt(signum: int, frame: object) -> None:
         print("still stopping: the running cells' rows and the table are being written", file=sys.stderr, flush=True)
         return
     _STOPPED_BY["signal"] = signum
-    raise KeyboardInterrupt
+    interrupts.stop()  # KeyboardInterrupt now, or once a child being started is recorded (runner.interrupts)
 
 
 def _images(argv: list[str]) -> int:
@@ -471,9 +471,15 @@ def _serving_table(folder: Path, matrix: Matrix, serving: list[Cell], fresh: dic
 
 
 def _stored_serving(folder: Path, path: Path) -> dict | None:
-    """A serving cell's stored result, with the pooled TTFT comparison its files allow where it was made without."""
+    """A serving cell's stored result, with what its files give where it was stored without: the pooled TTFT
+    comparison, and what reading the server's own metrics cost it."""
     result = read_result(path)
-    return with_pooled(result, folder) if result else None
+    if not result:
+        return None
+    for level in result.get("levels", []):
+        if level.get("server_metrics") and "server_reads" not in level:
+            level["server_reads"] = server_reads(level_folder(folder, result["cell"]["id"], level["level"]))
+    return with_pooled(result, folder)
 
 
 def _run_in(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runner import raw_archive
 from runner.serving.agreement import loadgen_requests, loadgen_ttfts, pooled_ttft, resends, waves, with_pooled
+from runner.serving.loadgen import server_reads
 from runner.serving.table import _reference_note, summary_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,6 +191,32 @@ def test_the_committed_h100_run_reads_as_its_readme_gives_it(tmp_path):
     assert pooled[64]["runs"] == [1, 1] and pooled[64]["requests"] == [256, 256]  # its second run was interrupted
     assert pooled[64]["interval"] is None
     assert "pooled (192 and 192 requests): TTFT p50 61.5 and 49.7 ms, 1.24x" in (folder / "serving.md").read_text()
+
+
+def test_the_committed_h200_fidelity_run_sets_the_servers_own_ttft_beside_both_tools(tmp_path):
+    folder = tmp_path / "serving-long-fidelity"
+    shutil.copytree(REPO / "results" / "h200" / "serving-long-fidelity", folder)
+    raw_archive.unpack(folder)
+    fp8 = json.loads((folder / "cells" / "serve-vllm-b1920b458a28.json").read_text())
+    levels = {lv["level"]: lv for lv in with_pooled(fp8, folder)["levels"]}
+    means = levels[4]["reference"]["pooled_ttft"]["ttft_ms_mean_per_run"]
+    # AIPerf's requests reach their first token 8-13 ms later than the server's own count has it; bench serve's not
+    assert means == {
+        "ours": [100.321, 92.194, 93.489],
+        "server": [87.22, 81.523, 85.325],
+        "theirs": [84.739, 81.019, 82.158],
+    }
+    assert means["server"][0] == round(levels[4]["server_metrics"]["ttft_ms_avg"], 3)  # run 1: the row's own count
+    assert "reference_failed" not in levels[4]["reference"]["pooled_ttft"]
+    at_1 = levels[1]["reference"]["pooled_ttft"]
+    assert at_1["requests"] == [48, 47] and at_1["reference_failed"] == 1  # one of bench serve's got a 400
+    note = _reference_note(levels[4]["reference"])
+    assert "mean TTFT per run: 100.3, 92.2, 93.5 ms here, the server's own count" in note
+    assert "through these runs 87.2, 81.5, 85.3 ms, 84.7, 81.0, 82.2 ms there" in note
+    assert "1 of vllm bench serve's requests failed" in _reference_note(levels[1]["reference"])
+    # AIPerf read vLLM's metrics 22 times through level 4, 15.6 ms a read in the process that takes the requests
+    assert server_reads(folder / "serving" / "serve-vllm-b1920b458a28" / "c4") == {"reads": 22, "read_ms_avg": 15.605}
+    assert "0 preemptions, read 22 times, 15.6 ms a read" in (folder / "serving.md").read_text()
 
 
 def loop_sends(level: int, count: int, resend_ms: float, e2e_ms: float) -> list[float]:

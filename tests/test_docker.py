@@ -560,6 +560,12 @@ def test_serving_cell_in_containers_sweeps_from_the_load_generator_image(cpu_ima
                     assert all(r["output_tokens"] == 16 and 0 < r["ttft_ms"] < r["e2e_ms"] for r in sent), sent
                     assert all(0 <= r["second_token_ms"] <= r["e2e_ms"] - r["ttft_ms"] for r in sent), sent
                 assert set(level["server_metrics"]) <= set(ENGINES["vllm"].server.own_figures)  # its own counts
+                assert level["server_reads"]["reads"] >= 1 and level["server_reads"]["read_ms_avg"] > 0
+                if "ttft_ms_avg" in level["server_metrics"]:  # the server's own TTFT mean beside both tools', per run
+                    means = pooled["ttft_ms_mean_per_run"]
+                    assert means["server"][0] == round(level["server_metrics"]["ttft_ms_avg"], 3), means
+                    assert len(means["ours"]) == len(means["theirs"]) == 2, means
+                    assert min(means["ours"] + means["theirs"]) > 0, means
                 prompts = [
                     json.loads((where / "inputs.json").read_text())["data"][0]["payloads"][0]["prompt"]
                     for where in (here, here / "run2")

@@ -32,6 +32,13 @@ AIPerf's between them (24-25 ms); the median of all requests, a quarter of them
 first-wave ones, lies at the later waves' two-thirds point, in the upper mode
 of the one and the middle of the other (25.4 against 27.4 ms, where the later
 waves' medians were 24.9 and 23.7).
+
+Where the server counts its own TTFT (``server_metrics``; vLLM from when its input processor took the request,
+after HTTP parsing and tokenization, to the first token), each run's mean TTFT by the load generator, by the
+server over the load generator's run, and by the engine's benchmark stand side by side: a gap between the two
+tools that the server's own count shares is in the engine; one it does not share lies before the engine takes
+the request or after its first token (on an H200 at concurrency 4, vLLM fp8, long prompts: AIPerf 92-100 ms,
+the server's own count through AIPerf's runs 82-87, ``vllm bench serve`` 81-85).
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from runner.serving.loadgen import profiling_records
+from runner.engines import ENGINES
+from runner.engines.base import OwnFigure
+from runner.serving.loadgen import profiling_records, server_figures
 
 RESAMPLES = 2000
 SEED = 0  # the same interval every time the same requests are read
@@ -118,14 +127,17 @@ def waves(ttfts: list[float], level: int) -> list[list[float]]:
     return [ttfts[i : i + level] for i in range(0, len(ttfts), level)]
 
 
-def pooled_ttft(level_folder: Path, level: int) -> dict[str, Any] | None:
+def pooled_ttft(level_folder: Path, level: int, own_ttft: OwnFigure | None = None) -> dict[str, Any] | None:
     """Each tool's median TTFT over every request of the level's runs that both tools finished (the tools take
     turns, so a run of one whose turn of the other was cut short would weigh its own moment), their ratio and its
     95 % interval (None from fewer than MIN_RUNS such runs).
 
-    None where either tool left no per-request timings (an engine benchmark without them, runs cut short)."""
-    pairs = [(loadgen_requests(f), reference_requests(f)) for f in run_folders(level_folder)]
-    pairs = [(ours, theirs) for ours, theirs in pairs if ours and theirs]  # a run only where both tools finished it
+    None where either tool left no per-request timings (an engine benchmark without them, runs cut short).
+    With own_ttft (the server's own TTFT figure), each such run's mean TTFT by both tools and by the server over
+    the load generator's run (``ttft_ms_mean_per_run``; the server's None where its count held no request)."""
+    runs = [(f, loadgen_requests(f), reference_requests(f)) for f in run_folders(level_folder)]
+    runs = [(f, ours, theirs) for f, ours, theirs in runs if ours and theirs]  # a run only where both finished it
+    pairs = [(ours, theirs) for _, ours, theirs in runs]
     if not pairs:
         return None
     ours_runs = [[ttft for _, _, ttft in ours] for ours, _ in pairs]
@@ -150,7 +162,23 @@ def pooled_ttft(level_folder: Path, level: int) -> dict[str, Any] | None:
     delays = [[d for run in runs for d, _ in resends(run, level)] for runs in zip(*pairs, strict=True)]
     if all(delays):
         pooled["resend_ms_p50"] = [round(statistics.median(tool), 3) for tool in delays]
+    failed = sum(bool(r.get("error")) for folder, _, _ in runs for r in reference_records(folder))
+    if failed:  # the engine's benchmark's requests that failed: left out of its figures and of this comparison
+        pooled["reference_failed"] = failed
+    server = [server_figures(folder, {"ttft": own_ttft}).get("ttft") if own_ttft else None for folder, _, _ in runs]
+    if any(mean is not None for mean in server):
+        pooled["ttft_ms_mean_per_run"] = {
+            "ours": [round(statistics.fmean(t for _, _, t in ours), 3) for ours, _ in pairs],
+            "server": [None if mean is None else round(mean, 3) for mean in server],
+            "theirs": [round(statistics.fmean(t for _, _, t in theirs), 3) for _, theirs in pairs],
+        }
     return pooled
+
+
+def own_ttft_figure(engine: str) -> OwnFigure | None:
+    """The engine server's own TTFT mean among the figures it counts itself, where it counts one."""
+    server = ENGINES[engine].server if engine in ENGINES else None
+    return server.own_figures.get("ttft_ms_avg") if server else None
 
 
 def interval_text(pooled: dict[str, Any], how: str = "") -> str:
@@ -175,11 +203,11 @@ def level_folder(run_folder: Path, cell_id: str, level: int) -> Path:
     return run_folder / "serving" / cell_id / f"c{level}"
 
 
-def add_pooled(reference: dict[str, Any], level_folder: Path, level: int) -> None:
+def add_pooled(reference: dict[str, Any], level_folder: Path, level: int, own_ttft: OwnFigure | None = None) -> None:
     """The pooled comparison into a level's reference figures (``pooled_ttft``), or why its files gave none
     (``pooled_error``: a run's files unreadable; the level's other figures stand without it)."""
     try:
-        pooled = pooled_ttft(level_folder, level)
+        pooled = pooled_ttft(level_folder, level, own_ttft)
     except (OSError, ValueError, KeyError) as exc:
         reference["pooled_error"] = f"{type(exc).__name__}: {exc}"
         return
@@ -196,7 +224,8 @@ def with_pooled(result: dict[str, Any], run_folder: Path) -> dict[str, Any]:
         if not reference or reference.get("error"):
             continue
         fresh: dict[str, Any] = {}
-        add_pooled(fresh, level_folder(run_folder, result["cell"]["id"], level["level"]), level["level"])
+        where = level_folder(run_folder, result["cell"]["id"], level["level"])
+        add_pooled(fresh, where, level["level"], own_ttft_figure(result["cell"].get("engine", "")))
         if "pooled_ttft" in fresh:
             reference.pop("pooled_error", None)
             reference["pooled_ttft"] = fresh["pooled_ttft"]

@@ -188,6 +188,21 @@ def server_figures(artifacts: Path, figures: dict[str, Any]) -> dict[str, float]
     return found
 
 
+def server_reads(artifacts: Path) -> dict[str, float]:
+    """How often AIPerf read the server's metrics through the level (warm-up and measured window) and how long a read
+    took on average (ms): each read is served by the server beside the load, perhaps by the same process that
+    parses and tokenizes the requests. Empty where AIPerf wrote no such export."""
+    try:
+        endpoints = json.loads((artifacts / SERVER_METRICS_FILE).read_text())["summary"]["endpoint_info"].values()
+    except (OSError, ValueError, KeyError, AttributeError):
+        return {}
+    counted = [(e["total_fetches"], e["avg_fetch_latency_ms"]) for e in endpoints if e.get("total_fetches")]
+    reads = sum(n for n, _ in counted)
+    if not reads:
+        return {}
+    return {"reads": reads, "read_ms_avg": round(sum(n * ms for n, ms in counted) / reads, 3)}
+
+
 def profiling_records(artifacts: Path) -> list[dict[str, Any]]:
     """The measured requests' records in AIPerf's per-request export (warm-up left out), as written or gzipped as
     committed results keep it; none where there is no export."""

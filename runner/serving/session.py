@@ -54,6 +54,7 @@ from runner.serving.loadgen import (
     level_seed,
     reference_sweep,
     server_figures,
+    server_reads,
 )
 from runner.serving.resume import plan
 from runner.session import _cell_model, cell_paths
@@ -340,6 +341,7 @@ class ServingRun:
                     entry["metrics"] = level_metrics(artifacts)
                     if own:  # what the server counted itself over the same window
                         entry["server_metrics"] = server_figures(artifacts, own)
+                        entry["server_reads"] = server_reads(artifacts)  # what reading them cost the server
                     problem = _check_level(entry["metrics"], level, sweep)
                     entry.update(status="failed" if problem else "ok", reason=problem)
                     if not problem and reference is not None:
@@ -393,11 +395,12 @@ class ServingRun:
         runs = sweep.get("fidelity_runs", 1)
         if "error" in found:
             return
+        own = _own_figures(job.cell["engine"], sweep)  # AIPerf's further runs read the server as its first did
+        own_ttft = own.get("ttft_ms_avg")  # each run's mean TTFT by the server itself, beside both tools' (agreement)
         if runs < 2:
-            add_pooled(found, artifacts, level)
+            add_pooled(found, artifacts, level, own_ttft)
             return
         found["runs"] = [_pair(entry["metrics"], found)]
-        own = _own_figures(job.cell["engine"], sweep)  # AIPerf's further runs read the server as its first did
         run = 2
         try:
             for run in range(2, runs + 1):
@@ -428,7 +431,7 @@ class ServingRun:
             found["runs_error"] = f"run {run}: {type(exc).__name__}: {exc}"
         finally:
             found.update(_spread(found["runs"]))
-            add_pooled(found, artifacts, level)
+            add_pooled(found, artifacts, level, own_ttft)
 
     def _reference(
         self,

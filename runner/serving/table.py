@@ -93,6 +93,9 @@ def _server_note(result: dict[str, Any], level: dict[str, Any]) -> str:
         for name, figure in figures.items()
         if figure.noted and name in found
     ]
+    reads = level.get("server_reads") or {}
+    if parts and reads:  # each read is served beside the load: a cost the engine's own benchmark runs without
+        parts.append(f"read {reads['reads']:,.0f} times, {reads['read_ms_avg']:,.1f} ms a read")
     return "server's own count: " + ", ".join(parts) if parts else ""
 
 
@@ -135,14 +138,27 @@ def _reference_note(reference: dict[str, Any] | None) -> str:
             f"; pooled ({pooled['requests'][0]} and {pooled['requests'][1]} requests): TTFT p50 {ours:,.1f} and "
             f"{theirs:,.1f} ms, {pooled['ratio']:.2f}x ({interval_text(pooled, ', resampling waves')})"
         )
+        if pooled.get("reference_failed"):
+            failed, tool = pooled["reference_failed"], reference["tool"]
+            note += f"; {failed} of {tool}'s requests failed (left out of its figures and the pooled medians)"
         if pooled.get("resend_ms_p50"):  # where each tool's next request lands in the server's step (agreement)
             here, there = pooled["resend_ms_p50"]
             note += f"; next request sent {here:.1f} and {there:.1f} ms after a completion"
+        if pooled.get("ttft_ms_mean_per_run"):  # which part of a gap the server's own count shares (agreement)
+            means = pooled["ttft_ms_mean_per_run"]
+            note += (
+                f"; mean TTFT per run: {_ms_list(means['ours'])} here, the server's own count through these runs "
+                f"{_ms_list(means['server'])}, {_ms_list(means['theirs'])} there"
+            )
     elif reference.get("pooled_error"):  # the level's per-request files were there but could not be read
         note += f"; pooled TTFT not made: {reference['pooled_error'][:120]}"
     if reference.get("runs_error"):
         note += f"; fidelity {reference['runs_error']}"
     return note
+
+
+def _ms_list(values: list[float | None]) -> str:
+    return ", ".join("-" if v is None else f"{v:,.1f}" for v in values) + " ms"
 
 
 def summary_row(result: dict[str, Any], ttft_bound_ms: float) -> dict[str, Any]:
