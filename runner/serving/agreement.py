@@ -89,9 +89,14 @@ def reference_records(folder: Path) -> list[dict[str, Any]]:
 def reference_requests(folder: Path) -> list[tuple[float, float | None, float]]:
     """The requests the engine's own benchmark sent in one run as (sent, ended, TTFT), ms, in send order, where
     it kept them (reference.json's "requests")."""
+    return timed_requests(reference_records(folder))
+
+
+def timed_requests(records: list[dict[str, Any]]) -> list[tuple[float, float | None, float]]:
+    """The engine benchmark's records that did not fail, as (sent, ended, TTFT), ms, in send order."""
     found = [
         (r["sent_s"] * 1e3, r["sent_s"] * 1e3 + r["e2e_ms"] if "e2e_ms" in r else None, r["ttft_ms"])
-        for r in reference_records(folder)
+        for r in records
         if not r.get("error")
     ]
     return sorted(found, key=lambda request: request[0])  # by send time alone: an end may be unknown
@@ -135,8 +140,13 @@ def pooled_ttft(level_folder: Path, level: int, own_ttft: OwnFigure | None = Non
     None where either tool left no per-request timings (an engine benchmark without them, runs cut short).
     With own_ttft (the server's own TTFT figure), each such run's mean TTFT by both tools and by the server over
     the load generator's run (``ttft_ms_mean_per_run``; the server's None where its count held no request)."""
-    runs = [(f, loadgen_requests(f), reference_requests(f)) for f in run_folders(level_folder)]
-    runs = [(f, ours, theirs) for f, ours, theirs in runs if ours and theirs]  # a run only where both finished it
+    runs, failed = [], 0  # failed: the engine benchmark's requests that failed in those runs
+    for folder in run_folders(level_folder):
+        ours, records = loadgen_requests(folder), reference_records(folder)
+        theirs = timed_requests(records)
+        if ours and theirs:  # a run only where both tools finished it
+            runs.append((folder, ours, theirs))
+            failed += sum(bool(r.get("error")) for r in records)
     pairs = [(ours, theirs) for _, ours, theirs in runs]
     if not pairs:
         return None
@@ -162,15 +172,14 @@ def pooled_ttft(level_folder: Path, level: int, own_ttft: OwnFigure | None = Non
     delays = [[d for run in runs for d, _ in resends(run, level)] for runs in zip(*pairs, strict=True)]
     if all(delays):
         pooled["resend_ms_p50"] = [round(statistics.median(tool), 3) for tool in delays]
-    failed = sum(bool(r.get("error")) for folder, _, _ in runs for r in reference_records(folder))
     if failed:  # the engine's benchmark's requests that failed: left out of its figures and of this comparison
         pooled["reference_failed"] = failed
     server = [server_figures(folder, {"ttft": own_ttft}).get("ttft") if own_ttft else None for folder, _, _ in runs]
     if any(mean is not None for mean in server):
         pooled["ttft_ms_mean_per_run"] = {
-            "ours": [round(statistics.fmean(t for _, _, t in ours), 3) for ours, _ in pairs],
+            "ours": [round(statistics.fmean(run), 3) for run in ours_runs],
             "server": [None if mean is None else round(mean, 3) for mean in server],
-            "theirs": [round(statistics.fmean(t for _, _, t in theirs), 3) for _, theirs in pairs],
+            "theirs": [round(statistics.fmean(run), 3) for run in theirs_runs],
         }
     return pooled
 
